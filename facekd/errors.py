@@ -1,0 +1,34 @@
+"""Exceptions raised on bad input.  Each names the offending file or key."""
+from __future__ import annotations
+
+import os
+from typing import Union
+
+
+class FaceKDError(Exception):
+    """Base class of facekd's user-facing errors."""
+
+
+class ConfigError(FaceKDError, ValueError):
+    """A config file or ``--set`` override is invalid (unknown key, bad type)."""
+
+
+class DataError(FaceKDError, ValueError):
+    """A data file is missing, unreadable or malformed.
+
+    The message always starts with the path, so a crash in the middle of an epoch
+    says which file caused it.
+    """
+
+    def __init__(self, path: Union[str, os.PathLike], problem: str) -> None:
+        self.path = os.fspath(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+
+class CheckpointError(FaceKDError, ValueError):
+    """A checkpoint does not match the model it is loaded into."""
+
+
+class TrainingError(FaceKDError, RuntimeError):
+    """Training cannot continue (e.g. the loss became NaN or infinite)."""
