@@ -1,0 +1,47 @@
+"""``facekd align SRC DST``: detect and align every face photo of a folder tree (MTCNN)."""
+from __future__ import annotations
+
+import argparse
+
+from facekd.commands import COMMANDS, Command
+
+
+@COMMANDS.register("align")
+class AlignCommand(Command):
+    help = ("detect faces with MTCNN and write 112x112 arcface-aligned crops, mirroring SRC into DST "
+            "(resumable; images without a face are listed in DST/align_log.txt)")
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("src", metavar="SRC", help="folder of photos, e.g. <identity>/<image>.jpg")
+        parser.add_argument("dst", metavar="DST", help="output folder (same relative paths)")
+        parser.add_argument("--workers", type=int, default=1, help="parallel workers (default 1)")
+        parser.add_argument("--backend", choices=("process", "thread"), default="process",
+                            help="how workers run (default: processes, one torch thread each)")
+        parser.add_argument("--size", type=int, default=112, help="output side in pixels (default 112)")
+        parser.add_argument("--margin", type=float, default=0.0,
+                            help="extra context in output pixels on each side (shrinks the template; default 0)")
+        parser.add_argument("--min-face-size", type=int, default=20, help="smallest face MTCNN looks for (px)")
+        parser.add_argument("--min-score", type=float, default=0.9, help="lowest accepted detection score")
+        parser.add_argument("--no-face", choices=("skip", "center"), default="skip",
+                            help="images without a detected face: skip them (default) or write a centre crop")
+        parser.add_argument("--center-fraction", type=float, default=0.53,
+                            help="side of the centre crop as a fraction of the shorter image side")
+        parser.add_argument("--ext", default=".jpg", help="output image format (.jpg or .png)")
+        parser.add_argument("--quality", type=int, default=95, help="JPEG quality")
+        parser.add_argument("--overwrite", action="store_true", help="redo outputs that already exist")
+        parser.add_argument("--device", default="cpu", help="torch device for MTCNN (default cpu)")
+        parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    def run(self, args: argparse.Namespace) -> int:
+        import logging
+
+        from facekd.data.align_tree import align_tree
+
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+        report = align_tree(args.src, args.dst, workers=args.workers, size=args.size, margin=args.margin,
+                            min_face_size=args.min_face_size, min_score=args.min_score, no_face=args.no_face,
+                            center_fraction=args.center_fraction, ext=args.ext, quality=args.quality,
+                            overwrite=args.overwrite, backend=args.backend, progress=not args.no_progress,
+                            device=args.device)
+        print(f"facekd align: {report.summary()}; log: {report.log_path}")
+        return 0

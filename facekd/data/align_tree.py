@@ -1,0 +1,215 @@
+"""Align a whole folder tree of face photos into 112x112 arcface-aligned crops.
+
+``align_tree(src, dst, workers=4)`` mirrors ``src`` into ``dst`` (same relative paths, the
+image extension replaced by ``ext``).  It is resumable: outputs that already exist are
+skipped, and every output is written atomically, so an interrupted run can simply be
+started again.  Images where MTCNN finds no face are skipped (or centre-cropped with
+``no_face='center'``) and listed, with the counts, in ``dst/align_log.txt``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Tuple
+
+from facekd.data.align import FaceAligner, center_crop
+from facekd.data.image_io import is_image_file, read_image, write_image
+from facekd.errors import DataError
+
+LOG = logging.getLogger(__name__)
+LOG_NAME = "align_log.txt"
+
+# Per-worker state (one aligner per process or per thread).
+_WORKER: Dict[str, Any] = {}
+
+
+@dataclass
+class AlignReport:
+    """What :func:`align_tree` did: counts and the relative paths that were not aligned."""
+
+    total: int = 0
+    aligned: int = 0
+    existing: int = 0
+    center_fallback: List[str] = field(default_factory=list)
+    no_face: List[str] = field(default_factory=list)
+    unreadable: List[Tuple[str, str]] = field(default_factory=list)
+    log_path: Optional[Path] = None
+
+    def summary(self) -> str:
+        """One line of counts."""
+        return (f"total={self.total} aligned={self.aligned} existing={self.existing} "
+                f"center_fallback={len(self.center_fallback)} no_face={len(self.no_face)} "
+                f"unreadable={len(self.unreadable)}")
+
+
+@dataclass(frozen=True)
+class _Job:
+    rel: str
+    src: str
+    out: str
+
+
+def _init_worker(aligner_kwargs: Dict[str, Any], no_face: str, center_fraction: float,
+                 quality: int, threads: Optional[int]) -> None:
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+    _WORKER.update(aligner=FaceAligner(**aligner_kwargs), no_face=no_face,
+                   center_fraction=center_fraction, quality=quality)
+
+
+def _align_one(job: _Job) -> Tuple[str, str, str]:
+    """Align one file; returns ``(rel, status, message)``, status in aligned/center/no_face/unreadable."""
+    try:
+        image = read_image(job.src)
+    except DataError as error:
+        return job.rel, "unreadable", error.problem
+    aligner: FaceAligner = _WORKER["aligner"]
+    face = aligner.align(image)
+    status = "aligned"
+    if face is None:
+        if _WORKER["no_face"] != "center":
+            return job.rel, "no_face", ""
+        face = center_crop(image, _WORKER["center_fraction"], aligner.size)
+        status = "center"
+    write_image(job.out, face, _WORKER["quality"])
+    return job.rel, status, ""
+
+
+def _list_images(src: Path, dst: Path) -> List[Path]:
+    dst_resolved = dst.resolve()
+    found = []
+    for dirpath, dirnames, filenames in os.walk(src):
+        here = Path(dirpath)
+        dirnames[:] = sorted(d for d in dirnames if (here / d).resolve() != dst_resolved)
+        found.extend(here / name for name in sorted(filenames) if is_image_file(name))
+    return found
+
+
+def _progress(results: Iterable, total: int, enabled: bool) -> Iterable:
+    if not enabled:
+        return results
+    from tqdm import tqdm
+
+    return tqdm(results, total=total, desc="align", unit="img")
+
+
+def _make_executor(workers: int, backend: str, initargs: tuple) -> Executor:
+    if backend == "process":
+        import multiprocessing
+
+        return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_init_worker, initargs=initargs[:-1] + (1,))
+    if backend == "thread":
+        # One shared aligner: MTCNN inference holds no state, and torch releases the GIL.
+        _init_worker(*initargs)
+        return ThreadPoolExecutor(workers)
+    raise ValueError(f"unknown backend {backend!r}; use 'process' or 'thread'")
+
+
+def align_tree(src, dst, workers: int = 1, size: int = 112, margin: float = 0.0,
+               min_face_size: int = 20, min_score: float = 0.9, no_face: str = "skip",
+               center_fraction: float = 0.53, ext: str = ".jpg", quality: int = 95,
+               overwrite: bool = False, backend: str = "process", progress: bool = True,
+               device: str = "cpu") -> AlignReport:
+    """Detect, align and write every image under ``src`` to the same relative path under ``dst``.
+
+    ``workers`` > 1 runs that many processes (``backend='process'``, spawn, one torch thread
+    each) or threads (``backend='thread'``).  Existing outputs are skipped unless ``overwrite``.
+    ``no_face='skip'`` leaves images without a detected face out; ``'center'`` writes a
+    :func:`~facekd.data.align.center_crop` of them instead.  Unreadable files are skipped too.
+    Both kinds are listed, with the counts, in ``dst/align_log.txt``; returns an :class:`AlignReport`.
+    """
+    src, dst = Path(src), Path(dst)
+    if not src.is_dir():
+        raise DataError(src, "source folder does not exist")
+    if no_face not in ("skip", "center"):
+        raise ValueError(f"no_face must be 'skip' or 'center', got {no_face!r}")
+    if backend not in ("process", "thread"):
+        raise ValueError(f"unknown backend {backend!r}; use 'process' or 'thread'")
+    ext = ext if ext.startswith(".") else "." + ext
+    report = AlignReport(log_path=dst / LOG_NAME)
+    jobs = []
+    for path in _list_images(src, dst):
+        rel = path.relative_to(src)
+        out = dst / rel.with_suffix(ext)
+        report.total += 1
+        if out.exists() and not overwrite:
+            report.existing += 1
+        else:
+            jobs.append(_Job(rel.as_posix(), str(path), str(out)))
+    dst.mkdir(parents=True, exist_ok=True)
+
+    aligner_kwargs = dict(size=size, margin=margin, device=device, min_face_size=min_face_size,
+                          min_score=min_score)
+    initargs = (aligner_kwargs, no_face, center_fraction, quality, None)
+    if workers <= 1 or len(jobs) <= 1:
+        _init_worker(*initargs)
+        results = _progress(map(_align_one, jobs), len(jobs), progress)
+        _collect(results, report)
+    elif backend == "thread":
+        import torch
+
+        # Threads share torch's intra-op pool: one intra-op thread each, set once for the run.
+        previous = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            initargs = (dict(aligner_kwargs, threads=None),) + initargs[1:]
+            with _make_executor(workers, backend, initargs) as pool:
+                _collect(_progress(pool.map(_align_one, jobs), len(jobs), progress), report)
+        finally:
+            torch.set_num_threads(previous)
+    else:
+        with _make_executor(workers, backend, initargs) as pool:
+            _collect(_progress(pool.map(_align_one, jobs, chunksize=4), len(jobs), progress), report)
+    _write_log(report)
+    for rel, problem in report.unreadable:
+        LOG.warning("%s: skipped, unreadable (%s)", src / rel, problem)
+    if report.no_face:
+        LOG.warning("%d image(s) without a detectable face were %s; see %s", len(report.no_face),
+                    "skipped", report.log_path)
+    if report.center_fallback:
+        LOG.warning("%d image(s) without a detectable face were centre-cropped; see %s",
+                    len(report.center_fallback), report.log_path)
+    return report
+
+
+def _collect(results: Iterable[Tuple[str, str, str]], report: AlignReport) -> None:
+    for rel, status, message in results:
+        if status == "aligned":
+            report.aligned += 1
+        elif status == "center":
+            report.center_fallback.append(rel)
+        elif status == "no_face":
+            report.no_face.append(rel)
+        else:
+            report.unreadable.append((rel, message))
+
+
+def _write_log(report: AlignReport) -> None:
+    lines = [f"# facekd align: {report.summary()}"]
+    lines += [f"no_face\t{rel}" for rel in sorted(report.no_face)]
+    lines += [f"center_fallback\t{rel}" for rel in sorted(report.center_fallback)]
+    lines += [f"unreadable\t{rel}\t{problem}" for rel, problem in sorted(report.unreadable)]
+    tmp = report.log_path.with_name(report.log_path.name + ".tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    os.replace(tmp, report.log_path)
+
+
+def read_align_log(path) -> Dict[str, Any]:
+    """Parse an ``align_log.txt``: ``{'counts': {name: int}, 'no_face': [...], 'center_fallback': [...],
+    'unreadable': [...]}``."""
+    result: Dict[str, Any] = {"counts": {}, "no_face": [], "center_fallback": [], "unreadable": []}
+    for line in Path(path).read_text().splitlines():
+        if line.startswith("# facekd align:"):
+            for item in line.split(":", 1)[1].split():
+                key, value = item.split("=")
+                result["counts"][key] = int(value)
+        elif line.strip():
+            kind, rel = line.split("\t")[:2]
+            result[kind].append(rel)
+    return result
