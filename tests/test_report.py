@@ -1,0 +1,149 @@
+"""Results JSON, the HTML/Markdown report, the eval/report commands, and a headless-Chromium render."""
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+
+from facekd.errors import DataError
+from facekd.evaluation import runner
+from facekd.evaluation.render_check import check_render, find_chromium
+from facekd.evaluation.report import write_report
+from facekd.evaluation.runner import EvalOptions, ModelSpec, evaluate_models, load_results, save_results
+
+from evaluation_fakes import FakePairSet, darken, save_checkpoint, tiny_arch  # noqa: F401
+
+HARDEST = 2
+SIZES = (112, 56, 28, 14)
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory, tiny_arch):
+    root = tmp_path_factory.mktemp("models")
+    paths = {}
+    for seed, (role, name) in enumerate([("teacher", "teacher"), ("baseline", "baseline"), ("distilled", "kd")]):
+        paths[role] = root / f"{name}.pt"
+        save_checkpoint(paths[role], tiny_arch, seed=seed)
+    return paths
+
+
+def options(**overrides):
+    defaults = dict(resolution_sizes=SIZES, hardest=HARDEST, latency_runs=2, progress=False, degrade_fn=darken)
+    return EvalOptions(**{**defaults, **overrides})
+
+
+@pytest.fixture(scope="module")
+def results(checkpoints, tmp_path_factory):
+    specs = [ModelSpec(str(checkpoints["distilled"]), role="distilled", label="MobileFaceNet KD"),
+             ModelSpec(str(checkpoints["teacher"]), role="teacher", label="IResNet teacher"),
+             ModelSpec(str(checkpoints["baseline"]), role="baseline")]
+    data = evaluate_models(specs, [FakePairSet(num_images=30, num_pairs=60)], options(), log=lambda _: None)
+    path = save_results(data, tmp_path_factory.mktemp("eval") / "results.json")
+    return load_results(path)
+
+
+def expected_images(results):
+    """Two plots per set plus two thumbnails per hardest pair."""
+    pairs = sum(len(r["hardest"]["false_accepts"]) + len(r["hardest"]["false_rejects"])
+                for m in results["models"] for r in m["results"].values())
+    return 2 * len(results["val_sets"]) + 2 * pairs
+
+
+def test_results_json_schema(results):
+    assert results["schema"] == runner.RESULTS_SCHEMA
+    assert [v["name"] for v in results["val_sets"]] == ["fake"]
+    assert results["val_sets"][0]["num_pairs"] == 60
+    model = results["models"][0]
+    assert model["role"] == "distilled" and model["embedding_size"] == 8 and model["params"] > 0
+    assert model["macs"] > 0 and model["latency_ms"] > 0
+    fake = model["results"]["fake"]
+    for kind in ("plain", "flip"):
+        metrics = fake[kind]
+        assert 0 <= metrics["accuracy_mean"] <= 1 and len(metrics["fold_accuracies"]) == 10
+        assert set(metrics["tar_at_far"]) == {"0.001", "0.01"}
+        assert len(metrics["roc"]["fpr"]) == len(metrics["roc"]["tpr"]) >= 2
+    assert fake["resolution"]["sizes"] == list(SIZES) and len(fake["resolution"]["accuracy_mean"]) == 4
+    assert fake["resolution"]["accuracy_mean"][0] == fake["flip"]["accuracy_mean"]   # 112 px = clean
+    for kind in ("false_accepts", "false_rejects"):
+        for item in fake["hardest"][kind]:
+            assert len(item["thumbnails"]) == 2 and item["images"][0].startswith("img/")
+    assert 0 < len(fake["hardest"]["false_accepts"]) + len(fake["hardest"]["false_rejects"]) <= 2 * HARDEST
+
+
+def test_report_contents(results, tmp_path):
+    files = write_report(results, tmp_path / "report", title="LFW report")
+    page = files.html.read_text()
+    assert page.startswith("<!DOCTYPE html>") and "<title>LFW report</title>" in page
+    assert not re.search(r"(src|href)=['\"](?!data:|#)", page)    # self-contained: no external references
+    assert len(re.findall(r"src='data:image/(png|jpeg);base64,", page)) == expected_images(results)
+    rows = page.split("<tbody>")[1].split("</tbody>")[0].split("<tr>")[1:]
+    labels = [re.search(r"<td>(.*?)</td>", r).group(1) for r in rows]
+    assert labels[0] == "IResNet teacher" and labels[1].endswith("/baseline")   # teacher, baseline,
+    assert labels[2] == "MobileFaceNet KD"                                      # then distilled
+    for model in results["models"]:
+        flip = model["results"]["fake"]["flip"]
+        accuracy = f"{100 * flip['accuracy_mean']:.2f} ± {100 * flip['accuracy_std']:.2f}"
+        tar = f"{100 * flip['tar_at_far']['0.01']['tar_mean']:.2f}"
+        row = next(r for r in rows if model["label"] in r)
+        for value in (accuracy, tar, f"{flip['auc']:.4f}", f"{model['latency_ms']:.2f}"):
+            assert f"<td>{value}</td>" in row
+    summary = files.markdown.read_text()
+    assert "| Model | Role | Accuracy % (flip)" in summary and "IResNet teacher" in summary
+    assert "(roc_fake.png)" in summary and "(resolution_fake.png)" in summary
+    assert {p.name for p in files.plots} == {"roc_fake.png", "resolution_fake.png"}
+    assert all(p.read_bytes().startswith(b"\x89PNG") for p in files.plots)
+
+
+@pytest.mark.skipif(find_chromium() is None, reason="Chromium is not installed")
+def test_report_renders_in_chromium(results, tmp_path):
+    files = write_report(results, tmp_path / "report")
+    check = check_render(files.html, screenshot=tmp_path / "shot.png")
+    assert check.images_total == expected_images(results)
+    assert check.images_loaded == check.images_total, check.broken
+    assert check.pixel_std > 10, "the screenshot is (nearly) blank"
+    assert check.ok
+
+
+def test_eval_and_report_commands(checkpoints, tmp_path, monkeypatch, capsys):
+    from facekd.cli import main
+
+    built = []
+
+    def fake_build(name, kind, path, **kw):
+        built.append((name, kind, path, kw))
+        pair_set = FakePairSet(num_images=12, num_pairs=20)
+        pair_set.name = name
+        return pair_set
+
+    monkeypatch.setattr(runner, "build_pair_set", fake_build)
+    out = tmp_path / "results.json"
+    code = main(["eval", "--model", f"path={checkpoints['teacher']},role=teacher,label=T",
+                 "--model", str(checkpoints["distilled"]), "--val", "lfw:/data/lfw/pairs.txt",
+                 "--val-option", "align=false", "--out", str(out), "--sizes", "none", "--latency-runs", "0",
+                 "--no-progress", "--far", "1e-2"])
+    assert code == 0 and built == [("lfw", "lfw", "/data/lfw/pairs.txt", {"cache": True, "align": False})]
+    data = json.loads(out.read_text())
+    assert data["models"][0]["label"] == "T" and data["models"][1]["label"].endswith("/kd")
+    assert data["models"][0]["results"]["lfw"]["resolution"] is None
+    assert set(data["models"][0]["results"]["lfw"]["flip"]["tar_at_far"]) == {"0.01"}
+    assert "| T | teacher |" in capsys.readouterr().out
+
+    code = main(["report", str(out), "--out", str(tmp_path / "page")])
+    assert code == 0 and (tmp_path / "page" / "report.html").is_file()
+
+    code = main(["eval", "--model", f"path={checkpoints['teacher']},embedding_size=512", "--val", "synthetic",
+                 "--out", str(tmp_path / "never.json"), "--no-progress"])
+    assert code == 2 and "teacher.pt" in capsys.readouterr().err and not (tmp_path / "never.json").exists()
+
+
+def test_bad_results_file_is_named(tmp_path):
+    bad = tmp_path / "broken.json"
+    bad.write_text("{not json")
+    with pytest.raises(DataError, match="broken.json"):
+        load_results(bad)
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"schema": "something-else"}))
+    with pytest.raises(DataError, match="other.json.*schema"):
+        load_results(other)
