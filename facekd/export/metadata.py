@@ -1,0 +1,151 @@
+"""The ``metadata_props`` facekd writes into exported ONNX models.
+
+Every key starts with ``facekd.``; values are strings (ONNX's only metadata type):
+
+====================================  ==========================================================
+``facekd.format_version``             ``1``
+``facekd.model_name``                 backbone name (``mobilefacenet``)
+``facekd.input_name``                 name of the graph input (``input``)
+``facekd.input_format``               ``float`` or ``uint8`` (:mod:`facekd.export.formats`)
+``facekd.input_layout``               ``NCHW`` (float) or ``NHWC`` (uint8)
+``facekd.input_size``                 side of the square aligned face, e.g. ``112``
+``facekd.channel_order``              ``RGB``
+``facekd.mean`` / ``facekd.std``      per-channel, comma separated, on the ``pixel / 255`` scale:
+                                      ``normalised = (pixel / 255 - mean) / std``
+``facekd.normalization_in_graph``     ``true`` when the graph applies mean/std (uint8 input)
+``facekd.embedding_size``             output dimension ``D``
+``facekd.embedding_normalized``       ``false``: the output ``embedding`` is raw; L2-normalise it
+``facekd.config_digest``              :func:`facekd.config.config_digest` of the training config
+``facekd.threshold``                  **cosine-similarity** threshold: same person iff
+                                      ``cos(a, b) >= threshold`` (absent when unknown)
+``facekd.threshold_sqeuclidean``      the same threshold as squared L2 distance of normalised
+                                      embeddings (``d = 2 - 2 cos``; the evaluation protocol's
+                                      scale, same iff ``d < threshold``)
+``facekd.threshold_source``           where the threshold came from (val set, epoch)
+``facekd.threshold_flip``             ``true`` when the threshold was fitted on flip-summed
+                                      embeddings (image + mirror; facekd's validation does so)
+``facekd.params`` / ``facekd.macs``   parameter and multiply-accumulate counts
+``facekd.bn_folded``                  ``true`` when BatchNorm was folded before export
+``facekd.quantization``               ``none`` or ``int8-qdq``
+====================================  ==========================================================
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional, Tuple, Union
+
+from facekd.preprocess import CHANNEL_ORDER, INPUT_SIZE, MEAN, STD
+
+PREFIX = "facekd."
+FORMAT_VERSION = 1
+
+
+def cosine_from_sqeuclidean(distance: float) -> float:
+    """Cosine similarity of unit vectors whose squared L2 distance is ``distance`` (``1 - d/2``)."""
+    return 1.0 - float(distance) / 2.0
+
+
+def sqeuclidean_from_cosine(cosine: float) -> float:
+    """Squared L2 distance of unit vectors with cosine similarity ``cosine`` (``2 - 2 cos``)."""
+    return 2.0 - 2.0 * float(cosine)
+
+
+def _floats(text: str) -> Tuple[float, ...]:
+    return tuple(float(v) for v in text.split(","))
+
+
+def _base_type(hint: Any) -> type:
+    """``int`` for ``Optional[int]``, ``tuple`` for ``Tuple[float, ...]``, ..."""
+    if typing.get_origin(hint) is Union:
+        hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
+    return typing.get_origin(hint) or hint
+
+
+_PARSERS = {bool: lambda text: text.strip().lower() == "true", tuple: _floats, float: float,
+            int: lambda text: int(float(text)), str: str}
+#: keys written for readers' convenience, recomputed from the fields when parsing
+DERIVED_KEYS = ("threshold_sqeuclidean",)
+
+
+@dataclass
+class ExportMetadata:
+    """What an exported model records about itself (see the module docstring for the keys)."""
+    model_name: str = "unknown"
+    input_name: str = "input"
+    input_format: str = "float"
+    input_layout: str = "NCHW"
+    input_size: int = INPUT_SIZE
+    channel_order: str = CHANNEL_ORDER
+    mean: Tuple[float, ...] = (MEAN, MEAN, MEAN)
+    std: Tuple[float, ...] = (STD, STD, STD)
+    normalization_in_graph: bool = False
+    embedding_size: int = 0
+    embedding_normalized: bool = False
+    config_digest: Optional[str] = None
+    threshold: Optional[float] = None              # cosine similarity
+    threshold_source: Optional[str] = None
+    threshold_flip: Optional[bool] = None
+    params: Optional[int] = None
+    macs: Optional[int] = None
+    bn_folded: bool = False
+    quantization: str = "none"
+    format_version: int = FORMAT_VERSION
+    extra: Dict[str, str] = field(default_factory=dict)   # other facekd.* keys, kept verbatim
+
+    @property
+    def threshold_sqeuclidean(self) -> Optional[float]:
+        """The threshold on the squared-L2 scale of the evaluation protocol."""
+        return None if self.threshold is None else sqeuclidean_from_cosine(self.threshold)
+
+    def to_props(self) -> Dict[str, str]:
+        """The ``metadata_props`` dict (``facekd.``-prefixed string keys and values)."""
+        props: Dict[str, str] = {}
+        for item in dataclasses.fields(self):
+            value = getattr(self, item.name)
+            if item.name == "extra" or value is None:
+                continue
+            if isinstance(value, bool):
+                text = "true" if value else "false"
+            elif isinstance(value, tuple):
+                text = ",".join(repr(float(v)) for v in value)
+            elif isinstance(value, float):
+                text = repr(value)
+            else:
+                text = str(value)
+            props[PREFIX + item.name] = text
+        if self.threshold is not None:
+            props[PREFIX + "threshold_sqeuclidean"] = repr(self.threshold_sqeuclidean)
+        props.update({PREFIX + k: v for k, v in self.extra.items()})
+        return props
+
+    @classmethod
+    def from_props(cls, props: Dict[str, str]) -> "ExportMetadata":
+        """Parse ``metadata_props`` written by :meth:`to_props` (unknown keys go to ``extra``)."""
+        hints = typing.get_type_hints(cls)
+        kwargs: Dict[str, Any] = {}
+        extra: Dict[str, str] = {}
+        for key, text in props.items():
+            if not key.startswith(PREFIX):
+                continue
+            name = key[len(PREFIX):]
+            if name in DERIVED_KEYS:
+                continue
+            if name in hints and name != "extra":
+                kwargs[name] = _PARSERS[_base_type(hints[name])](text)
+            else:
+                extra[name] = text
+        return cls(**kwargs, extra=extra)
+
+
+def read_metadata(path: Union[str, os.PathLike]) -> ExportMetadata:
+    """The :class:`ExportMetadata` of an ONNX file (weights are not loaded).
+
+    Raises :class:`facekd.errors.DataError` naming the file when it is missing or not ONNX.
+    """
+    from facekd.export.runtime import load_onnx_proto
+
+    proto = load_onnx_proto(path, load_weights=False)
+    return ExportMetadata.from_props({p.key: p.value for p in proto.metadata_props})

@@ -1,0 +1,250 @@
+"""Static INT8 quantisation (QDQ) of an exported model with onnxruntime.quantization.
+
+:func:`quantize_int8` calibrates activation ranges on aligned faces
+(:class:`FaceCalibrationReader`), quantises weights per channel (symmetric int8) and
+activations per tensor (uint8), writes the QDQ model, copies the fp32 model's metadata
+(with ``facekd.quantization = int8-qdq``) and reports
+
+* the *drift*: per-face cosine similarity between fp32 and int8 embeddings on faces that
+  were not used for calibration, and the maximum absolute difference;
+* given a verification pair set, the verification accuracy of fp32 and int8 (plain and
+  flip embeddings, :mod:`facekd.evaluation`).
+
+The first and the last weight layers are often the most sensitive to quantisation;
+``keep_float=("first", "last")`` leaves them in float (node names are accepted too).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+import numpy as np
+
+from facekd.errors import ConfigError
+from facekd.export.runtime import OnnxEmbedder, load_onnx_proto, resize_faces, row_cosine
+
+PathLike = Union[str, os.PathLike]
+#: operators that carry weights; "first"/"last" in ``keep_float`` refer to these
+WEIGHT_OPS = ("Conv", "Gemm", "MatMul")
+#: operators quantised by default (PRelu, Flatten and the input normalisation stay float)
+DEFAULT_OPS = ("Conv", "Gemm", "MatMul", "Add")
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+
+
+class FaceCalibrationReader:
+    """An onnxruntime ``CalibrationDataReader`` over aligned faces in a model's input format.
+
+    Args:
+        embedder: the fp32 model (gives the input name, format and size).
+        faces: aligned uint8 RGB faces ``N x H x H x 3``.
+        batch_size: faces per calibration batch.
+    """
+
+    def __init__(self, embedder: OnnxEmbedder, faces: np.ndarray, batch_size: int = 16) -> None:
+        faces = resize_faces(np.asarray(faces), embedder.input_size)
+        self.input_name = embedder.input.name
+        self.batches = [embedder.input_format.from_uint8(faces[i:i + batch_size])
+                        for i in range(0, len(faces), batch_size)]
+        self._position = 0
+
+    def get_next(self) -> Optional[Dict[str, np.ndarray]]:
+        """The next ``{input_name: batch}``, or ``None`` at the end."""
+        if self._position >= len(self.batches):
+            return None
+        self._position += 1
+        return {self.input_name: self.batches[self._position - 1]}
+
+    def rewind(self) -> None:
+        """Start again from the first batch."""
+        self._position = 0
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def resolve_keep_float(model_path: PathLike, keep_float: Sequence[str]) -> List[str]:
+    """Node names for ``keep_float`` entries: ``first``/``last`` weight layer, or node names.
+
+    Raises :class:`ConfigError` for a name that is not a node of the model.
+    """
+    proto = load_onnx_proto(model_path, load_weights=False)
+    names = [node.name for node in proto.graph.node]
+    weight_nodes = [node.name for node in proto.graph.node if node.op_type in WEIGHT_OPS]
+    aliases = {"first": weight_nodes[:1], "last": weight_nodes[-1:]}
+    out: List[str] = []
+    for entry in keep_float:
+        entry = entry.strip()
+        if not entry:
+            continue
+        if entry in aliases:
+            resolved = aliases[entry]
+        elif entry in names:
+            resolved = [entry]
+        else:
+            raise ConfigError(f"--keep-float {entry!r}: not 'first', 'last' or a node of {model_path} "
+                              f"(weight layers: {weight_nodes[:3]} ... {weight_nodes[-3:]})")
+        out += [name for name in resolved if name not in out]
+    return out
+
+
+@dataclass
+class Drift:
+    """fp32 vs int8 embeddings on the same faces."""
+    faces: int
+    mean_cosine: float
+    min_cosine: float
+    max_abs_diff: float
+
+
+@dataclass
+class QuantizationReport:
+    """What :func:`quantize_int8` did and measured."""
+    fp32_path: str
+    int8_path: str
+    calibration_faces: int
+    calibrate_method: str
+    per_channel: bool
+    kept_float: List[str]
+    preprocessed: bool
+    fp32_mb: float
+    int8_mb: float
+    quantized_nodes: int          # QuantizeLinear nodes in the int8 graph
+    drift: Optional[Drift] = None
+    verification: Dict[str, Dict[str, float]] = field(default_factory=dict)  # set -> metric -> value
+
+    def to_dict(self) -> Dict[str, Any]:
+        """JSON-ready form."""
+        return asdict(self)
+
+    def __str__(self) -> str:
+        lines = [f"INT8 (QDQ, per-channel weights: {self.per_channel}, calibration: {self.calibrate_method} "
+                 f"on {self.calibration_faces} faces) -> {self.int8_path}",
+                 f"  size {self.fp32_mb:.2f} MB -> {self.int8_mb:.2f} MB; {self.quantized_nodes} QuantizeLinear "
+                 f"nodes; kept in float: {', '.join(self.kept_float) or 'none'}"]
+        if self.drift:
+            d = self.drift
+            lines.append(f"  drift on {d.faces} held-out faces: cosine mean {d.mean_cosine:.5f}, "
+                         f"min {d.min_cosine:.5f}; max |diff| {d.max_abs_diff:.3e}")
+        for name, metrics in self.verification.items():
+            lines.append(f"  {name}: accuracy fp32 {100 * metrics['fp32_accuracy']:.2f}% -> int8 "
+                         f"{100 * metrics['int8_accuracy']:.2f}% ({100 * metrics['drop']:+.2f} pt drop), "
+                         f"flip: {100 * metrics['fp32_flip_accuracy']:.2f}% -> "
+                         f"{100 * metrics['int8_flip_accuracy']:.2f}%")
+        return "\n".join(lines)
+
+
+def measure_drift(fp32: OnnxEmbedder, int8: OnnxEmbedder, faces: np.ndarray, batch_size: int = 64) -> Drift:
+    """Cosine similarity and max absolute difference of fp32 vs int8 embeddings of ``faces``."""
+    faces = resize_faces(np.asarray(faces), fp32.input_size)
+    a = np.concatenate([fp32.embed_uint8(faces[i:i + batch_size]) for i in range(0, len(faces), batch_size)])
+    b = np.concatenate([int8.embed_uint8(faces[i:i + batch_size]) for i in range(0, len(faces), batch_size)])
+    cosine = row_cosine(a, b)
+    return Drift(len(faces), float(cosine.mean()), float(cosine.min()), float(np.abs(a - b).max()))
+
+
+def verification_accuracy(embedder: Any, pair_set: Any, batch_size: int = 64) -> Dict[str, float]:
+    """``{"accuracy", "flip_accuracy"}`` of ``embedder`` on ``pair_set`` (insightface protocol)."""
+    from facekd.evaluation import evaluate, extract_embeddings, pair_embeddings
+
+    embeddings = extract_embeddings(embedder, pair_set, batch_size=batch_size, progress=False)
+    return {"accuracy": evaluate(pair_embeddings(pair_set.pairs, embeddings.plain), pair_set.issame).accuracy_mean,
+            "flip_accuracy": evaluate(pair_embeddings(pair_set.pairs, embeddings.flip),
+                                      pair_set.issame).accuracy_mean}
+
+
+def compare_verification(fp32: OnnxEmbedder, int8: OnnxEmbedder, pair_set: Any,
+                         batch_size: int = 64) -> Dict[str, float]:
+    """fp32 and int8 verification accuracy on ``pair_set`` and the drop (fp32 - int8)."""
+    a = verification_accuracy(fp32, pair_set, batch_size)
+    b = verification_accuracy(int8, pair_set, batch_size)
+    return {"fp32_accuracy": a["accuracy"], "int8_accuracy": b["accuracy"],
+            "drop": a["accuracy"] - b["accuracy"], "fp32_flip_accuracy": a["flip_accuracy"],
+            "int8_flip_accuracy": b["flip_accuracy"], "flip_drop": a["flip_accuracy"] - b["flip_accuracy"]}
+
+
+def _preprocess(source: str, target: str) -> bool:
+    """``quant_pre_process`` (shape inference + graph optimisation); False if it fails."""
+    from onnxruntime.quantization import quant_pre_process
+
+    try:
+        quant_pre_process(source, target, skip_symbolic_shape=False)
+        return True
+    except Exception:  # the pre-processing is an optimisation; quantise the original instead
+        shutil.copyfile(source, target)
+        return False
+
+
+def quantize_int8(fp32_path: PathLike, int8_path: PathLike, calibration_faces: np.ndarray,
+                  eval_faces: Optional[np.ndarray] = None, pair_sets: Sequence[Any] = (),
+                  keep_float: Sequence[str] = ("first", "last"), per_channel: bool = True,
+                  calibrate_method: str = "minmax", preprocess: bool = True,
+                  op_types: Sequence[str] = DEFAULT_OPS, calibration_batch: int = 16,
+                  threads: Optional[int] = None) -> QuantizationReport:
+    """Quantise ``fp32_path`` to a static QDQ INT8 model at ``int8_path``.
+
+    Args:
+        fp32_path: an fp32 model written by :func:`facekd.export.export_onnx`.
+        int8_path: where to write the INT8 model.
+        calibration_faces: aligned uint8 RGB faces for the activation ranges (a few hundred
+            real faces are typical; they are resized to the model's input size).
+        eval_faces: held-out aligned faces for the drift measurement (skipped when ``None``).
+        pair_sets: verification pair sets on which fp32 and int8 accuracy are compared.
+        keep_float: layers left in float: ``"first"``, ``"last"`` and/or node names.
+        per_channel: per-output-channel weight scales.
+        calibrate_method: ``"minmax"``, ``"entropy"`` or ``"percentile"``.
+        preprocess: run onnxruntime's ``quant_pre_process`` first.
+        op_types: operator types to quantise.
+        calibration_batch: faces per calibration batch.
+        threads: onnxruntime intra-op threads for the drift / accuracy runs.
+    """
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    if calibrate_method not in CALIBRATION_METHODS:
+        raise ConfigError(f"calibration method must be one of {CALIBRATION_METHODS}, got {calibrate_method!r}")
+    fp32_path, int8_path = os.fspath(fp32_path), os.fspath(int8_path)
+    fp32 = OnnxEmbedder(fp32_path, threads=threads, resize=True)
+    if len(calibration_faces) == 0:
+        raise ConfigError("INT8 calibration needs at least one face")
+    reader = FaceCalibrationReader(fp32, calibration_faces, calibration_batch)
+    Path(int8_path).parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="facekd-quant-") as tmp:
+        source = os.path.join(tmp, "prepared.onnx")
+        if preprocess:
+            preprocessed = _preprocess(fp32_path, source)
+        else:
+            shutil.copyfile(fp32_path, source)
+            preprocessed = False
+        excluded = resolve_keep_float(source, keep_float)
+        method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                  "percentile": CalibrationMethod.Percentile}[calibrate_method]
+        quantize_static(source, int8_path, reader, quant_format=QuantFormat.QDQ, per_channel=per_channel,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        op_types_to_quantize=list(op_types), nodes_to_exclude=excluded,
+                        calibrate_method=method,
+                        extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+
+    proto = onnx.load(int8_path)
+    meta = fp32.metadata
+    props = {**meta.to_props(), "facekd.quantization": "int8-qdq"}
+    del proto.metadata_props[:]
+    onnx.helper.set_model_props(proto, props)
+    proto.doc_string = load_onnx_proto(fp32_path, load_weights=False).doc_string + " INT8 (QDQ)."
+    onnx.save(proto, int8_path)
+
+    report = QuantizationReport(
+        fp32_path=fp32_path, int8_path=int8_path, calibration_faces=int(len(calibration_faces)),
+        calibrate_method=calibrate_method, per_channel=per_channel, kept_float=excluded,
+        preprocessed=preprocessed, fp32_mb=os.path.getsize(fp32_path) / 2 ** 20,
+        int8_mb=os.path.getsize(int8_path) / 2 ** 20,
+        quantized_nodes=sum(node.op_type == "QuantizeLinear" for node in proto.graph.node))
+    int8 = OnnxEmbedder(int8_path, threads=threads, resize=True)
+    if eval_faces is not None and len(eval_faces):
+        report.drift = measure_drift(fp32, int8, eval_faces)
+    for pair_set in pair_sets:
+        report.verification[pair_set.name] = compare_verification(fp32, int8, pair_set)
+    return report
