@@ -99,6 +99,11 @@ class TrainConfig:
     log_every_steps: int = 10
     max_steps_per_epoch: int = 0       # 0 = the whole epoch
     progress: bool = True
+    # added for facekd.training: random horizontal flip of training samples (the teacher
+    # cache holds the embedding of each sample and of its mirror)
+    flip: bool = True
+    # added for facekd.training: step_<N>.pt checkpoints kept besides last.pt/best.pt (0: none)
+    keep_step_checkpoints: int = 2
 
 
 @dataclass
@@ -120,6 +125,11 @@ class TeacherConfig:
     checkpoint: Optional[str] = None   # facekd checkpoint or insightface backbone.pth
     cache: bool = True                 # cache teacher embeddings/logits per dataset
     cache_dir: Optional[str] = None    # default: <output_dir>/../teacher_cache
+    # added for facekd.training: storage dtype of cached teacher embeddings (float32 | float16)
+    cache_dtype: str = "float32"
+    # added for facekd.training: if `checkpoint` does not exist, train-student first trains a
+    # teacher with this config file (e.g. teacher_synthetic.yaml) and uses its best.pt
+    train_config: Optional[str] = None
 
 
 @dataclass

@@ -1,0 +1,102 @@
+"""Training checkpoints: atomic writes and the RNG state they carry.
+
+A training checkpoint is a dict (``torch.save``) with
+
+=================  ============================================================
+``format``         :data:`CHECKPOINT_FORMAT` (an int, bumped on layout changes)
+``model_config``   the backbone's ``ModelConfig`` as a dict (rebuild with ``build_model``)
+``state_dict``     the backbone's weights (what :func:`facekd.models.load_pretrained` reads)
+``head``           the margin head, if any: ``{"name", "params", "num_classes", "state_dict"}``
+``losses``         state of every loss module (heads, adapters) for ``--resume``
+``classes``        the training identities (label -> name); ``dataset_fingerprint``
+``optimizer``      optimiser state; ``scheduler`` its LR schedule state; ``scaler`` AMP scaler
+``sampler``        the batch sampler's position (``epoch``, ``batches_done`` and its own state)
+``epoch``/``step`` the epoch being run and the number of optimiser steps taken
+``rng``            python / numpy / torch (and CUDA) generator states
+``config``         the full ``ExperimentConfig`` as a dict; ``metrics`` the latest values
+=================  ============================================================
+
+Writes go to a temporary file in the same directory that is then ``os.replace``-d over
+the target, so a crash never leaves a partial ``last.pt``.
+"""
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, Union
+
+import numpy as np
+import torch
+
+from facekd.models.checkpoint import read_checkpoint
+
+CHECKPOINT_FORMAT = 1
+PathLike = Union[str, os.PathLike]
+
+
+def atomic_save(obj: Any, path: PathLike) -> Path:
+    """``torch.save(obj)`` to ``path`` atomically (temporary file + ``os.replace``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            torch.save(obj, stream)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def atomic_copy(source: PathLike, target: PathLike) -> Path:
+    """Copy a finished checkpoint file atomically (e.g. ``last.pt`` -> ``best.pt``)."""
+    target = Path(target)
+    handle, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(handle)
+    try:
+        shutil.copyfile(source, tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return target
+
+
+def load_checkpoint(path: PathLike) -> Dict[str, Any]:
+    """Read a checkpoint on CPU; a missing or corrupt file raises ``DataError`` naming it."""
+    return read_checkpoint(path)
+
+
+def rng_state() -> Dict[str, Any]:
+    """The python, numpy, torch and (if present) CUDA generator states."""
+    state = {"python": random.getstate(), "numpy": np.random.get_state(),
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Dict[str, Any]) -> None:
+    """Restore the generator states saved by :func:`rng_state`."""
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        cuda_states = state["cuda"]
+        if len(cuda_states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda_states)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch."""
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    torch.manual_seed(seed)

@@ -1,0 +1,359 @@
+"""Training tasks: what is trained and how a step's loss is computed.
+
+A task is a :class:`~facekd.training.trainer.Hook` that the :class:`~facekd.training.trainer.Trainer`
+builds (``build``) and asks for the loss of each batch (``compute_loss``).  Both tasks train a
+backbone with the weighted losses of ``cfg.losses`` (:func:`facekd.losses.build_losses`):
+
+* :class:`TeacherTask` (``facekd train-teacher``) — a backbone + margin head
+  (``arcface``/``cosface``, s=64, m=0.5 by default); losses that need a teacher are refused.
+* :class:`StudentTask` (``facekd train-student``) — adds the frozen teacher of ``cfg.teacher``
+  (a facekd checkpoint, or an insightface ``backbone.pth`` for the architecture in
+  ``teacher.model``), the low-resolution student view of ``cfg.degrade`` and the teacher
+  embedding cache (:mod:`facekd.training.teacher_cache`).  Any combination of student
+  ArcFace, triplet distillation, plain triplet, HR->LR feature distillation and Hinton KD
+  can be switched on and weighted in ``cfg.losses``.
+
+Where the teacher's outputs come from:
+
+* embeddings: the cache (``teacher.cache: true``, default), looked up by sample index and
+  flip — no teacher forward pass during training;
+* margin-free logits (Hinton KD): the teacher checkpoint's margin head applied to the
+  cached embedding (one matrix product; teacher and student must share the identity set);
+* feature maps (a loss with ``needs_feature_maps``): the teacher runs online on the clean
+  view of each batch (``forward_features``), and then provides the embedding too — the
+  cache is not used in that case.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+from torch import nn
+
+from facekd.config import ExperimentConfig, ModelConfig, from_dict, to_dict
+from facekd.errors import CheckpointError, ConfigError
+from facekd.registry import Registry
+from facekd.training.data import InputResize, TrainView, batch_to_input, keep_uint8
+from facekd.training.trainer import Hook
+
+LOG = logging.getLogger(__name__)
+
+#: name -> task class taking ``cfg``
+TASKS = Registry("task")
+
+
+def loss_flag(criterion: nn.Module, flag: str) -> bool:
+    """``criterion.<flag>`` of a ``WeightedLoss`` (``needs_teacher``, ``needs_feature_maps``, ...)."""
+    return bool(getattr(criterion, flag, False))
+
+
+def loss_params(spec: Dict[str, Any]) -> Dict[str, Any]:
+    """A ``losses:`` entry without its ``name`` and ``weight``."""
+    return {k: v for k, v in spec.items() if k not in ("name", "weight")}
+
+
+class TrainModule(nn.Module):
+    """The backbone and the loss modules (margin heads, adapters): the unit DDP wraps.
+
+    ``forward`` embeds the batch (with ``forward_features`` when a loss reads feature maps)
+    and returns ``(total_loss, terms)`` of the weighted losses.
+    """
+
+    def __init__(self, backbone: nn.Module, criterion: nn.Module, feature_maps: bool = False) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.criterion = criterion
+        self.feature_maps = feature_maps
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor, **teacher: Optional[torch.Tensor]):
+        from facekd.losses import LossInputs
+
+        feature_map = None
+        if self.feature_maps:
+            feature_map, embedding = self.backbone.forward_features(images)
+        else:
+            embedding = self.backbone(images)
+        return self.criterion(LossInputs(student_embedding=embedding, labels=labels,
+                                         student_feature_map=feature_map, **teacher))
+
+
+class Task(Hook):
+    """Common part of the tasks: data, backbone, losses, verification, checkpoint state.
+
+    After :meth:`build`: ``dataset`` (the :class:`~facekd.data.FaceDataset`), ``train_set``
+    (its :class:`~facekd.training.data.TrainView`), ``backbone``, ``criterion`` (the
+    ``WeightedLoss``) and ``module`` (:class:`TrainModule`).
+    """
+
+    name = "task"
+
+    def __init__(self, cfg: ExperimentConfig) -> None:
+        self.cfg = cfg
+        self.device = torch.device("cpu")
+
+    # ------------------------------------------------------------------ building
+    def build(self, trainer: Any) -> None:
+        """Build dataset, backbone and losses (called once by the trainer)."""
+        from facekd.data import build_train_dataset
+        from facekd.losses import build_losses
+        from facekd.models import build_model
+
+        cfg = self.cfg
+        self.device = trainer.device
+        self.dataset = build_train_dataset(cfg.data, transform=keep_uint8)
+        self.backbone = build_model(cfg.model)
+        self.prepare_teacher(trainer)
+        self.criterion = build_losses(cfg.losses, **self.loss_context())
+        self.check_losses()
+        self.module = TrainModule(self.backbone, self.criterion, loss_flag(self.criterion, "needs_feature_maps"))
+        self.train_set = self.build_view()
+
+    def loss_context(self) -> Dict[str, Any]:
+        """The context arguments loss factories may take."""
+        return {"num_classes": self.dataset.num_classes, "embedding_size": self.cfg.model.embedding_size,
+                "student_channels": getattr(self.backbone, "feature_channels", None)}
+
+    def prepare_teacher(self, trainer: Any) -> None:
+        """Load whatever the losses need besides the backbone (nothing for a teacher run)."""
+
+    def check_losses(self) -> None:
+        """Refuse loss combinations the task cannot feed."""
+        if loss_flag(self.criterion, "needs_feature_maps") and not hasattr(self.backbone, "forward_features"):
+            raise ConfigError(f"model {self.cfg.model.name!r} has no forward_features; "
+                              "feature-map distillation is not available for it")
+
+    def build_view(self, teacher_images: bool = False) -> TrainView:
+        """The :class:`TrainView` of the dataset (degraded per ``cfg.degrade`` when enabled)."""
+        degrade, clean_prob = None, 0.0
+        if self.cfg.degrade.enabled:
+            from facekd.data import Degradation
+
+            d = self.cfg.degrade
+            degrade = Degradation(min_size=d.min_size, max_size=d.max_size, out_size=112,
+                                  blur_prob=d.blur_prob, jpeg_prob=d.jpeg_prob, noise_prob=d.noise_prob)
+            clean_prob = d.clean_prob
+        return TrainView(self.dataset, seed=self.cfg.seed, flip=self.cfg.train.flip, degrade=degrade,
+                         clean_prob=clean_prob, teacher_images=teacher_images)
+
+    @property
+    def train_labels(self):
+        """Labels of the training samples (for the P x K sampler)."""
+        return self.dataset.labels
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch of the per-sample random choices."""
+        self.train_set.set_epoch(epoch)
+
+    # ------------------------------------------------------------------ a step
+    def teacher_outputs(self, batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
+        """``LossInputs`` fields coming from the teacher (none for a teacher run)."""
+        return {}
+
+    def compute_loss(self, trainer: Any, batch: Dict[str, Any]) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        """``(total, terms)`` of ``batch`` through the (possibly DDP-wrapped) :class:`TrainModule`."""
+        images = batch_to_input(batch["image"], self.cfg.model.input_size, self.device, self.cfg.train.channels_last)
+        labels = batch["label"].to(self.device, non_blocking=True)
+        return trainer.model(images, labels, **self.teacher_outputs(batch))
+
+    # ------------------------------------------------------------------ verification
+    def verify(self, trainer: Any, pair_sets: list) -> Dict[str, Any]:
+        """10-fold verification (flip-summed embeddings) of the backbone on each pair set."""
+        from facekd.evaluation.embed import TorchEmbedder, extract_embeddings
+        from facekd.evaluation.verification import evaluate, pair_embeddings
+
+        embedder = TorchEmbedder(InputResize(self.backbone, self.cfg.model.input_size), device=str(self.device),
+                                 batch_size=self.cfg.val.batch_size, amp=trainer.amp)
+        results = {}
+        try:
+            for pair_set in pair_sets:
+                embeddings = extract_embeddings(embedder, pair_set, self.cfg.val.batch_size, progress=False)
+                results[pair_set.name] = evaluate(pair_embeddings(pair_set.pairs, embeddings.flip),
+                                                  pair_set.issame)
+        finally:
+            self.module.train()
+        return results
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> Dict[str, Any]:
+        """The task's part of a checkpoint: backbone, its config, loss modules, margin head, classes."""
+        state = {"model_config": to_dict(self.cfg.model), "state_dict": self.backbone.state_dict(),
+                 "losses": self.criterion.state_dict(), "classes": list(self.dataset.classes),
+                 "dataset_fingerprint": self.dataset.fingerprint(), "head": None}
+        head = self.criterion.margin_head
+        if head is not None:
+            spec = self.criterion.specs[self.criterion.margin_head_key]
+            state["head"] = {"name": head.loss_name, "params": loss_params(spec),
+                             "num_classes": head.num_classes, "embedding_size": head.embedding_size,
+                             "state_dict": head.state_dict()}
+        return state
+
+    def load_state_dict(self, state: Dict[str, Any], path: str = "<checkpoint>") -> None:
+        """Restore backbone and loss modules from a checkpoint of this task."""
+        try:
+            self.backbone.load_state_dict(state["state_dict"])
+            self.criterion.load_state_dict(state["losses"])
+        except RuntimeError as error:
+            raise CheckpointError(f"{path}: does not match this run's model/losses ({error})") from None
+        if state.get("classes") is not None and list(state["classes"]) != list(self.dataset.classes):
+            raise CheckpointError(f"{path}: was trained on other identities than this run's data")
+
+
+@TASKS.register("teacher")
+class TeacherTask(Task):
+    """Backbone + margin head (``facekd train-teacher``)."""
+
+    name = "teacher"
+
+    def check_losses(self) -> None:
+        super().check_losses()
+        for flag in ("needs_teacher", "needs_teacher_logits"):
+            if loss_flag(self.criterion, flag):
+                names = [s.get("name") for s in self.cfg.losses]
+                raise ConfigError(f"train-teacher: losses {names} include one that needs a teacher; "
+                                  "use train-student for distillation")
+
+
+class FrozenTeacher(nn.Module):
+    """The teacher backbone (and its margin head, if the checkpoint has one), frozen in eval mode."""
+
+    def __init__(self, backbone: nn.Module, head: Optional[nn.Module], classes: Optional[list],
+                 path: str, model_config: ModelConfig) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.classes = classes
+        self.path = path
+        self.model_config = model_config
+        self.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode: bool = True) -> "FrozenTeacher":
+        """Stays in eval mode (BN statistics are frozen)."""
+        return super().train(False)
+
+
+def load_teacher(teacher_cfg: Any, device: torch.device = torch.device("cpu")) -> FrozenTeacher:
+    """The frozen teacher of a ``TeacherConfig``.
+
+    ``teacher.checkpoint`` is a facekd checkpoint (its ``model_config`` builds the
+    architecture; its ``head`` gives the margin-free logits for Hinton KD) or a plain
+    state dict such as insightface's ``backbone.pth`` (architecture from ``teacher.model``,
+    e.g. ``iresnet100``; no head).
+    """
+    from facekd.losses import LOSSES
+    from facekd.models import build_model, load_pretrained, read_checkpoint
+
+    path = teacher_cfg.checkpoint
+    if not path:
+        raise ConfigError("a loss needs a teacher: set teacher.checkpoint (a facekd checkpoint or an "
+                          "insightface backbone.pth) and teacher.model")
+    checkpoint = read_checkpoint(path)
+    model_cfg = teacher_cfg.model
+    if isinstance(checkpoint.get("model_config"), dict):
+        model_cfg = from_dict(ModelConfig, checkpoint["model_config"], source=f"{path} model_config")
+        if to_dict(model_cfg) != to_dict(teacher_cfg.model):
+            LOG.info("teacher architecture taken from %s: %s", path, to_dict(model_cfg))
+    backbone = build_model(model_cfg)
+    report = load_pretrained(backbone, path, strict=True)
+    LOG.info("teacher: %s", report)
+    head = None
+    info = checkpoint.get("head") if isinstance(checkpoint.get("head"), dict) else None
+    if info is not None:
+        head = LOSSES.build(info["name"], num_classes=info["num_classes"], embedding_size=info["embedding_size"],
+                            **info["params"])
+        head.load_state_dict(info["state_dict"])
+    return FrozenTeacher(backbone, head, checkpoint.get("classes"), str(path), model_cfg).to(device)
+
+
+@TASKS.register("student")
+class StudentTask(Task):
+    """A student distilled from a frozen teacher (``facekd train-student``)."""
+
+    name = "student"
+
+    def __init__(self, cfg: ExperimentConfig) -> None:
+        super().__init__(cfg)
+        self.teacher: Optional[FrozenTeacher] = None
+        self.cache = None
+
+    def _loss_class_flag(self, flag: str) -> bool:
+        from facekd.losses import LOSSES
+
+        return any(getattr(LOSSES.get(spec["name"]), flag, False)
+                   for spec in self.cfg.losses if spec.get("name") in LOSSES)
+
+    def prepare_teacher(self, trainer: Any) -> None:
+        """Load the teacher when a configured loss reads teacher outputs."""
+        if any(self._loss_class_flag(f) for f in ("needs_teacher", "needs_teacher_logits", "needs_feature_maps")):
+            if self.cfg.teacher is None:
+                raise ConfigError("the losses need a teacher but the config has no teacher: section")
+            self.teacher = load_teacher(self.cfg.teacher, self.device)
+        elif self.cfg.teacher is not None and self.cfg.teacher.checkpoint:
+            LOG.warning("no configured loss uses the teacher; it is not loaded")
+
+    def loss_context(self) -> Dict[str, Any]:
+        context = super().loss_context()
+        if self.teacher is not None:
+            context["teacher_embedding_size"] = self.teacher.model_config.embedding_size
+            context["teacher_channels"] = getattr(self.teacher.backbone, "feature_channels", None)
+        return context
+
+    @property
+    def teacher_online(self) -> bool:
+        """True when the teacher runs on each batch (feature maps needed, or the cache is off)."""
+        return self.teacher is not None and (loss_flag(self.criterion, "needs_feature_maps")
+                                             or not self.cfg.teacher.cache)
+
+    def check_losses(self) -> None:
+        super().check_losses()
+        needs_logits = loss_flag(self.criterion, "needs_teacher_logits")
+        if needs_logits and (self.teacher is None or self.teacher.head is None):
+            raise ConfigError(f"hinton_kd needs the teacher's margin head, and {self.cfg.teacher.checkpoint} has "
+                              "none (an insightface backbone.pth carries no head): remove hinton_kd or use "
+                              "a facekd teacher checkpoint")
+        if needs_logits and list(self.teacher.classes or []) != list(self.dataset.classes):
+            raise ConfigError(f"hinton_kd needs teacher and student to share the identity set, but "
+                              f"{self.cfg.teacher.checkpoint} was trained on {len(self.teacher.classes or [])} "
+                              f"other identities than this run's {self.dataset.num_classes}")
+        if loss_flag(self.criterion, "needs_student_logits") and self.criterion.margin_head is None:
+            raise ConfigError("hinton_kd needs the student's own margin head: add arcface or cosface to losses")
+        if self.teacher is not None and loss_flag(self.criterion, "needs_feature_maps") \
+                and not hasattr(self.teacher.backbone, "forward_features"):
+            raise ConfigError("feature-map distillation needs a teacher with forward_features")
+
+    def build(self, trainer: Any) -> None:
+        super().build(trainer)
+        if self.teacher_online:
+            self.train_set = self.build_view(teacher_images=True)
+
+    def on_train_start(self, trainer: Any) -> None:
+        """Load or build the teacher-embedding cache."""
+        if self.teacher is None or self.teacher_online:
+            return
+        from facekd.training.teacher_cache import TeacherCache
+
+        cache_dir = self.cfg.teacher.cache_dir or str(Path(trainer.output_dir).parent / "teacher_cache")
+        self.cache = TeacherCache.load_or_build(
+            self.teacher.backbone, self.dataset, self.teacher.model_config.input_size, cache_dir, dist=trainer.dist,
+            batch_size=self.cfg.val.batch_size, amp=trainer.amp, dtype=self.cfg.teacher.cache_dtype,
+            num_workers=self.cfg.data.num_workers, progress=self.cfg.train.progress)
+
+    def teacher_outputs(self, batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
+        if self.teacher is None:
+            return {}
+        out: Dict[str, torch.Tensor] = {}
+        with torch.no_grad():
+            if self.teacher_online:
+                images = batch_to_input(batch["teacher_image"], self.teacher.model_config.input_size, self.device)
+                if loss_flag(self.criterion, "needs_feature_maps"):
+                    out["teacher_feature_map"], embedding = self.teacher.backbone.forward_features(images)
+                else:
+                    embedding = self.teacher.backbone(images)
+            else:
+                embedding = self.cache.lookup(batch["index"], batch["flipped"]).to(self.device, non_blocking=True)
+            out["teacher_embedding"] = embedding
+            if self.teacher.head is not None and loss_flag(self.criterion, "needs_teacher_logits"):
+                out["teacher_logits"] = self.teacher.head.logits(embedding.float())
+        return out

@@ -1,0 +1,331 @@
+"""Training: schedules, atomic checkpoints, the teacher cache, resume, the NaN guard, a short
+synthetic run that learns, and the train-teacher/train-student commands.
+
+Every run uses a tiny IResNet (widths 8..64, 32x32 input) on a few synthetic identities.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Dict, List
+
+import pytest
+import torch
+import yaml
+
+from facekd.config import CONFIG_DIR, ExperimentConfig, OptimConfig, load_config
+from facekd.errors import ConfigError, TrainingError
+from facekd.training import (CACHE_STATS, Hook, StudentTask, TeacherCache, TeacherTask, Trainer, build_scheduler,
+                             load_checkpoint, read_metrics, run_training)
+from facekd.training import tasks as tasks_module
+from facekd.training.checkpoint import atomic_save
+from facekd.training.teacher_cache import cache_key
+
+TINY_MODEL = {"name": "iresnet18", "embedding_size": 32, "input_size": 32, "params": {"width": [8, 16, 32, 64]}}
+ALL_STUDENT_LOSSES = [
+    {"name": "arcface", "weight": 1.0, "scale": 32.0, "margin": 0.3},
+    {"name": "triplet_distill", "weight": 1.0, "m_min": 0.2, "m_max": 0.5},
+    {"name": "feature_distill", "weight": 1.0},
+    {"name": "hinton_kd", "weight": 1.0, "temperature": 4.0},
+]
+
+
+def _merge(base: Dict[str, Any], over: Dict[str, Any]) -> Dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def write_config(path: Path, run_dir: Path, **over: Any) -> Path:
+    """A tiny experiment YAML (based on configs/base.yaml) with ``over`` merged in."""
+    data = {
+        "_base_": str(CONFIG_DIR / "base.yaml"), "name": path.stem, "output_dir": str(run_dir),
+        "model": TINY_MODEL,
+        "data": {"source": "synthetic", "num_identities": 16, "images_per_identity": 8},
+        "val": {"sets": [{"name": "synthetic", "kind": "synthetic", "params": {"num_pairs": 100, "cache": True}}],
+                "every_epochs": 0, "batch_size": 100},
+        "optim": {"lr": 0.1, "warmup_epochs": 0.5},
+        "train": {"epochs": 1, "identities_per_batch": 8, "images_per_identity": 4, "checkpoint_every_steps": 3,
+                  "log_every_steps": 1, "progress": False},
+        "losses": [{"name": "arcface", "weight": 1.0, "scale": 32.0, "margin": 0.3}],
+    }
+    data = _merge(data, over)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def tiny_config(tmp_path: Path, name: str, **over: Any) -> ExperimentConfig:
+    return load_config(write_config(tmp_path / f"{name}.yaml", tmp_path / name, **over))
+
+
+def student_overrides(teacher_ckpt: str, cache_dir: Path, **over: Any) -> Dict[str, Any]:
+    base = {"teacher": {"model": TINY_MODEL, "checkpoint": teacher_ckpt, "cache_dir": str(cache_dir)},
+            "degrade": {"enabled": True, "min_size": 14, "max_size": 40, "blur_prob": 0.3, "jpeg_prob": 0.3,
+                        "noise_prob": 0.3, "clean_prob": 0.2},
+            "losses": ALL_STUDENT_LOSSES}
+    return _merge(base, over)
+
+
+@pytest.fixture(scope="module")
+def teacher_ckpt(tmp_path_factory) -> str:
+    """A tiny teacher trained for a few steps (facekd checkpoint with its ArcFace head)."""
+    root = tmp_path_factory.mktemp("teacher")
+    cfg = tiny_config(root, "teacher", train={"max_steps_per_epoch": 3})
+    summary = run_training(cfg, "teacher")
+    return summary["best"]
+
+
+class Interrupt(Exception):
+    pass
+
+
+class StopAt(Hook):
+    """Raise :class:`Interrupt` after optimiser step ``step`` (simulates a killed job)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def after_step(self, trainer, batch, loss, terms) -> None:
+        if trainer.step == self.step:
+            raise Interrupt
+
+
+def trainable_state(trainer: Trainer) -> Dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in trainer.module.state_dict().items()}
+
+
+# --------------------------------------------------------------------------- schedules
+
+def test_lr_schedule_warmup_then_cosine():
+    cfg = OptimConfig(lr=0.1, warmup_epochs=1.0, scheduler="cosine", min_lr=0.001)
+    params = [torch.nn.Parameter(torch.zeros(1))]
+    optimizer = torch.optim.SGD(params, lr=cfg.lr)
+    scheduler = build_scheduler(optimizer, cfg, steps_per_epoch=10, total_steps=50)
+    lrs = []
+    for _ in range(50):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert lrs[0] == pytest.approx(0.01)            # warm-up: (step + 1) / 10 of the LR
+    assert lrs[4] == pytest.approx(0.05)
+    assert lrs[9] == pytest.approx(0.1)
+    assert lrs[10] == pytest.approx(0.1)            # cosine starts at the full LR
+    progress = (30 - 10) / 39
+    assert lrs[30] == pytest.approx(0.001 + 0.099 * 0.5 * (1 + math.cos(math.pi * progress)))
+    assert lrs[49] == pytest.approx(0.001)          # ... and ends at min_lr
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+
+
+def test_step_schedule_and_unknown_names():
+    cfg = OptimConfig(lr=1.0, scheduler="step", milestones=[2, 4], gamma=0.1)
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr)
+    scheduler = build_scheduler(optimizer, cfg, steps_per_epoch=5, total_steps=30)
+    lrs = []
+    for _ in range(30):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert lrs[9] == pytest.approx(1.0) and lrs[10] == pytest.approx(0.1) and lrs[20] == pytest.approx(0.01)
+    with pytest.raises(ConfigError, match="optim.scheduler"):
+        build_scheduler(optimizer, OptimConfig(scheduler="linear"), 5, 30)
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+def test_atomic_save_never_leaves_a_partial_file(tmp_path, monkeypatch):
+    target = tmp_path / "last.pt"
+    atomic_save({"step": 1}, target)
+
+    def broken_save(obj, stream, *args, **kwargs):
+        stream.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        atomic_save({"step": 2}, target)
+    monkeypatch.undo()
+    assert load_checkpoint(target)["step"] == 1              # the old file is intact
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]   # no temporary left behind
+
+
+# --------------------------------------------------------------------------- teacher cache
+
+def count_forwards(module: torch.nn.Module) -> List[int]:
+    calls = [0]
+    module.register_forward_hook(lambda *args: calls.__setitem__(0, calls[0] + 1))
+    return calls
+
+
+def test_teacher_cache_hit_skips_teacher_and_rebuilds_on_change(tmp_path, teacher_ckpt):
+    from facekd.data import SyntheticFaces
+
+    teacher = tasks_module.load_teacher(load_config(None, [f"teacher.checkpoint={teacher_ckpt}"]).teacher).backbone
+    dataset = SyntheticFaces(4, 3, seed=1)
+    calls = count_forwards(teacher)
+    CACHE_STATS.reset()
+    first = TeacherCache.load_or_build(teacher, dataset, 32, tmp_path, batch_size=5)
+    assert (CACHE_STATS.misses, CACHE_STATS.hits) == (1, 0) and calls[0] == 3 and not first.from_disk
+    assert first.embeddings.shape == (12, 2, 32)
+    # the mirror's embedding is the teacher's embedding of the flipped image
+    image = torch.from_numpy(dataset.load(5)[:, ::-1].copy())[None]
+    from facekd.training.data import batch_to_input
+    with torch.no_grad():
+        expected = teacher.eval()(batch_to_input(image, 32))
+    assert torch.allclose(first.lookup(torch.tensor([5]), torch.tensor([True])), expected, atol=1e-5)
+
+    calls[0] = 0
+    second = TeacherCache.load_or_build(teacher, dataset, 32, tmp_path, batch_size=5)
+    assert second.from_disk and CACHE_STATS.hits == 1 and calls[0] == 0    # no teacher forward on a hit
+    assert torch.equal(second.embeddings, first.embeddings)
+
+    with torch.no_grad():
+        teacher.fc.bias.add_(0.01)                                        # other teacher weights
+    third = TeacherCache.load_or_build(teacher, dataset, 32, tmp_path, batch_size=5)
+    assert not third.from_disk and CACHE_STATS.misses == 2 and calls[0] > 0
+    assert not torch.allclose(third.embeddings, first.embeddings)
+    assert cache_key(teacher, SyntheticFaces(4, 3, seed=2), 32) != third.key       # other data
+    assert cache_key(teacher, dataset, 28) != third.key                          # other preprocessing
+    assert len(list(tmp_path.glob("teacher_*.pt"))) == 2
+
+
+def test_student_distillation_reads_the_cache(tmp_path, teacher_ckpt, monkeypatch):
+    """All four student losses together; the second run's teacher never runs a forward pass."""
+    calls = []
+    original = tasks_module.load_teacher
+
+    def counting_load_teacher(*args, **kwargs):
+        teacher = original(*args, **kwargs)
+        calls.append(count_forwards(teacher.backbone))
+        return teacher
+
+    monkeypatch.setattr(tasks_module, "load_teacher", counting_load_teacher)
+    CACHE_STATS.reset()
+    over = student_overrides(teacher_ckpt, tmp_path / "cache", train={"max_steps_per_epoch": 2})
+    run_training(tiny_config(tmp_path, "first", **over), "student")
+    assert CACHE_STATS.misses == 1 and calls[0][0] > 0
+    summary = run_training(tiny_config(tmp_path, "second", **over), "student")
+    assert CACHE_STATS.hits == 1 and calls[1][0] == 0
+    record = read_metrics(Path(summary["output_dir"]) / "metrics.jsonl", "train")[-1]
+    assert {"arcface", "triplet_distill", "feature_distill", "hinton_kd"} <= set(record)
+    assert all(math.isfinite(record[k]) for k in ("arcface", "triplet_distill", "feature_distill", "hinton_kd"))
+
+
+def test_insightface_style_teacher_and_hinton_needs_a_head(tmp_path, teacher_ckpt):
+    raw = tmp_path / "backbone.pth"         # a plain state dict with DDP prefixes, like insightface's
+    state = load_checkpoint(teacher_ckpt)["state_dict"]
+    torch.save({f"module.{k}": v for k, v in state.items()}, raw)
+    cfg = tiny_config(tmp_path, "raw", **student_overrides(str(raw), tmp_path / "cache",
+                                                           losses=ALL_STUDENT_LOSSES[:3]))
+    trainer = Trainer(cfg, StudentTask(cfg))
+    trainer.build()
+    assert trainer.task.teacher.head is None
+    assert torch.equal(trainer.task.teacher.backbone.fc.weight, state["fc.weight"])
+    cfg = tiny_config(tmp_path, "raw_hinton", **student_overrides(str(raw), tmp_path / "cache"))
+    with pytest.raises(ConfigError, match="hinton_kd needs the teacher's margin head"):
+        Trainer(cfg, StudentTask(cfg)).build()
+
+
+def test_teacher_task_refuses_distillation_losses(tmp_path):
+    cfg = tiny_config(tmp_path, "bad", losses=ALL_STUDENT_LOSSES[:2])
+    with pytest.raises(ConfigError, match="needs a teacher"):
+        Trainer(cfg, TeacherTask(cfg)).build()
+
+
+# --------------------------------------------------------------------------- resume, NaN
+
+def test_resume_mid_epoch_equals_uninterrupted_run(tmp_path, teacher_ckpt):
+    """Student with cache, degradation and flips: stop after step 7 (last.pt is from step 6,
+    the middle of epoch 2), resume, and end with exactly the weights of an uninterrupted run."""
+    over = student_overrides(teacher_ckpt, tmp_path / "cache",
+                             train={"epochs": 2, "checkpoint_every_steps": 3, "keep_step_checkpoints": 1})
+    cfg_a = tiny_config(tmp_path, "a", **over)
+    full = Trainer(cfg_a, StudentTask(cfg_a))
+    full.fit()
+    assert full.steps_per_epoch == 4 and full.step == 8
+
+    cfg_b = tiny_config(tmp_path, "b", **over)
+    with pytest.raises(Interrupt):
+        Trainer(cfg_b, StudentTask(cfg_b), hooks=[StopAt(7)]).fit()
+    last = Path(cfg_b.output_dir) / "last.pt"
+    state = load_checkpoint(last)
+    assert state["step"] == 6 and state["epoch"] == 1 and state["sampler"]["position"] == 2
+    for key in ("model_config", "state_dict", "head", "optimizer", "scheduler", "rng", "config", "metrics"):
+        assert key in state
+    assert [p.name for p in Path(cfg_b.output_dir).glob("step_*.pt")] == ["step_0000006.pt"]
+
+    resumed = Trainer(cfg_b, StudentTask(cfg_b))
+    resumed.fit(resume=str(last))
+    assert resumed.step == 8
+    expected, actual = trainable_state(full), trainable_state(resumed)
+    assert expected.keys() == actual.keys()
+    for key in expected:
+        assert torch.allclose(expected[key].float(), actual[key].float(), rtol=0, atol=1e-6), key
+    assert full.optimizer.param_groups[0]["lr"] == resumed.optimizer.param_groups[0]["lr"]
+
+
+class PoisonWeights(Hook):
+    def before_step(self, trainer, batch) -> None:
+        if trainer.step == 2:
+            with torch.no_grad():
+                trainer.task.backbone.fc.weight.fill_(float("nan"))
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    cfg = tiny_config(tmp_path, "nan", train={"epochs": 2, "checkpoint_every_steps": 2})
+    with pytest.raises(TrainingError, match=r"loss became nan .*last good checkpoint is .*last\.pt"):
+        Trainer(cfg, TeacherTask(cfg), hooks=[PoisonWeights()]).fit()
+    state = load_checkpoint(Path(cfg.output_dir) / "last.pt")
+    assert state["step"] == 2
+    assert all(torch.isfinite(v).all() for v in state["state_dict"].values() if v.is_floating_point())
+    from facekd.models import build_model, load_pretrained
+    assert load_pretrained(build_model(cfg.model), Path(cfg.output_dir) / "last.pt").exact
+
+
+# --------------------------------------------------------------------------- learning
+
+class InitialAccuracy(Hook):
+    def on_train_start(self, trainer) -> None:
+        self.results = trainer.task.verify(trainer, trainer.pair_sets())
+
+
+def test_short_synthetic_run_lowers_loss_and_lifts_verification(tmp_path):
+    cfg = tiny_config(tmp_path, "learn", data={"num_identities": 24, "images_per_identity": 8},
+                      val={"every_epochs": 4, "sets": [{"name": "synthetic", "kind": "synthetic",
+                                                        "params": {"num_pairs": 300, "cache": True}}]},
+                      train={"epochs": 8, "log_every_steps": 1})
+    initial = InitialAccuracy()
+    summary = Trainer(cfg, TeacherTask(cfg), hooks=[initial]).fit()
+    losses = [r["loss"] for r in read_metrics(Path(cfg.output_dir) / "metrics.jsonl", "train")]
+    assert len(losses) == summary["steps"] == 48
+    first, last = sum(losses[:6]) / 6, sum(losses[-6:]) / 6
+    assert last < 0.7 * first, (first, last)
+    before = initial.results["synthetic"].accuracy_mean
+    after = summary["verification"]["synthetic"]["accuracy_mean"]
+    assert after >= 0.72 and after >= before + 0.05, (before, after)
+    result = json.loads((Path(cfg.output_dir) / "verification.json").read_text())
+    assert result["best"]["name"] == "synthetic" and (Path(cfg.output_dir) / "best.pt").exists()
+
+
+# --------------------------------------------------------------------------- commands
+
+def test_train_student_command_trains_the_teacher_first_and_resumes(tmp_path, capsys):
+    from facekd.cli import main
+
+    teacher_yaml = write_config(tmp_path / "t.yaml", tmp_path / "t_run", train={"max_steps_per_epoch": 2})
+    student_yaml = write_config(
+        tmp_path / "s.yaml", tmp_path / "s_run",
+        **student_overrides(str(tmp_path / "t_run" / "best.pt"), tmp_path / "cache",
+                            teacher={"train_config": str(teacher_yaml)},
+                            val={"every_epochs": 1}, train={"max_steps_per_epoch": 2}))
+    assert main(["train-student", "--config", str(student_yaml)]) == 0
+    out = capsys.readouterr().out
+    assert "teacher:" in out and "student:" in out and "verification synthetic: accuracy" in out
+    for run in ("t_run", "s_run"):
+        for name in ("best.pt", "last.pt", "metrics.jsonl", "verification.json", "config.yaml"):
+            assert (tmp_path / run / name).exists(), (run, name)
+    assert main(["train-student", "--config", str(student_yaml), "--resume", "--set", "train.epochs=2"]) == 0
+    assert load_checkpoint(tmp_path / "s_run" / "last.pt")["step"] == 4
+    assert main(["train-teacher", "--config", str(teacher_yaml), "--set", "train.epoch=2"]) == 2
+    assert "unknown config key(s) train.epoch" in capsys.readouterr().err
