@@ -1,0 +1,567 @@
+#!/usr/bin/env python3
+"""CPU inference speed of the student (PyTorch eager, ONNX Runtime fp32 and INT8) vs the teacher.
+
+    python3 bench/bench_inference.py                      # random-init MobileFaceNet vs IResNet-100
+    python3 bench/bench_inference.py --quick --out bench.json
+    python3 bench/bench_inference.py --student runs/kd/best.pt --teacher runs/teacher/best.pt \
+        --teacher-onnx --val lfw:data/lfw/pairs.txt --out bench.json
+
+For every model, backend and batch size the script reports the median latency of one batch
+(after warm-up) and the throughput (images/s).  Every result is also put in relation to
+numbers measured *in the same run*, so that they survive a busy or different machine:
+
+* ratios of throughputs (student ORT fp32 / teacher, INT8 / fp32, ...);
+* the achieved GFLOP/s (``2 * MACs * images/s``, MACs from
+  :func:`facekd.models.count_macs`) as a share of the machine's fp32 matmul peak, timed with
+  a large ``torch.mm`` at the start and the end of the run.
+
+The targets of the export issue are printed as PASS/MISS (they are not asserted): student
+ORT fp32 >= 25x the teacher's throughput, INT8 >= 1.5x fp32 throughput, and an LFW
+accuracy drop of INT8 vs fp32 <= 0.2 pt (only with ``--val``).
+
+Random-init weights (the default without checkpoints) are fine for speed; their BatchNorm
+statistics are first set from one train-mode pass over synthetic faces so activations (and
+the INT8 calibration ranges) have realistic scales -- a freshly initialised IResNet-100
+otherwise overflows to NaN.  See bench/README.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from facekd.export import (OnnxEmbedder, check_export, export_onnx, load_checkpoint_model, quantize_int8,
+                           synthetic_faces)
+from facekd.export.check import take_faces
+from facekd.export.metadata import ExportMetadata
+from facekd.export.runtime import resize_faces
+from facekd.models import MODELS, count_macs, count_parameters
+from facekd.preprocess import normalize_uint8
+
+#: student ORT fp32 throughput / teacher throughput must reach this
+TARGET_TEACHER_SPEEDUP = 25.0
+#: student ORT INT8 throughput / student ORT fp32 throughput must reach this
+TARGET_INT8_SPEEDUP = 1.5
+#: largest acceptable verification accuracy drop of INT8 vs fp32, in percentage points
+TARGET_INT8_MAX_DROP_PT = 0.2
+#: a measurement stopped early by ``max_seconds`` still has at least this many timed runs
+MIN_RUNS = 3
+
+TORCH = "torch"
+ORT_FP32 = "ort-fp32"
+ORT_INT8 = "ort-int8"
+BACKEND_LABELS = {TORCH: "PyTorch eager", ORT_FP32: "ORT fp32", ORT_INT8: "ORT INT8"}
+
+
+# --------------------------------------------------------------------------- settings and models
+
+@dataclass
+class BenchSettings:
+    """How long and on what the benchmark runs.
+
+    Attributes:
+        batch_sizes: batch sizes to time.
+        threads: ``torch.set_num_threads`` and onnxruntime intra-op threads.
+        runs: timed calls per measurement (the median is reported).
+        warmup: untimed calls before them.
+        max_seconds: a measurement stops after this many seconds of timed calls once it
+            has :data:`MIN_RUNS` runs (the number actually made is reported).
+        matmul_size: side of the square fp32 ``torch.mm`` that measures the machine's peak.
+        matmul_repeats: timed matmuls at the start and at the end of the run (the fastest counts).
+        faces: synthetic faces the batches are cycled from (also BatchNorm/drift faces).
+        calibration_faces: synthetic faces for the INT8 calibration.
+        input_format: ONNX input, ``float`` (normalised NCHW, what PyTorch gets) or ``uint8``.
+    """
+    batch_sizes: Tuple[int, ...] = (1, 64)
+    threads: int = 2
+    runs: int = 20
+    warmup: int = 3
+    max_seconds: float = 30.0
+    matmul_size: int = 2048
+    matmul_repeats: int = 10
+    faces: int = 32
+    calibration_faces: int = 128
+    input_format: str = "float"
+
+    @classmethod
+    def quick(cls, **overrides: Any) -> "BenchSettings":
+        """Tiny settings for a smoke test (numbers are noisy): batch 1 and 8, 3 runs, 1024 matmul."""
+        settings = cls(batch_sizes=(1, 8), runs=3, warmup=1, max_seconds=5.0, matmul_size=1024,
+                       matmul_repeats=5, faces=8, calibration_faces=16)
+        return replace(settings, **overrides)
+
+
+@dataclass
+class BenchModel:
+    """A model to benchmark and where it came from."""
+    role: str                  # "student" or "teacher"
+    name: str                  # architecture, e.g. "mobilefacenet"
+    model: nn.Module
+    source: str                # checkpoint path or "random init"
+    random_init: bool
+    _description: Optional[Dict[str, Any]] = field(default=None, init=False, repr=False)
+
+    @property
+    def input_size(self) -> int:
+        """Side of the square face the model takes."""
+        return int(getattr(self.model, "input_size", 112))
+
+    def describe(self) -> Dict[str, Any]:
+        """JSON-ready facts: architecture, source, input size, embedding size, params, MACs (cached)."""
+        if self._description is None:
+            self._description = self._describe()
+        return dict(self._description)
+
+    def _describe(self) -> Dict[str, Any]:
+        return {"name": self.name, "source": self.source, "random_init": self.random_init,
+                "input_size": self.input_size,
+                "embedding_size": int(getattr(self.model, "embedding_size", 0)) or None,
+                "params": count_parameters(self.model), "macs": count_macs(self.model, self.input_size)}
+
+
+def calibrate_batchnorm(model: nn.Module, faces: np.ndarray) -> nn.Module:
+    """Set every BatchNorm's running statistics from one train-mode pass over ``faces`` (eval mode after).
+
+    For random-init models only: default statistics (mean 0, variance 1) leave the
+    activations unnormalised, which overflows deep networks (IResNet-100 -> NaN) and makes
+    INT8 calibration meaningless.  ``faces`` are aligned uint8 faces (at least 2).
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [norm.momentum for norm in norms]
+    with torch.no_grad():
+        for norm in norms:
+            norm.momentum = None            # cumulative average: the pass below sets the stats
+            norm.reset_running_stats()
+        model.train()(normalize_uint8(resize_faces(faces, int(getattr(model, "input_size", 112)))))
+        for norm, momentum in zip(norms, momenta):
+            norm.momentum = momentum
+    return model.eval()
+
+
+def load_bench_model(role: str, spec: Optional[str], default_arch: str, embedding_size: int,
+                     input_size: int, faces: np.ndarray) -> BenchModel:
+    """A :class:`BenchModel` from a checkpoint path or an architecture name (random init).
+
+    ``spec`` is a facekd checkpoint (rebuilt with :func:`facekd.export.load_checkpoint_model`;
+    ``default_arch``/``embedding_size``/``input_size`` describe a plain state dict), a
+    :data:`facekd.models.MODELS` name, or ``None`` for ``default_arch``.  Random-init models
+    get their BatchNorm statistics from ``faces`` (:func:`calibrate_batchnorm`).
+    """
+    spec = spec or default_arch
+    if os.path.isfile(spec):
+        model, info = load_checkpoint_model(spec, default_arch, embedding_size, input_size)
+        return BenchModel(role, str(info.model_config.get("name")), model, spec, random_init=False)
+    if spec not in MODELS:
+        raise SystemExit(f"--{role} {spec!r}: neither a checkpoint file nor a model name "
+                         f"(known: {', '.join(MODELS)})")
+    torch.manual_seed(0)
+    model = MODELS.build(spec, embedding_size=embedding_size, input_size=input_size)
+    return BenchModel(role, spec, calibrate_batchnorm(model, faces), "random init", random_init=True)
+
+
+# --------------------------------------------------------------------------- timing
+
+def time_calls(fn: Callable[[], Any], runs: int, warmup: int, max_seconds: Optional[float] = None) -> List[float]:
+    """Wall seconds of each of ``runs`` calls of ``fn`` after ``warmup`` untimed calls.
+
+    With ``max_seconds`` the timing stops early once the timed calls have taken that long
+    and at least ``min(MIN_RUNS, runs)`` were made.
+    """
+    for _ in range(warmup):
+        fn()
+    times: List[float] = []
+    while len(times) < runs:
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+        if max_seconds is not None and sum(times) > max_seconds and len(times) >= min(MIN_RUNS, runs):
+            break
+    return times
+
+
+def measure_matmul_peak(size: int = 2048, repeats: int = 10, warmup: int = 2) -> Dict[str, float]:
+    """The machine's fp32 matmul throughput: a ``size`` x ``size`` ``torch.mm`` timed ``repeats`` times.
+
+    Runs on the current ``torch.get_num_threads()``.  Returns ``gflops`` from the fastest
+    product (the attainable peak; ``2 * size**3`` floating-point operations each),
+    ``gflops_median`` from the median one, and both times in milliseconds.
+    """
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(size, size, generator=generator)
+    b = torch.randn(size, size, generator=generator)
+    out = torch.empty(size, size)
+    times = time_calls(lambda: torch.mm(a, b, out=out), repeats, warmup)
+    flops = 2.0 * size ** 3
+    median = statistics.median(times)
+    return {"size": size, "repeats": len(times), "best_ms": min(times) * 1e3, "median_ms": median * 1e3,
+            "gflops": flops / min(times) / 1e9, "gflops_median": flops / median / 1e9}
+
+
+def torch_batch_runner(model: nn.Module, faces: np.ndarray, batch_size: int) -> Callable[[], Any]:
+    """A call embedding one normalised batch of ``batch_size`` faces with ``model`` (eager, inference mode)."""
+    batch = normalize_uint8(take_faces(resize_faces(faces, int(getattr(model, "input_size", 112))), batch_size))
+    model.eval()
+
+    def run() -> torch.Tensor:
+        with torch.inference_mode():
+            return model(batch)
+
+    return run
+
+
+def onnx_batch_runner(embedder: OnnxEmbedder, faces: np.ndarray, batch_size: int) -> Callable[[], Any]:
+    """A call running ``embedder`` on one batch of ``batch_size`` faces, prepared in the graph's input format."""
+    batch = embedder.input_format.from_uint8(take_faces(resize_faces(faces, embedder.input_size), batch_size))
+    return lambda: embedder.run(batch)
+
+
+@dataclass
+class Measurement:
+    """One model x backend x batch size."""
+    model: str                 # "student" / "teacher"
+    backend: str               # torch / ort-fp32 / ort-int8
+    batch_size: int
+    runs: int
+    median_ms: float           # per batch
+    min_ms: float
+    images_per_s: float        # batch_size / median
+    macs: int                  # per image
+    gflops: float              # 2 * macs * images_per_s / 1e9
+    pct_peak: Optional[float] = None   # gflops / fp32 matmul peak * 100 (set by run_benchmark)
+
+    @property
+    def key(self) -> str:
+        """``model/backend``, e.g. ``student/ort-fp32``."""
+        return f"{self.model}/{self.backend}"
+
+
+def measure(model: str, backend: str, fn: Callable[[], Any], batch_size: int, macs: int,
+            settings: BenchSettings) -> Measurement:
+    """Time ``fn`` (one batch of ``batch_size`` images of ``macs`` MACs each) and derive the throughput."""
+    times = time_calls(fn, settings.runs, settings.warmup, settings.max_seconds)
+    median = statistics.median(times)
+    images_per_s = batch_size / median
+    gflops = 2.0 * macs * images_per_s / 1e9
+    return Measurement(model, backend, int(batch_size), len(times), median * 1e3, min(times) * 1e3,
+                       images_per_s, int(macs), gflops)
+
+
+# --------------------------------------------------------------------------- ratios and targets
+
+#: (name, numerator, denominator): throughput ratios reported when both sides were measured
+RATIO_SPECS = (
+    ("student ORT fp32 / teacher eager", "student/ort-fp32", "teacher/torch"),
+    ("student ORT INT8 / teacher eager", "student/ort-int8", "teacher/torch"),
+    ("student eager / teacher eager", "student/torch", "teacher/torch"),
+    ("student ORT fp32 / teacher ORT fp32", "student/ort-fp32", "teacher/ort-fp32"),
+    ("student ORT INT8 / student ORT fp32", "student/ort-int8", "student/ort-fp32"),
+    ("student ORT fp32 / student eager", "student/ort-fp32", "student/torch"),
+    ("teacher ORT fp32 / teacher eager", "teacher/ort-fp32", "teacher/torch"),
+)
+
+
+def compute_ratios(measurements: Sequence[Measurement]) -> List[Dict[str, Any]]:
+    """Throughput quotients of :data:`RATIO_SPECS` at each batch size where both sides were measured."""
+    by_key = {(m.key, m.batch_size): m for m in measurements}
+    batch_sizes = sorted({m.batch_size for m in measurements})
+    ratios = []
+    for name, numerator, denominator in RATIO_SPECS:
+        for batch_size in batch_sizes:
+            top, bottom = by_key.get((numerator, batch_size)), by_key.get((denominator, batch_size))
+            if top and bottom:
+                ratios.append({"name": name, "numerator": numerator, "denominator": denominator,
+                               "batch_size": batch_size, "value": top.images_per_s / bottom.images_per_s})
+    return ratios
+
+
+def evaluate_targets(ratios: Sequence[Dict[str, Any]], verification: Optional[Dict[str, Dict[str, float]]],
+                     accuracy_note: Optional[str] = None) -> List[Dict[str, Any]]:
+    """The issue's targets as ``{"name", "batch_size", "value", "threshold", "status"}`` rows.
+
+    ``status`` is ``PASS``/``MISS``, or ``not measured`` (teacher skipped, no ``--val``).
+    ``verification`` maps a pair set to :func:`facekd.export.quantize.compare_verification`
+    metrics (``drop`` is a fraction; the target is in percentage points).
+    """
+    def ratio_rows(name: str, threshold: float, label: str) -> List[Dict[str, Any]]:
+        rows = [{"name": label, "batch_size": r["batch_size"], "value": r["value"], "threshold": threshold,
+                 "unit": "x", "status": "PASS" if r["value"] >= threshold else "MISS"}
+                for r in ratios if r["name"] == name]
+        return rows or [{"name": label, "batch_size": None, "value": None, "threshold": threshold,
+                         "unit": "x", "status": "not measured"}]
+
+    targets = ratio_rows("student ORT fp32 / teacher eager", TARGET_TEACHER_SPEEDUP,
+                         f"student ORT fp32 >= {TARGET_TEACHER_SPEEDUP:g}x teacher throughput")
+    if any(r["name"] == "student ORT fp32 / teacher ORT fp32" for r in ratios):
+        targets += ratio_rows("student ORT fp32 / teacher ORT fp32", TARGET_TEACHER_SPEEDUP,
+                              f"student ORT fp32 >= {TARGET_TEACHER_SPEEDUP:g}x teacher ORT fp32 throughput")
+    targets += ratio_rows("student ORT INT8 / student ORT fp32", TARGET_INT8_SPEEDUP,
+                          f"INT8 >= {TARGET_INT8_SPEEDUP:g}x fp32 throughput")
+    label = f"INT8 accuracy drop <= {TARGET_INT8_MAX_DROP_PT:g} pt"
+    if not verification:
+        targets.append({"name": label, "batch_size": None, "value": None, "threshold": TARGET_INT8_MAX_DROP_PT,
+                        "unit": "pt", "status": "not measured", "note": accuracy_note or "no --val set given"})
+    for set_name, metrics in (verification or {}).items():
+        drop_pt = 100.0 * metrics["drop"]
+        row = {"name": f"{label} ({set_name})", "batch_size": None, "value": drop_pt,
+               "threshold": TARGET_INT8_MAX_DROP_PT, "unit": "pt",
+               "status": "PASS" if drop_pt <= TARGET_INT8_MAX_DROP_PT else "MISS"}
+        if accuracy_note:
+            row["note"] = accuracy_note
+        targets.append(row)
+    return targets
+
+
+# --------------------------------------------------------------------------- the benchmark
+
+def export_model(bench_model: BenchModel, path: Path, faces: np.ndarray, settings: BenchSettings) -> Dict[str, Any]:
+    """Export ``bench_model`` to ONNX fp32 at ``path`` (BatchNorm folded) and check it at batch 2."""
+    description = bench_model.describe()
+    export_onnx(bench_model.model, path, input_format=settings.input_format,
+                metadata=ExportMetadata(model_name=bench_model.name, params=description["params"],
+                                        macs=description["macs"]))
+    check = check_export(path, bench_model.model, faces, batch_sizes=(2,), threads=settings.threads)
+    return {"path": str(path), "mb": path.stat().st_size / 2 ** 20, "min_cosine_vs_torch": check.min_cosine}
+
+
+def time_model(bench_model: BenchModel, onnx_paths: Dict[str, Path], faces: np.ndarray,
+               settings: BenchSettings, log: Callable[[str], None] = lambda text: None) -> List[Measurement]:
+    """Time ``bench_model`` in PyTorch eager and with each of its ONNX files, at every batch size.
+
+    ``onnx_paths`` maps ``role/backend`` (``student/ort-fp32``, ...) to ONNX files; each
+    onnxruntime session exists only while it is timed.
+    """
+    role, macs = bench_model.role, bench_model.describe()["macs"]
+    runners: List[Tuple[str, Callable[[int], Callable[[], Any]]]] = [
+        (TORCH, lambda batch_size: torch_batch_runner(bench_model.model, faces, batch_size))]
+    for backend in (ORT_FP32, ORT_INT8):
+        path = onnx_paths.get(f"{role}/{backend}")
+        if path is not None:
+            runners.append((backend, lambda batch_size, path=path: onnx_batch_runner(
+                OnnxEmbedder(path, threads=settings.threads), faces, batch_size)))
+    measurements = []
+    for backend, make_runner in runners:
+        for batch_size in settings.batch_sizes:
+            log(f"{role} {BACKEND_LABELS[backend]} batch {batch_size}")
+            measurements.append(measure(role, backend, make_runner(batch_size), batch_size, macs, settings))
+    return measurements
+
+
+def run_benchmark(student: BenchModel, teacher: Optional[BenchModel] = None,
+                  settings: Optional[BenchSettings] = None, workdir: Optional[os.PathLike] = None,
+                  teacher_onnx: bool = False, pair_sets: Sequence[Any] = (),
+                  log: Callable[[str], None] = lambda text: None) -> Dict[str, Any]:
+    """Benchmark ``student`` (eager, ORT fp32, ORT INT8) against ``teacher`` (eager, optionally ORT fp32).
+
+    Args:
+        student: the student model (its ONNX files are written to ``workdir``).
+        teacher: the teacher, or ``None`` to skip it.
+        settings: :class:`BenchSettings` (default: the full benchmark).
+        workdir: folder for the ONNX files (default: a temporary folder, removed afterwards).
+        teacher_onnx: also export the teacher and time it with onnxruntime fp32.
+        pair_sets: verification pair sets on which fp32 and INT8 accuracy are compared.
+        log: called with a line of progress before each step.
+
+    Returns:
+        The JSON-ready report: ``settings``, ``environment``, ``models``, ``matmul_peak``,
+        ``results`` (one entry per model/backend/batch size), ``ratios``, ``targets``,
+        ``onnx`` (exported files) and ``quantization``.
+    """
+    settings = settings or BenchSettings()
+    if workdir is None:
+        with tempfile.TemporaryDirectory(prefix="facekd-bench-") as tmp:
+            return run_benchmark(student, teacher, settings, tmp, teacher_onnx, pair_sets, log)
+    from facekd.evaluation.runner import environment
+
+    workdir = Path(workdir)
+    # the load before this run starts: other processes competing for the cores
+    loadavg = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(settings.threads)
+    try:
+        faces = synthetic_faces(settings.faces, seed=0)
+        models = [m for m in (student, teacher) if m is not None]
+        descriptions = {m.role: m.describe() for m in models}
+
+        log(f"exporting the student to ONNX fp32 and INT8 in {workdir}")
+        onnx_info = {"student/ort-fp32": export_model(student, workdir / "student_fp32.onnx", faces, settings)}
+        calibration = synthetic_faces(settings.calibration_faces, seed=1)
+        quant = quantize_int8(workdir / "student_fp32.onnx", workdir / "student_int8.onnx", calibration,
+                              eval_faces=faces, pair_sets=pair_sets, threads=settings.threads)
+        onnx_info["student/ort-int8"] = {"path": quant.int8_path, "mb": quant.int8_mb}
+        if teacher is not None and teacher_onnx:
+            log("exporting the teacher to ONNX fp32")
+            onnx_info["teacher/ort-fp32"] = export_model(teacher, workdir / "teacher_fp32.onnx", faces, settings)
+        paths = {key: Path(info["path"]) for key, info in onnx_info.items()}
+
+        log(f"fp32 matmul peak ({settings.matmul_size}x{settings.matmul_size}, {settings.threads} threads)")
+        peak_start = measure_matmul_peak(settings.matmul_size, settings.matmul_repeats)
+        measurements = [m for bench_model in models for m in time_model(bench_model, paths, faces, settings, log)]
+        peak_end = measure_matmul_peak(settings.matmul_size, settings.matmul_repeats)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+    # the peak is the fastest matmul seen at the start or the end of the run
+    peak = {"size": settings.matmul_size, "repeats": settings.matmul_repeats,
+            "gflops": max(peak_start["gflops"], peak_end["gflops"]),
+            "start": peak_start, "end": peak_end}
+    for m in measurements:
+        m.pct_peak = 100.0 * m.gflops / peak["gflops"]
+    ratios = compute_ratios(measurements)
+    accuracy_note = ("random-init student: the accuracy numbers are meaningless (pass --student CKPT)"
+                     if quant.verification and student.random_init else None)
+    report = {
+        "settings": {**asdict(settings), "batch_sizes": list(settings.batch_sizes)},
+        "environment": {**environment("cpu"), "threads": settings.threads,
+                        "onnxruntime": _onnxruntime_version(), "cpu_count": os.cpu_count(),
+                        "loadavg_1min_before": loadavg},
+        "models": descriptions,
+        "matmul_peak": peak,
+        "results": [{**asdict(m), "key": m.key} for m in measurements],
+        "ratios": ratios,
+        "targets": evaluate_targets(ratios, quant.verification, accuracy_note),
+        "onnx": onnx_info,
+        "quantization": quant.to_dict(),
+    }
+    return report
+
+
+def _onnxruntime_version() -> str:
+    import onnxruntime
+
+    return onnxruntime.__version__
+
+
+# --------------------------------------------------------------------------- output
+
+def _fmt(value: Optional[float], spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def format_report(report: Dict[str, Any]) -> str:
+    """The report as text: machine, models, the timing table, ratios and targets."""
+    env, peak = report["environment"], report["matmul_peak"]
+    lines = [f"CPU inference benchmark: torch {env['torch']}, onnxruntime {env['onnxruntime']}, "
+             f"{env['threads']} threads ({env['cpu_count']} cores; load average before the run "
+             f"{_fmt(env['loadavg_1min_before'], '.2f')})",
+             f"fp32 matmul peak ({peak['size']}x{peak['size']} torch.mm, best of {peak['repeats']} at start and end): "
+             f"{peak['gflops']:.1f} GFLOP/s (start {peak['start']['gflops']:.1f}, end {peak['end']['gflops']:.1f}; "
+             f"medians {peak['start']['gflops_median']:.1f}, {peak['end']['gflops_median']:.1f})"]
+    for role, d in report["models"].items():
+        lines.append(f"{role}: {d['name']} {d['input_size']}px {d['embedding_size']}-d, "
+                     f"{d['params'] / 1e6:.2f}M params, {d['macs'] / 1e9:.3f} GMACs/image, {d['source']}")
+    if any(d["random_init"] for d in report["models"].values()):
+        lines.append("  (random-init weights, BatchNorm statistics from synthetic faces: fine for speed)")
+    if env.get("loadavg_1min_before") and env["loadavg_1min_before"] > 1.0:
+        lines.append(f"  note: load average {env['loadavg_1min_before']:.1f} on {env['cpu_count']} cores: other processes "
+                     "compete for the CPU; absolute numbers are low and PyTorch eager (OpenMP) suffers most")
+
+    lines += ["", f"{'model':<8} {'backend':<14} {'batch':>5} {'runs':>4} {'median ms':>10} "
+                  f"{'images/s':>10} {'GFLOP/s':>8} {'% peak':>7}"]
+    for r in report["results"]:
+        lines.append(f"{r['model']:<8} {BACKEND_LABELS[r['backend']]:<14} {r['batch_size']:>5} {r['runs']:>4} "
+                     f"{r['median_ms']:>10.2f} {r['images_per_s']:>10.1f} {r['gflops']:>8.2f} {r['pct_peak']:>6.1f}%")
+
+    batch_sizes = sorted({r["batch_size"] for r in report["results"]})
+    names = list(dict.fromkeys(r["name"] for r in report["ratios"]))
+    if names:
+        values = {(r["name"], r["batch_size"]): r["value"] for r in report["ratios"]}
+        lines += ["", f"{'throughput ratio (same run)':<38}" + "".join(f"{'batch ' + str(b):>10}" for b in batch_sizes)]
+        for name in names:
+            lines.append(f"{name:<38}" + "".join(f"{_fmt(values.get((name, b)), '.2f') + 'x':>10}"
+                                                 for b in batch_sizes))
+
+    lines += ["", "targets"]
+    for t in report["targets"]:
+        where = f" (batch {t['batch_size']})" if t["batch_size"] is not None else ""
+        value = "" if t["value"] is None else (f": {t['value']:.2f}x" if t["unit"] == "x" else f": {t['value']:+.2f} pt")
+        note = f"  [{t['note']}]" if t.get("note") else ""
+        lines.append(f"  {t['name']}{where}{value}  {t['status']}{note}")
+    quant = report["quantization"]
+    if quant.get("drift"):
+        lines.append(f"  INT8 drift vs fp32 on {quant['drift']['faces']} faces: cosine mean "
+                     f"{quant['drift']['mean_cosine']:.4f}, min {quant['drift']['min_cosine']:.4f}")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- command line
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """Command-line options (see ``--help``)."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--student", help="facekd student checkpoint (default: random-init MobileFaceNet)")
+    parser.add_argument("--teacher", default="iresnet100", help="teacher checkpoint or architecture name (default: iresnet100)")
+    parser.add_argument("--skip-teacher", action="store_true", help="benchmark the student only")
+    parser.add_argument("--teacher-onnx", action="store_true", help="also time the teacher's ONNX (fp32)")
+    parser.add_argument("--input-size", type=int, default=112, help="face side of random-init models (default 112)")
+    parser.add_argument("--embedding-size", type=int, default=128, help="random-init student's embedding size (default 128)")
+    parser.add_argument("--batch-sizes", help="comma separated (default 1,64; 1,8 with --quick)")
+    parser.add_argument("--threads", type=int, default=2, help="torch and onnxruntime intra-op threads (default 2)")
+    parser.add_argument("--runs", type=int, help="timed calls per measurement (default 20; 3 with --quick)")
+    parser.add_argument("--warmup", type=int, help="untimed calls first (default 3; 1 with --quick)")
+    parser.add_argument("--max-seconds", type=float,
+                        help=f"stop a measurement after this many timed seconds (>= {MIN_RUNS} runs; "
+                             "default 30; 5 with --quick)")
+    parser.add_argument("--input-format", choices=("float", "uint8"), default="float",
+                        help="ONNX input: float (normalised NCHW, like PyTorch; default) or uint8 "
+                             "(normalisation in the graph)")
+    parser.add_argument("--calib-count", type=int, help="synthetic INT8 calibration faces (default 128; 16 with --quick)")
+    parser.add_argument("--val", action="append", default=[], metavar="KIND:PATH",
+                        help="verification set for the fp32-vs-INT8 accuracy drop (lfw:PATH, bin:PATH, ...); "
+                             "repeatable; meaningful with a trained --student")
+    parser.add_argument("--keep", metavar="DIR", help="write the ONNX files here instead of a temporary folder")
+    parser.add_argument("--out", metavar="JSON", help="write all numbers as JSON here")
+    parser.add_argument("--quick", action="store_true", help="tiny runs for a smoke test (noisy numbers)")
+    return parser.parse_args(argv)
+
+
+def settings_from_args(args: argparse.Namespace) -> BenchSettings:
+    """:class:`BenchSettings` for the options (``--quick`` first, explicit options override it)."""
+    settings = BenchSettings.quick() if args.quick else BenchSettings()
+    overrides: Dict[str, Any] = {"threads": args.threads, "input_format": args.input_format}
+    if args.batch_sizes:
+        overrides["batch_sizes"] = tuple(int(b) for b in args.batch_sizes.split(",") if b.strip())
+    for option, name in (("runs", "runs"), ("warmup", "warmup"), ("max_seconds", "max_seconds"),
+                         ("calib_count", "calibration_faces")):
+        if getattr(args, option) is not None:
+            overrides[name] = getattr(args, option)
+    return replace(settings, **overrides)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the benchmark from the command line; print the table, optionally write JSON."""
+    args = parse_args(argv)
+    settings = settings_from_args(args)
+    log = lambda text: print(f"... {text}", file=sys.stderr, flush=True)  # noqa: E731
+    faces = synthetic_faces(max(settings.faces, 8), seed=0)
+    log("building the models")
+    student = load_bench_model("student", args.student, "mobilefacenet", args.embedding_size, args.input_size, faces)
+    teacher = None if args.skip_teacher else load_bench_model("teacher", args.teacher, "iresnet100", 512,
+                                                              args.input_size, faces)
+    pair_sets = []
+    if args.val:
+        from facekd.evaluation.runner import ValSpec, build_pair_sets
+        pair_sets = [pair_set for pair_set, _ in build_pair_sets([ValSpec.parse(v) for v in args.val])]
+    if args.keep:
+        Path(args.keep).mkdir(parents=True, exist_ok=True)
+    report = run_benchmark(student, teacher, settings, args.keep, args.teacher_onnx, pair_sets, log)
+    print(format_report(report))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(report, indent=2, default=str))
+        print(f"JSON: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
