@@ -262,10 +262,12 @@ class Trainer:
             self.save_checkpoint(step_file=True)
         return loss, terms
 
-    def _stop_on_bad_loss(self, loss: torch.Tensor, terms: Dict[str, torch.Tensor]) -> None:
+    def _stop_on_bad_loss(self, loss: torch.Tensor, terms: Dict[str, Any]) -> None:
         last = self.output_dir / "last.pt"
         kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written yet"
-        values = {"loss": loss.item(), **{k: v.item() for k, v in terms.items()}}
+        # terms: WeightedLoss gives plain floats; float() also takes 0-d tensors
+        values = {"loss": float(loss.detach()),
+                  **{k: float(v.detach() if torch.is_tensor(v) else v) for k, v in terms.items()}}
         detail = ", ".join(f"{k}={v:.4g}" for k, v in values.items() if k != "loss")
         self.metrics.log("error", self.step, self.epoch, values)
         self.metrics.close()
