@@ -16,18 +16,23 @@ def test_lfw_view1_real(shared_data):
     root = shared_data / "lfw-view1"
     train = lfw_pair_set(root / "pairsDevTrain.txt", align="center")
     assert len(train) == 2200 and int(train.issame.sum()) == 1100
-    assert train.issame[:1100].all() and not train.issame[1100:].any()
-    assert (train.folds == -1).all() and train.num_folds == 0
+    # View 1 has no folds: reordered into 10 View 2-like folds of 110 same then 110 different pairs
+    assert train.num_folds == 10 and np.bincount(train.folds).tolist() == [220] * 10
+    assert (np.diff(train.folds) >= 0).all()
+    for fold in range(10):
+        block = train.issame[fold * 220:(fold + 1) * 220]
+        assert block[:110].all() and not block[110:].any()
     assert train.pairs.shape == (2200, 2) and train.pairs.dtype == np.int64
     assert len(set(train.images)) == len(train.images)
     first = [train.images[i] for i in train.pairs[0]]
     assert first == [str(root / "images" / "Aaron_Peirsol" / f"Aaron_Peirsol_{k:04d}.jpg") for k in (1, 2)]
-    different = [train.images[i] for i in train.pairs[1100]]
+    different = [train.images[i] for i in train.pairs[110]]
     assert different[0].endswith("AJ_Cook_0001.jpg") and different[1].endswith("Marsha_Thomason_0001.jpg")
     face = train.load(int(train.pairs[0, 0]))
     assert face.shape == (112, 112, 3) and face.dtype == np.uint8
     test = lfw_pair_set(root / "pairsDevTest.txt", align="center")
     assert len(test) == 1000 and int(test.issame.sum()) == 500
+    assert np.bincount(test.folds).tolist() == [100] * 10 and test.issame[:50].all() and not test.issame[50:100].any()
 
 
 def _view2_entries(num_folds=10, per_fold=300):

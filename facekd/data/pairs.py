@@ -6,7 +6,8 @@ when the source defines none) and ``load(i) -> uint8 RGB 112x112``.
 
 Formats:
 
-* **LFW** ``pairs.txt`` — header ``N`` (View 1: N same then N different pairs, no folds) or
+* **LFW** ``pairs.txt`` — header ``N`` (View 1: N same then N different pairs, no folds: they are
+  reordered into 10 View 2-like folds, each with equal numbers of same and different pairs) or
   ``F<TAB>P`` (View 2: F folds, each P same then P different lines).  Same pair:
   ``name<TAB>i<TAB>j``; different pair: ``name1<TAB>i<TAB>name2<TAB>j``; image
   ``<root>/<name>/<name>_%04d.jpg``.
@@ -164,7 +165,8 @@ def _content_lines(path: Path) -> List[Tuple[int, str]]:
 def parse_lfw_pairs(pairs_file) -> Tuple[List[Tuple[str, int, str, int]], np.ndarray, np.ndarray]:
     """Parse an LFW ``pairs*.txt``: returns ``(entries, issame, folds)``.
 
-    ``entries`` are ``(name1, index1, name2, index2)``; ``folds`` is ``-1`` for a View 1 file.
+    ``entries`` are ``(name1, index1, name2, index2)``.  A View 2 file keeps its order and folds;
+    a View 1 file (no folds) is reordered into 10 balanced folds by :func:`view1_fold_order`.
     """
     pairs_file = Path(pairs_file)
     lines = _content_lines(pairs_file)
@@ -207,7 +209,30 @@ def parse_lfw_pairs(pairs_file) -> Tuple[List[Tuple[str, int, str, int]], np.nda
         first = int(np.argmax(issame_arr != block_same))
         raise DataError(pairs_file, f"line {body[first][0]}: expected a {'same' if block_same[first] else 'different'}"
                                     f" pair ({per_fold} same then {per_fold} different per block)")
+    if len(fields) == 1:
+        order, folds = view1_fold_order(per_fold)
+        entries, issame_arr = [entries[i] for i in order], issame_arr[order]
     return entries, issame_arr, folds.astype(np.int64)
+
+
+def view1_fold_order(per_class: int, num_folds: int = 10) -> Tuple[np.ndarray, np.ndarray]:
+    """Reorder a View 1 list (``per_class`` same then ``per_class`` different pairs) into folds.
+
+    View 1 defines no folds, and contiguous ``KFold`` blocks of its file order would hold only
+    same or only different pairs, so a fold's threshold would be chosen on a skewed mix.  Like
+    View 2, fold ``f`` here is the ``f``-th consecutive block of the same pairs followed by the
+    ``f``-th block of the different pairs; the returned ``order`` (indices into the file's
+    pairs) lists the folds one after the other, so ``KFold`` without shuffle on the reordered
+    pairs gives exactly these folds when the blocks are equal (1,100 / 500 pairs per class).
+    Returns ``(order, folds)`` with ``folds`` the fold of each reordered pair.
+    """
+    class_folds = position_folds(per_class, num_folds)
+    order, folds = [], []
+    for fold in range(num_folds):
+        members = np.flatnonzero(class_folds == fold)
+        order.extend([members, members + per_class])
+        folds.append(np.full(2 * len(members), fold))
+    return np.concatenate(order), np.concatenate(folds)
 
 
 def _default_lfw_root(pairs_file: Path) -> Path:
