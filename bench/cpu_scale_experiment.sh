@@ -57,18 +57,26 @@ if stage students; then
 fi
 
 LFW="--val lfw:$DATA/lfw-view1/pairsDevTrain.txt --val lfw:$DATA/lfw-view1/pairsDevTest.txt"
+EVAL_MODELS=${EVAL_MODELS:-"teacher $STUDENTS"}
+EVAL_TAG=${EVAL_TAG:-all}     # results_$EVAL_TAG.json; the report merges every results_*.json
+EVAL_AMP=${EVAL_AMP:-bf16}    # bf16 autocast: ~3x faster embedding on AMX CPUs
 if stage eval; then
-    models=(--model "path=$OUT/teacher/best.pt,role=teacher,label=teacher (IResNet-18/2, 56 px)")
-    for s in $STUDENTS; do
-        role=distilled; [[ $s == plain ]] && role=baseline
-        models+=(--model "path=$OUT/student_$s/best.pt,role=$role,label=MobileFaceNet $s")
+    models=()
+    for m in $EVAL_MODELS; do
+        if [[ $m == teacher ]]; then
+            models+=(--model "path=$OUT/teacher/best.pt,role=teacher,label=teacher IResNet-18/2 56px")
+        else
+            role=distilled; [[ $m == plain ]] && role=baseline
+            models+=(--model "path=$OUT/student_$m/best.pt,role=$role,label=MobileFaceNet $m")
+        fi
     done
-    timed eval facekd eval "${models[@]}" $LFW --val-option root=$ALIGNED/lfw --val-option align=none \
-        --sizes 112,56,28,14 --out "$OUT/results.json" --no-progress
+    timed "eval_$EVAL_TAG" facekd eval "${models[@]}" $LFW --val-option root=$ALIGNED/lfw \
+        --val-option align=none --sizes 112,56,28,14 --amp "$EVAL_AMP" --out "$OUT/results_$EVAL_TAG.json" \
+        --no-progress
 fi
 
 if stage report; then
-    timed report facekd report "$OUT/results.json" --out "$OUT/report" \
+    timed report facekd report "$OUT"/results_*.json --out "$OUT/report" \
         --title "facekd CPU-scale distillation: LFW View 1"
     cat "$OUT/report/"*.md
 fi

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 INPUT_SIZE = 112
 CHANNEL_ORDER = "RGB"
@@ -30,3 +32,32 @@ def denormalize_to_uint8(tensor: torch.Tensor) -> np.ndarray:
     """Inverse of :func:`normalize_uint8` (for visualisation): ``(N)x3xHxW`` -> ``(N)xHxWx3``."""
     array = ((tensor.detach().cpu().float() * STD + MEAN) * 255.0).round().clamp(0, 255)
     return array.movedim(-3, -1).to(torch.uint8).numpy()
+
+
+def resize_batch(batch: torch.Tensor, size: int) -> torch.Tensor:
+    """Resize a float ``(N)x3xHxW`` batch to ``size`` x ``size`` (area when shrinking, else bilinear)."""
+    if batch.shape[-1] == size and batch.shape[-2] == size:
+        return batch
+    single = batch.dim() == 3
+    if single:
+        batch = batch[None]
+    shrink = batch.shape[-1] > size
+    out = F.interpolate(batch, size=(size, size), mode="area" if shrink else "bilinear",
+                        **({} if shrink else {"align_corners": False}))
+    return out[0] if single else out
+
+
+class InputResize(nn.Module):
+    """Wrap a backbone so that it accepts 112x112 batches whatever its ``input_size``.
+
+    Used wherever 112x112 faces meet a model trained at another size (verification during
+    training, ``facekd eval``).
+    """
+
+    def __init__(self, model: nn.Module, input_size: int) -> None:
+        super().__init__()
+        self.model = model
+        self.input_size = int(input_size)
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        return self.model(resize_batch(batch, self.input_size))

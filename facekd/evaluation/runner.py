@@ -200,6 +200,7 @@ def load_torch_model(spec: ModelSpec, device: str = "cpu", batch_size: Optional[
     """A facekd checkpoint (``model_config`` + ``state_dict``) or a plain state dict with ``arch``."""
     from facekd.config import ModelConfig
     from facekd.models import build_model, count_macs, count_parameters, load_pretrained, read_checkpoint
+    from facekd.preprocess import InputResize
 
     config = _checkpoint_model_config(read_checkpoint(spec.path), spec)
     known = {f.name for f in dataclasses.fields(ModelConfig)}
@@ -211,7 +212,8 @@ def load_torch_model(spec: ModelSpec, device: str = "cpu", batch_size: Optional[
     load_pretrained(model, spec.path, strict=True)
     model.eval()
     params, macs = count_parameters(model), count_macs(model, model_cfg.input_size)
-    embedder = TorchEmbedder(model, device=device, batch_size=batch_size, amp=amp)
+    # pair sets hold 112x112 faces; a model trained at another size sees them resized
+    embedder = TorchEmbedder(InputResize(model, model_cfg.input_size), device=device, batch_size=batch_size, amp=amp)
     actual = measure_embedding_size(embedder, model_cfg.input_size)
     check_embedding_size(spec.path, actual, {"its model_config": model_cfg.embedding_size})
     return LoadedModel(spec, "torch", embedder, actual, int(model_cfg.input_size), model_cfg.name,

@@ -96,7 +96,7 @@ class OnnxEmbedder:
         providers: onnxruntime execution providers (default: CPU).
         batch_size: largest chunk run at once (``None``: the whole batch).
         resize: accept normalised batches of another square size and resize them to the
-            model's (area when shrinking, as :class:`facekd.training.data.InputResize`);
+            model's (area when shrinking, as :class:`facekd.preprocess.InputResize`);
             by default such a batch is an error.
 
     Attributes:
@@ -185,7 +185,7 @@ class OnnxEmbedder:
                 and array.shape[2] != self.input_size and np.issubdtype(array.dtype, np.floating)):
             import torch
 
-            from facekd.training.data import resize_batch
+            from facekd.preprocess import resize_batch
 
             array = resize_batch(torch.from_numpy(np.ascontiguousarray(array)), self.input_size).numpy()
         if not np.issubdtype(array.dtype, np.floating):

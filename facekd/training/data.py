@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from facekd import preprocess
+from facekd.preprocess import InputResize, resize_batch  # noqa: F401  (re-exported)
 
 #: name of the resize used between the 112x112 faces and a smaller model input (cache key)
 RESIZE_METHOD = "batch-torch-area-down/bilinear-up"
@@ -34,19 +35,6 @@ RESIZE_METHOD = "batch-torch-area-down/bilinear-up"
 def keep_uint8(image: np.ndarray) -> np.ndarray:
     """Identity transform: keep the dataset's uint8 image (the view normalises it later)."""
     return image
-
-
-def resize_batch(batch: torch.Tensor, size: int) -> torch.Tensor:
-    """Resize a float ``(N)x3xHxW`` batch to ``size`` x ``size`` (area when shrinking, else bilinear)."""
-    if batch.shape[-1] == size and batch.shape[-2] == size:
-        return batch
-    single = batch.dim() == 3
-    if single:
-        batch = batch[None]
-    shrink = batch.shape[-1] > size
-    out = F.interpolate(batch, size=(size, size), mode="area" if shrink else "bilinear",
-                        **({} if shrink else {"align_corners": False}))
-    return out[0] if single else out
 
 
 def batch_to_input(images: torch.Tensor, size: int, device: Optional[torch.device] = None,
@@ -61,21 +49,6 @@ def batch_to_input(images: torch.Tensor, size: int, device: Optional[torch.devic
     batch = (images.permute(0, 3, 1, 2).float() / 255.0 - preprocess.MEAN) / preprocess.STD
     batch = resize_batch(batch, size)
     return batch.contiguous(memory_format=torch.channels_last) if channels_last else batch.contiguous()
-
-
-class InputResize(nn.Module):
-    """Wrap a backbone so that it accepts 112x112 batches whatever its ``input_size``.
-
-    Used for verification during training (pair sets are 112x112).
-    """
-
-    def __init__(self, model: nn.Module, input_size: int) -> None:
-        super().__init__()
-        self.model = model
-        self.input_size = int(input_size)
-
-    def forward(self, batch: torch.Tensor) -> torch.Tensor:
-        return self.model(resize_batch(batch, self.input_size))
 
 
 def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
