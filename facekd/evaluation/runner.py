@@ -124,14 +124,24 @@ class ValSpec:
 
     @classmethod
     def parse(cls, text: str, options: Optional[Dict[str, Any]] = None) -> "ValSpec":
-        """``KIND:PATH`` (``synthetic`` needs no path); the name is the kind, or a .bin file's stem."""
+        """``KIND:PATH`` (``synthetic`` needs no path).
+
+        The name is a .bin file's stem; else the kind, suffixed with the list's stem when that
+        is not the standard one (``lfw:View1/pairsDevTest.txt`` -> ``lfw_pairsDevTest``).
+        """
         kind, _, path = text.partition(":")
         kind = kind.strip()
         if kind not in PAIR_KINDS:
             raise ConfigError(f"--val {text!r}: kind must be one of {PAIR_KINDS}, got {kind!r}")
         if not path and kind != "synthetic":
             raise ConfigError(f"--val {text!r}: expected {kind}:PATH")
-        name = Path(path).stem if kind == "bin" else kind
+        stem = Path(path).stem if path else ""
+        if kind == "bin":
+            name = stem
+        elif not path or Path(path).is_dir() or stem in ("pairs", kind):
+            name = kind
+        else:                                   # e.g. lfw:.../pairsDevTest.txt -> lfw_pairsDevTest
+            name = f"{kind}_{stem}"
         return cls(kind=kind, path=path or None, name=name, options=dict(options or {}))
 
 
