@@ -273,6 +273,8 @@ def test_specs_parse():
         ModelSpec.parse("path=t.pt,colour=red")
     assert ValSpec.parse("bin:/data/agedb_30.bin").name == "agedb_30"
     assert ValSpec.parse("synthetic").path is None
+    assert ValSpec.parse("lfw:/data/lfw/pairs.txt").name == "lfw"
+    assert ValSpec.parse("lfw:/data/view1/pairsDevTest.txt").name == "lfw_pairsDevTest"
     with pytest.raises(ConfigError, match="kind"):
         ValSpec.parse("megaface:/x")
     with pytest.raises(ConfigError, match="PATH"):
