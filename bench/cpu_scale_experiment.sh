@@ -78,7 +78,7 @@ fi
 if stage report; then
     timed report facekd report "$OUT"/results_*.json --out "$OUT/report" \
         --title "facekd CPU-scale distillation: LFW View 1"
-    cat "$OUT/report/"*.md
+    python3 bench/results_table.py "$OUT"/results_*.json | tee "$OUT/table.md"
 fi
 
 echo "== wall time per stage (s), $TIMINGS"
