@@ -239,6 +239,23 @@ def test_load_checkpoint_and_embedding_size_checks(tmp_path, tiny_arch):
     assert load_model(ModelSpec(str(plain), arch=tiny_arch, embedding_size=8)).embedding_size == 8
 
 
+def test_checkpoint_at_another_input_size_sees_resized_faces(tmp_path):
+    """A 56 px student evaluated on 112 px pair faces gets them area-downsampled to 56 px."""
+    from facekd.evaluation.runner import ModelSpec, load_model
+    from facekd.models import MODELS
+
+    torch.manual_seed(0)
+    model = MODELS.build("mobilefacenet", embedding_size=16, input_size=56).eval()
+    path = tmp_path / "student56.pt"
+    torch.save({"model_config": {"name": "mobilefacenet", "embedding_size": 16, "input_size": 56},
+                "state_dict": model.state_dict()}, path)
+    loaded = load_model(ModelSpec(str(path)))
+    assert loaded.input_size == 56 and loaded.embedding_size == 16
+    x = torch.randn(3, 3, 112, 112)
+    expected = model(torch.nn.functional.avg_pool2d(x, 2)).detach().numpy()   # area 112 -> 56
+    np.testing.assert_allclose(loaded.embedder(x), expected, atol=1e-5)
+
+
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")   # torch's legacy (TorchScript) exporter
 def test_load_onnx_model(tmp_path):
     pytest.importorskip("onnxruntime")
