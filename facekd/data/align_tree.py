@@ -18,6 +18,7 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 from facekd.data.align import FaceAligner, center_crop
 from facekd.data.image_io import is_image_file, read_image, write_image
 from facekd.errors import DataError
+from facekd.fileio import atomic_write_text
 
 LOG = logging.getLogger(__name__)
 LOG_NAME = "align_log.txt"
@@ -195,9 +196,7 @@ def _write_log(report: AlignReport) -> None:
     lines += [f"no_face\t{rel}" for rel in sorted(report.no_face)]
     lines += [f"center_fallback\t{rel}" for rel in sorted(report.center_fallback)]
     lines += [f"unreadable\t{rel}\t{problem}" for rel, problem in sorted(report.unreadable)]
-    tmp = report.log_path.with_name(report.log_path.name + ".tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, report.log_path)
+    atomic_write_text(report.log_path, "\n".join(lines) + "\n")
 
 
 def read_align_log(path) -> Dict[str, Any]:

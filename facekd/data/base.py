@@ -4,7 +4,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -12,6 +11,7 @@ import numpy as np
 import torch
 
 from facekd.errors import DataError
+from facekd.fileio import atomic_write_text
 from facekd.preprocess import normalize_uint8
 
 LOG = logging.getLogger(__name__)
@@ -139,11 +139,8 @@ class FaceDataset(torch.utils.data.Dataset):
 
     def save_class_map(self, path) -> None:
         """Write ``{"num_classes": C, "classes": [name of label 0, ...]}`` as JSON."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps({"num_classes": self.num_classes, "classes": list(self.classes)}, indent=1))
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps({"num_classes": self.num_classes, "classes": list(self.classes)},
+                                           indent=1))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({len(self)} images, {self.num_classes} identities)"

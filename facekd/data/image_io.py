@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 
 from facekd.errors import DataError
+from facekd.fileio import atomic_write_bytes
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".pgm", ".ppm", ".pbm", ".bmp", ".gif", ".webp")
 
@@ -83,8 +84,4 @@ def encode_image(image: np.ndarray, ext: str = ".jpg", quality: int = 95) -> byt
 def write_image(path: PathLike, image: np.ndarray, quality: int = 95) -> None:
     """Write a uint8 RGB image atomically (temporary file + rename); format from the extension."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = encode_image(image, path.suffix or ".png", quality)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    atomic_write_bytes(path, encode_image(image, path.suffix or ".png", quality))

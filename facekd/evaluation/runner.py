@@ -44,6 +44,7 @@ from facekd.evaluation.embed import DegradeFn, Embedder, TorchEmbedder, extract_
 from facekd.evaluation.imaging import encode_image
 from facekd.evaluation.resolution import DEFAULT_SIZES, SIDES, resolution_curve
 from facekd.evaluation.verification import DEFAULT_FAR_TARGETS, VerificationResult, evaluate, pair_embeddings
+from facekd.fileio import atomic_write_text
 from facekd.preprocess import INPUT_SIZE
 from facekd.registry import Registry
 
@@ -434,12 +435,7 @@ def environment(device: str) -> Dict[str, Any]:
 
 def save_results(results: Dict[str, Any], path: Union[str, os.PathLike]) -> Path:
     """Write the results JSON atomically (temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(results, indent=1, allow_nan=True))
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, json.dumps(results, indent=1, allow_nan=True))
 
 
 def load_results(path: Union[str, os.PathLike]) -> Dict[str, Any]:

@@ -24,13 +24,13 @@ from __future__ import annotations
 import os
 import random
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, Union
 
 import numpy as np
 import torch
 
+from facekd.fileio import atomic_path
 from facekd.models.checkpoint import read_checkpoint
 
 CHECKPOINT_FORMAT = 1
@@ -38,36 +38,19 @@ PathLike = Union[str, os.PathLike]
 
 
 def atomic_save(obj: Any, path: PathLike) -> Path:
-    """``torch.save(obj)`` to ``path`` atomically (temporary file + ``os.replace``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            torch.save(obj, stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    """``torch.save(obj)`` to ``path`` atomically (temporary file, fsync, ``os.replace``)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as stream:
+        torch.save(obj, stream)
+        stream.flush()
+        os.fsync(stream.fileno())
+    return Path(path)
 
 
 def atomic_copy(source: PathLike, target: PathLike) -> Path:
     """Copy a finished checkpoint file atomically (e.g. ``last.pt`` -> ``best.pt``)."""
-    target = Path(target)
-    handle, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(handle)
-    try:
+    with atomic_path(target) as tmp:
         shutil.copyfile(source, tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return target
+    return Path(target)
 
 
 def load_checkpoint(path: PathLike) -> Dict[str, Any]:
