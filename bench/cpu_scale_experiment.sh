@@ -3,11 +3,14 @@
 #
 #     bash bench/cpu_scale_experiment.sh            # everything, from scratch (resumable)
 #     STAGES="eval report" bash bench/cpu_scale_experiment.sh
+#     SEEDS=0 STUDENTS="plain all" bash bench/cpu_scale_experiment.sh     # a subset
 #
 # Data comes from ../shared/data (read-only; see its README).  Outputs go to runs/cpu_scale/
 # (git-ignored): aligned faces, the training tree of symlinks, one run directory per model,
 # results.json, the report and timings.tsv (wall seconds of every stage).  Every stage is
 # resumable: alignment skips done files and training continues from its last checkpoint.
+# Every student is trained once per seed in SEEDS (the seed drives initialisation, sampling
+# and degradations); the teacher is trained once.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,6 +19,7 @@ OUT=runs/cpu_scale
 ALIGNED=$OUT/aligned
 STAGES=${STAGES:-"align teacher students eval report"}
 STUDENTS=${STUDENTS:-"plain hinton triplet hrlr all"}
+SEEDS=${SEEDS:-"0 1"}
 mkdir -p "$OUT"
 TIMINGS=$OUT/timings.tsv
 
@@ -28,6 +32,10 @@ timed() {   # timed NAME COMMAND...: run COMMAND, append "NAME<TAB>seconds" to t
 }
 
 stage() { [[ " $STAGES " == *" $1 "* ]]; }
+
+student_dir() {   # student_dir METHOD SEED: the run directory (seed 0 keeps the plain name)
+    if (( $2 == 0 )); then echo "$OUT/student_$1"; else echo "$OUT/student_$1_seed$2"; fi
+}
 
 if stage align; then
     timed align_lfw facekd align "$DATA/lfw-view1/images" "$ALIGNED/lfw" --workers 2 --no-face center --no-progress
@@ -51,8 +59,11 @@ if stage teacher; then
 fi
 
 if stage students; then
-    for s in $STUDENTS; do
-        timed "student_$s" facekd train-student --config "configs/cpu_student_$s.yaml" --resume --set train.progress=false
+    for seed in $SEEDS; do
+        for s in $STUDENTS; do
+            timed "student_${s}_seed$seed" facekd train-student --config "configs/cpu_student_$s.yaml" --resume \
+                --set train.progress=false --set seed="$seed" --set output_dir="$(student_dir "$s" "$seed")"
+        done
     done
 fi
 
@@ -67,7 +78,9 @@ if stage eval; then
             models+=(--model "path=$OUT/teacher/best.pt,role=teacher,label=teacher IResNet-18/2 56px")
         else
             role=distilled; [[ $m == plain ]] && role=baseline
-            models+=(--model "path=$OUT/student_$m/best.pt,role=$role,label=MobileFaceNet $m")
+            for seed in $SEEDS; do
+                models+=(--model "path=$(student_dir "$m" "$seed")/best.pt,role=$role,label=MobileFaceNet $m seed $seed")
+            done
         fi
     done
     timed "eval_$EVAL_TAG" facekd eval "${models[@]}" $LFW --val-option root=$ALIGNED/lfw \
@@ -78,13 +91,18 @@ fi
 if stage report; then
     timed report facekd report "$OUT"/results_*.json --out "$OUT/report" \
         --title "facekd CPU-scale distillation: LFW View 1"
-    python3 bench/results_table.py "$OUT"/results_*.json | tee "$OUT/table.md"
+    python3 bench/results_table.py --seed-means "$OUT"/results_*.json | tee "$OUT/table.md"
 fi
 
 echo "== wall time per stage (s), $TIMINGS"
 cat "$TIMINGS"
 runs=()
-for s in $STUDENTS; do [[ -f $OUT/student_$s/metrics.jsonl ]] && runs+=("$OUT/student_$s"); done
+for s in $STUDENTS; do
+    for seed in $SEEDS; do
+        dir=$(student_dir "$s" "$seed")
+        [[ -f $dir/metrics.jsonl ]] && runs+=("$dir")
+    done
+done
 if (( ${#runs[@]} )); then
     echo "== cost of a training step relative to the plain student"
     python3 bench/step_cost.py "${runs[@]}"

@@ -5,10 +5,8 @@ teacher, timed once or twice per configuration.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 
 import pytest
 import torch
@@ -16,20 +14,11 @@ import torch
 from facekd.export import synthetic_faces
 from facekd.models import MODELS
 
-from conftest import REPO_ROOT
+from conftest import load_script
 
 SIZE = 56
 
-
-def _load_bench():
-    spec = importlib.util.spec_from_file_location("bench_inference", REPO_ROOT / "bench" / "bench_inference.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module        # dataclasses look their module up while it executes
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load_bench()
+bench = load_script("bench/bench_inference.py")
 
 
 def tiny_models():

@@ -10,9 +10,10 @@ import pytest
 from facekd.errors import DataError
 from facekd.evaluation import runner
 from facekd.evaluation.render_check import check_render, find_chromium
-from facekd.evaluation.report import write_report
+from facekd.evaluation.report import resolution_table, write_report
 from facekd.evaluation.runner import EvalOptions, ModelSpec, evaluate_models, load_results, save_results
 
+from conftest import load_script
 from evaluation_fakes import FakePairSet, darken, save_checkpoint, tiny_arch  # noqa: F401
 
 HARDEST = 2
@@ -92,8 +93,24 @@ def test_report_contents(results, tmp_path):
     summary = files.markdown.read_text()
     assert "| Model | Role | Accuracy % (flip)" in summary and "IResNet teacher" in summary
     assert "(roc_fake.png)" in summary and "(resolution_fake.png)" in summary
+    assert "| Model | Role | 112 px | 56 px | 28 px | 14 px |" in summary and "by probe size" in page
     assert {p.name for p in files.plots} == {"roc_fake.png", "resolution_fake.png"}
     assert all(p.read_bytes().startswith(b"\x89PNG") for p in files.plots)
+
+
+def test_resolution_table_numbers_and_baseline_differences(results):
+    header, rows = resolution_table(results, "fake")
+    assert header == ["Model", "Role", "112 px", "56 px", "28 px", "14 px"]
+    assert [row[1] for row in rows] == ["teacher", "baseline", "distilled"]
+    by_role = {m["role"]: m["results"]["fake"]["resolution"] for m in results["models"]}
+    for row in rows:
+        curve, base = by_role[row[1]], by_role["baseline"]
+        for cell, mean, std, base_mean in zip(row[2:], curve["accuracy_mean"], curve["accuracy_std"],
+                                              base["accuracy_mean"]):
+            expected = f"{100 * mean:.2f} ± {100 * std:.2f}"
+            if row[1] != "baseline":
+                expected += f" ({100 * (mean - base_mean):+.1f})"
+            assert cell == expected
 
 
 @pytest.mark.skipif(find_chromium() is None, reason="Chromium is not installed")
@@ -147,3 +164,18 @@ def test_bad_results_file_is_named(tmp_path):
     other.write_text(json.dumps({"schema": "something-else"}))
     with pytest.raises(DataError, match="other.json.*schema"):
         load_results(other)
+
+
+def test_results_table_script_merges_files(results, tmp_path, capsys):
+    script = load_script("bench/results_table.py")
+    teacher_only = dict(results, models=[m for m in results["models"] if m["role"] == "teacher"])
+    students = dict(results, models=[m for m in results["models"] if m["role"] != "teacher"])
+    paths = [save_results(part, tmp_path / f"results_{i}.json") for i, part in enumerate((teacher_only, students))]
+    assert script.main([str(p) for p in paths]) == 0
+    printed = capsys.readouterr().out
+    header, rows = resolution_table(results, "fake")
+    assert printed.startswith("### fake (60 pairs)")
+    assert all(" | ".join(row) in printed for row in rows)          # same rows as from one file
+    (tmp_path / "broken.json").write_text("{")
+    assert script.main([str(tmp_path / "broken.json")]) == 2
+    assert "broken.json" in capsys.readouterr().err

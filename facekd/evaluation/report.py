@@ -6,7 +6,8 @@ evaluation and rendering are separate steps.  For every verification set the pag
 * a table of models (teacher, baseline, distilled students): accuracy ± std with and
   without flip, TAR@FAR, AUC, EER, parameters, MACs, latency;
 * the ROC curves of all models on one plot;
-* accuracy against probe resolution;
+* accuracy against probe resolution, as a plot and as a table with each model's
+  difference to the baseline;
 * the hardest false accepts and false rejects of each model as image pairs.
 
 All images are base64 ``data:`` URIs, so the HTML file can be mailed or archived alone.
@@ -28,6 +29,7 @@ from facekd.evaluation.verification import far_key
 
 ROLE_ORDER = {"teacher": 0, "baseline": 1, "distilled": 2}
 DASH = "–"
+RESOLUTION_CAPTION = "Accuracy % (flip) by probe size, in brackets the difference to the baseline in points"
 
 
 @dataclass
@@ -83,6 +85,37 @@ def summary_table(results: Dict[str, Any], val_name: str) -> Tuple[List[str], Li
                     + [_percent(t) for t in tars]
                     + [_number(flip["auc"], ".4f"), _percent(flip["eer"]), _count(model.get("params")),
                        _count(model.get("macs")), _number(model.get("latency_ms"), ".2f")])
+    return header, rows
+
+
+def resolution_table(results: Dict[str, Any], val_name: str) -> Tuple[List[str], List[List[str]]]:
+    """Header and rows of flip accuracy at every probe size on ``val_name``.
+
+    Cells read ``mean ± std`` over the folds, followed for every model but the baseline
+    (the first model with role ``baseline``) by the difference to it in points, e.g.
+    ``84.70 ± 2.53 (+2.9)``.  Models without a resolution curve are left out; sizes a
+    model was not probed at show a dash.
+    """
+    curves = []      # (model, {size: (mean, std)}) in report order
+    for model in ordered_models(results):
+        curve = model.get("results", {}).get(val_name, {}).get("resolution")
+        if curve:
+            curves.append((model, dict(zip(curve["sizes"], zip(curve["accuracy_mean"], curve["accuracy_std"])))))
+    sizes = sorted({size for _, by_size in curves for size in by_size}, reverse=True)
+    baseline = next((by_size for m, by_size in curves if m.get("role") == "baseline"), None)
+
+    def cell(by_size: Dict[int, Tuple[float, float]], size: int) -> str:
+        if size not in by_size:
+            return DASH
+        mean, std = by_size[size]
+        text = _percent(mean, std)
+        if baseline is not None and by_size is not baseline and size in baseline:
+            text += f" ({100 * (mean - baseline[size][0]):+.1f})"
+        return text
+
+    header = ["Model", "Role"] + [f"{size} px" for size in sizes]
+    rows = [[m["label"], m.get("role") or DASH] + [cell(by_size, size) for size in sizes]
+            for m, by_size in curves]
     return header, rows
 
 
@@ -197,6 +230,9 @@ def _val_set_section(results: Dict[str, Any], val_set: Dict[str, Any], plots: Di
              f"<p class='meta'>{val_set.get('num_pairs')} pairs ({val_set.get('num_same')} same), "
              f"{val_set.get('num_images')} images{'; ' if source else ''}{html.escape(source)}</p>",
              html_table(header, rows)]
+    resolution_header, resolution_rows = resolution_table(results, name)
+    if resolution_rows:
+        parts += [f"<h3>{RESOLUTION_CAPTION}</h3>", html_table(resolution_header, resolution_rows)]
     images = "".join(f"<img class='plot' alt='{html.escape(kind)} {html.escape(name)}' src='{data_uri(png)}'>"
                      for kind, png in plots.items())
     parts.append(f"<div class='plots'>{images}</div>")
@@ -265,6 +301,9 @@ def render_markdown(results: Dict[str, Any], title: str = "Face verification rep
         name = val_set["name"]
         lines += [f"## {name}", "", f"{val_set.get('num_pairs')} pairs ({val_set.get('num_same')} same).", "",
                   markdown_table(*summary_table(results, name)), ""]
+        resolution_header, resolution_rows = resolution_table(results, name)
+        if resolution_rows:
+            lines += [f"{RESOLUTION_CAPTION}:", "", markdown_table(resolution_header, resolution_rows), ""]
         for kind, file in (plot_files or {}).get(name, {}).items():
             lines += [f"![{kind} on {name}]({file})", ""]
     return "\n".join(lines)
