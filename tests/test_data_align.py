@@ -28,12 +28,12 @@ def _marker_image(points, shape=(260, 240)):
     return canvas
 
 
-def _marker_centroids(image):
+def _marker_centroids(image, colours=COLOURS):
     """Intensity-weighted centroid of each colour's dot."""
     ys, xs = np.mgrid[0:image.shape[0], 0:image.shape[1]]
     img = image.astype(np.float64)
     found = []
-    for colour in COLOURS:
+    for colour in colours:
         on = np.array(colour) > 0
         weight = img[..., on].min(-1) - (img[..., ~on].max(-1) if (~on).any() else 0)
         weight = np.clip(weight, 0, None)
@@ -79,7 +79,7 @@ def test_center_crop_geometry():
     cv2.circle(image, (int(cx * 16), int(cy * 16)), 4 * 16, (255, 255, 255), -1, cv2.LINE_AA, 4)
     out = center_crop(image)
     assert out.shape == (112, 112, 3)
-    centre = _marker_centroids(np.repeat(out[..., :1], 3, axis=2) * np.array([1, 0, 0], np.uint8))[0]
+    centre = _marker_centroids(np.repeat(out[..., :1], 3, axis=2) * np.array([1, 0, 0], np.uint8), COLOURS[:1])[0]
     np.testing.assert_allclose(centre, [55.5, 55.5], atol=1.0)
     # fraction 0.5 of a 200-px image keeps the central 100 px: a corner pixel of that window
     ramp = np.tile(np.arange(200, dtype=np.uint8), (200, 1))
