@@ -11,7 +11,8 @@
 Images stay uint8 ``H x W x 3`` tensors until the training step: :func:`batch_to_input`
 normalises a whole batch on the training device (``(x/255 - 0.5)/0.5``, the
 :mod:`facekd.preprocess` convention) and, when the model's input size is not 112, resizes it
-with :func:`resize_batch` — the same resize :class:`InputResize` applies at verification.
+with :func:`~facekd.preprocess.resize_batch` — the same resize
+:class:`~facekd.preprocess.InputResize` applies at verification.
 
 Every random choice comes from ``numpy.random.default_rng([seed, epoch, index])``, so a
 sample is the same whichever worker loads it and whether or not the run was resumed.
@@ -22,11 +23,9 @@ from typing import Any, Callable, Dict, Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from facekd import preprocess
-from facekd.preprocess import InputResize, resize_batch  # noqa: F401  (re-exported)
+from facekd.preprocess import resize_batch
 
 #: name of the resize used between the 112x112 faces and a smaller model input (cache key)
 RESIZE_METHOD = "batch-torch-area-down/bilinear-up"

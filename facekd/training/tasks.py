@@ -34,8 +34,9 @@ from torch import nn
 
 from facekd.config import ExperimentConfig, ModelConfig, from_dict, to_dict
 from facekd.errors import CheckpointError, ConfigError
+from facekd.preprocess import InputResize
 from facekd.registry import Registry
-from facekd.training.data import InputResize, TrainView, batch_to_input, keep_uint8
+from facekd.training.data import TrainView, batch_to_input, keep_uint8
 from facekd.training.trainer import Hook
 
 LOG = logging.getLogger(__name__)
