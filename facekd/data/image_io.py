@@ -10,17 +10,14 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
-from typing import Union
 
 import cv2
 import numpy as np
 
 from facekd.errors import DataError
-from facekd.fileio import atomic_write_bytes
+from facekd.fileio import PathLike, atomic_write_bytes
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".pgm", ".ppm", ".pbm", ".bmp", ".gif", ".webp")
-
-PathLike = Union[str, os.PathLike]
 
 
 def is_image_file(path: PathLike) -> bool:

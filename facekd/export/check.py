@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -19,9 +19,9 @@ from torch import nn
 
 from facekd.errors import FaceKDError
 from facekd.export.runtime import OnnxEmbedder, load_onnx_proto, resize_faces, row_cosine
+from facekd.fileio import PathLike
 from facekd.preprocess import normalize_uint8
 
-PathLike = Union[str, os.PathLike]
 DEFAULT_BATCH_SIZES = (1, 7, 64)
 MIN_COSINE = 0.9999
 

@@ -10,14 +10,14 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any, List, Optional, Union
+from typing import Any, List, Optional
 
 import numpy as np
 
 from facekd.errors import DataError
+from facekd.fileio import PathLike
 
 LOG = logging.getLogger(__name__)
-PathLike = Union[str, os.PathLike]
 ALIGNED_SIZE = 112
 #: identity offset of the faces used here: disjoint from training and validation identities
 EXPORT_IDENTITY_OFFSET = 2_000_000

@@ -19,7 +19,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import torch
 from torch import nn
@@ -28,9 +28,9 @@ from facekd.errors import CheckpointError, ConfigError
 from facekd.export.fold import fold_batchnorm
 from facekd.export.formats import InputFormat, input_format as get_input_format
 from facekd.export.metadata import ExportMetadata, cosine_from_sqeuclidean
+from facekd.fileio import PathLike
 from facekd.registry import Registry
 
-PathLike = Union[str, os.PathLike]
 INPUT_NAME = "input"
 OUTPUT_NAME = "embedding"
 MIN_OPSET = 17

@@ -20,14 +20,14 @@ import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
 from facekd.errors import ConfigError
 from facekd.export.runtime import OnnxEmbedder, load_onnx_proto, resize_faces, row_cosine
+from facekd.fileio import PathLike
 
-PathLike = Union[str, os.PathLike]
 #: operators that carry weights; "first"/"last" in ``keep_float`` refer to these
 WEIGHT_OPS = ("Conv", "Gemm", "MatMul")
 #: operators quantised by default (PRelu, Flatten and the input normalisation stay float)

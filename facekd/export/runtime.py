@@ -23,8 +23,8 @@ import numpy as np
 from facekd.errors import DataError, FaceKDError
 from facekd.export.formats import InputFormat, input_format as get_input_format
 from facekd.export.metadata import ExportMetadata
+from facekd.fileio import PathLike
 
-PathLike = Union[str, os.PathLike]
 Photo = Union[PathLike, np.ndarray]
 
 

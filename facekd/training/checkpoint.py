@@ -25,16 +25,15 @@ import os
 import random
 import shutil
 from pathlib import Path
-from typing import Any, Dict, Union
+from typing import Any, Dict
 
 import numpy as np
 import torch
 
-from facekd.fileio import atomic_path
+from facekd.fileio import PathLike, atomic_path
 from facekd.models.checkpoint import read_checkpoint
 
 CHECKPOINT_FORMAT = 1
-PathLike = Union[str, os.PathLike]
 
 
 def atomic_save(obj: Any, path: PathLike) -> Path:
