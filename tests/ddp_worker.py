@@ -16,7 +16,6 @@ best-verification record every rank ends with.
 from __future__ import annotations
 
 import functools
-import os
 import sys
 from pathlib import Path
 from typing import Any, Dict, List

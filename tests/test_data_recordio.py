@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from facekd.data import (IRHeader, RecordIODataset, RecordIOReader, RecordIOWriter, SyntheticFaceGenerator,
-                         build_train_dataset, encode_image, pack, pack_image, unpack, write_recordio)
+                         build_train_dataset, encode_image, pack, unpack, write_recordio)
 from facekd.data.recordio import MAGIC
 from facekd.errors import DataError
 

@@ -1,8 +1,6 @@
 """Backbones: insightface-compatible IResNet names/shapes, published sizes, checkpoint loading."""
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 

@@ -25,7 +25,7 @@ A pair is predicted "same" when ``distance < threshold`` (strict), as in insight
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np

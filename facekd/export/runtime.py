@@ -15,7 +15,6 @@ Bad input raises clear errors: a file that is missing or not ONNX raises
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import numpy as np

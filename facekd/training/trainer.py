@@ -31,7 +31,7 @@ from facekd.config import ExperimentConfig, to_dict
 from facekd.errors import CheckpointError, ConfigError, TrainingError
 from facekd.training.checkpoint import (CHECKPOINT_FORMAT, atomic_copy, atomic_save, load_checkpoint,
                                         rng_state, seed_everything, set_rng_state)
-from facekd.training.distributed import DistInfo, all_finite, barrier, broadcast_object, unwrap
+from facekd.training.distributed import DistInfo, all_finite, barrier, broadcast_object
 from facekd.training.metrics import MetricsLogger
 from facekd.training.optim import build_optimizer, build_scheduler
 
