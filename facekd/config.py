@@ -104,6 +104,14 @@ class TrainConfig:
     flip: bool = True
     # added for facekd.training: step_<N>.pt checkpoints kept besides last.pt/best.pt (0: none)
     keep_step_checkpoints: int = 2
+    # added for issue 12 (training speed): torch.compile the training module
+    compile: bool = False
+    # cuDNN autotuning (torch.backends.cudnn.benchmark) on CUDA
+    cudnn_benchmark: bool = True
+    # batches each loader worker prepares ahead (workers stay alive across epochs)
+    prefetch_factor: int = 4
+    # write checkpoints in a background thread (the step continues; files stay atomic)
+    async_checkpoint: bool = True
 
 
 @dataclass
