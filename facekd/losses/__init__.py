@@ -30,6 +30,7 @@ from facekd.losses.base import LOSSES, Loss, LossInputs
 from facekd.losses.feature import FeatureDistillLoss, FeatureMapDistillLoss
 from facekd.losses.hinton import HintonKDLoss
 from facekd.losses.margin import ArcFace, CosFace, MarginHead
+from facekd.losses.neuron_selection import NeuronSelectDistillLoss, fisher_ratio, select_neurons  # noqa: F401
 from facekd.losses.triplet import (TripletDistillLoss, TripletLoss, adaptive_margin, mine_triplets,
                                    pairwise_distance)
 
