@@ -14,6 +14,8 @@ INPUT_SIZE = 112
 CHANNEL_ORDER = "RGB"
 MEAN = 0.5   # applied after /255, identical for all channels
 STD = 0.5
+#: name of :func:`resize_batch`'s method (part of teacher-cache keys)
+RESIZE_METHOD = "batch-torch-area-down/bilinear-up"
 
 
 def normalize_uint8(images: np.ndarray) -> torch.Tensor:

@@ -25,10 +25,7 @@ import numpy as np
 import torch
 
 from facekd import preprocess
-from facekd.preprocess import resize_batch
-
-#: name of the resize used between the 112x112 faces and a smaller model input (cache key)
-RESIZE_METHOD = "batch-torch-area-down/bilinear-up"
+from facekd.preprocess import RESIZE_METHOD, resize_batch  # noqa: F401  (RESIZE_METHOD: cache keys)
 
 
 def keep_uint8(image: np.ndarray) -> np.ndarray:
