@@ -1,6 +1,7 @@
 """Exceptions raised on bad input.  Each names the offending file or key."""
 from __future__ import annotations
 
+import errno
 import os
 from typing import Union
 
@@ -32,3 +33,15 @@ class CheckpointError(FaceKDError, ValueError):
 
 class TrainingError(FaceKDError, RuntimeError):
     """Training cannot continue (e.g. the loss became NaN or infinite)."""
+
+
+class DiskFullError(FaceKDError, OSError):
+    """A write failed because the disk (or quota) is full; the previous file is unchanged."""
+
+    def __init__(self, path: Union[str, os.PathLike]) -> None:
+        self.path = os.fspath(path)
+        super().__init__(errno.ENOSPC, f"{self.path}: no space left on device while writing it "
+                                       "(nothing was replaced: the previous file, if any, is unchanged)")
+
+    def __str__(self) -> str:
+        return self.strerror

@@ -1,13 +1,42 @@
-"""Atomic file writes: a reader never sees a half-written file, a crash never leaves one behind."""
+"""File helpers: atomic writes and the trust policy for pickle-based files.
+
+Atomic writes: a reader never sees a half-written file, a crash never leaves one behind, and a
+failed write (e.g. a full disk) raises :class:`OSError` naming the target with the old file intact.
+
+Pickles: PyTorch checkpoints and insightface ``.bin`` sets are pickles, and unpickling an
+untrusted file can run arbitrary code.  facekd reads them with restricted loaders by default
+(tensors, numbers, strings, bytes, lists/dicts/tuples, plain numpy arrays); a file that needs
+anything else is refused with an error naming it.  Files you trust (e.g. old checkpoints of
+other tools) can be loaded unrestricted with the environment variable
+``FACEKD_TRUST_PICKLES=1``, the ``facekd ... --trust-pickles`` flag, or ``trusted=True``.
+"""
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Union
+from typing import Iterator, Optional, Union
+
+from facekd.errors import DiskFullError
 
 PathLike = Union[str, os.PathLike]
+
+#: environment variable that lifts the restricted unpickling (``1``/``true``/``yes``)
+TRUST_PICKLES_ENV = "FACEKD_TRUST_PICKLES"
+#: how a refusal tells the user to opt in
+TRUST_HINT = f"set {TRUST_PICKLES_ENV}=1 or pass --trust-pickles"
+
+
+def pickles_trusted(trusted: Optional[bool] = None) -> bool:
+    """Whether pickle-based files may be loaded unrestricted.
+
+    ``trusted`` (an explicit argument) wins; ``None`` reads :data:`TRUST_PICKLES_ENV`.
+    """
+    if trusted is not None:
+        return bool(trusted)
+    return os.environ.get(TRUST_PICKLES_ENV, "").strip().lower() in ("1", "true", "yes")
 
 
 @contextmanager
@@ -16,7 +45,9 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
 
     The temporary name is unique per process and call (parallel writers of the same target
     do not collide) and sits in the target's directory, so the final ``os.replace`` is atomic.
-    If the body raises, the temporary file is removed and ``path`` is left as it was.
+    If the body raises, the temporary file is removed and ``path`` is left as it was; a full
+    disk (``ENOSPC``/``EDQUOT``) is re-raised as :class:`~facekd.errors.DiskFullError`
+    (an ``OSError``) whose message names ``path`` and says that there is no space left.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -24,9 +55,20 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         tmp.unlink(missing_ok=True)
+        if _disk_full(error):
+            raise DiskFullError(path) from error
         raise
+
+
+def _disk_full(error: BaseException) -> bool:
+    """True for the ``OSError``s of a full disk or quota, also when wrapped (``torch.save``)."""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def atomic_write_text(path: PathLike, text: str) -> Path:

@@ -13,7 +13,10 @@ Formats:
   ``<root>/<name>/<name>_%04d.jpg``.
 * **insightface .bin** — a pickle of ``(list of encoded images, list of issame)``; pair ``i``
   is images ``2i, 2i+1``; folds are 10 consecutive blocks (sklearn ``KFold`` without shuffle).
-  Only load ``.bin`` files you trust (pickle).
+  Read with a restricted unpickler (:class:`BinUnpickler`) that admits only what the format
+  holds — bytes, lists, tuples, bools and numbers, and plain numpy arrays (some files keep
+  ``issame`` or the images as arrays) — so a hostile file is refused, never executed
+  (``FACEKD_TRUST_PICKLES=1`` lifts the restriction for files you trust).
 * **AgeDB-30 pair list** — a text file, one pair per line: ``img1 img2 issame`` (whitespace
   or comma separated; ``issame`` is 1/0 or true/false; ``#`` starts a comment), image paths
   relative to ``root`` (default: the list's folder); folds are 10 consecutive blocks
@@ -37,6 +40,7 @@ from facekd.data.align import FaceAligner, center_crop
 from facekd.data.base import fit_to_size
 from facekd.data.image_io import decode_image, encode_image, read_image
 from facekd.errors import DataError
+from facekd.fileio import TRUST_HINT, pickles_trusted
 
 LOG = logging.getLogger(__name__)
 
@@ -285,18 +289,108 @@ def write_lfw_pairs(path, same: Sequence[Tuple[str, int, int]], diff: Sequence[T
 
 
 # -- insightface .bin ----------------------------------------------------------------------
-def read_bin(path) -> Tuple[List[bytes], np.ndarray]:
-    """Read an insightface ``.bin``: ``(encoded images, issame)``; checks ``2 * pairs`` images."""
+def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
+    """``_codecs.encode`` as protocol-2 pickles of ``bytes`` use it, limited to latin-1."""
+    if not isinstance(text, str) or encoding.replace("-", "").lower() != "latin1":
+        raise pickle.UnpicklingError(f"refused _codecs.encode with encoding {encoding!r}")
+    return text.encode("latin1")
+
+
+def _plain_dtype(spec, align=False, copy=False) -> np.dtype:
+    """``numpy.dtype`` for booleans and numbers only (no object or structured dtypes)."""
+    if not isinstance(spec, str):
+        raise pickle.UnpicklingError(f"refused numpy dtype {spec!r}")
+    dtype = np.dtype(spec, align=bool(align), copy=bool(copy))
+    if dtype.kind not in "biuf":
+        raise pickle.UnpicklingError(f"refused numpy dtype {dtype} (not boolean or numeric)")
+    return dtype
+
+
+def _plain_scalar(dtype, data: bytes):
+    """numpy's ``scalar`` (e.g. a ``numpy.bool_`` in an ``issame`` list) for plain dtypes only."""
+    if not isinstance(dtype, np.dtype) or dtype.kind not in "biuf" or not isinstance(data, bytes):
+        raise pickle.UnpicklingError(f"refused numpy scalar of {dtype!r}")
+    return np.frombuffer(data, dtype=dtype, count=1)[0]
+
+
+def _ndarray_reconstruct(subtype, shape, dtype_code):
+    """numpy's ``_reconstruct`` for plain ``ndarray`` only (no subclasses)."""
+    if subtype is not np.ndarray:
+        raise pickle.UnpicklingError(f"refused numpy array subtype {subtype!r}")
+    return np.ndarray.__new__(np.ndarray, shape, dtype_code)
+
+
+class BinUnpickler(pickle.Unpickler):
+    """Unpickles insightface ``.bin`` files, admitting only the globals that format holds.
+
+    Plain pickle opcodes build bytes, str, numbers, bools, lists, tuples and dicts without any
+    global.  The globals admitted are ``_codecs.encode`` (bytes in protocol-2 pickles written by
+    Python 3; latin-1 only), and numpy's ``_reconstruct`` / ``ndarray`` / ``dtype`` / ``scalar``
+    for arrays and scalars of booleans and numbers.  Anything else raises
+    ``pickle.UnpicklingError("refused ...")`` naming it.
+    """
+
+    GLOBALS = {("_codecs", "encode"): _latin1_encode,
+               ("numpy", "ndarray"): np.ndarray,
+               ("numpy", "dtype"): _plain_dtype,
+               **{(f"{module}.multiarray", name): function for module in ("numpy.core", "numpy._core")
+                  for name, function in (("_reconstruct", _ndarray_reconstruct), ("scalar", _plain_scalar))}}
+
+    def find_class(self, module: str, name: str):
+        """The admitted replacement of ``module.name``; anything else is refused."""
+        try:
+            return self.GLOBALS[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(f"refused global {module}.{name}") from None
+
+
+def _bin_images(path: Path, bins) -> List[bytes]:
+    if not isinstance(bins, (list, tuple)):
+        raise DataError(path, f"not an insightface .bin: images are a {type(bins).__name__}, not a list")
+    out = []
+    for i, item in enumerate(bins):
+        if isinstance(item, np.ndarray) and item.dtype == np.uint8:
+            item = item.tobytes()
+        if not isinstance(item, (bytes, bytearray)):
+            raise DataError(path, f"not an insightface .bin: image {i} is a {type(item).__name__}, not bytes")
+        out.append(bytes(item))
+    return out
+
+
+def _bin_issame(path: Path, issame) -> np.ndarray:
+    values = np.asarray(issame) if isinstance(issame, (list, tuple, np.ndarray)) else None
+    if values is None or (values.size and values.dtype.kind not in "biu"):
+        raise DataError(path, f"not an insightface .bin: issame is not a list of booleans ({type(issame).__name__})")
+    return values.astype(bool).reshape(-1)
+
+
+def read_bin(path, trusted: Optional[bool] = None) -> Tuple[List[bytes], np.ndarray]:
+    """Read an insightface ``.bin``: ``(encoded images, issame)``; checks ``2 * pairs`` images.
+
+    Unpickled with :class:`BinUnpickler` unless ``trusted`` (or ``FACEKD_TRUST_PICKLES=1``);
+    a file needing other globals raises :class:`DataError` naming the file and the global.
+    """
     path = Path(path)
     try:
         with open(path, "rb") as handle:
-            bins, issame = pickle.load(handle, encoding="bytes")
+            if pickles_trusted(trusted):
+                content = pickle.load(handle, encoding="bytes")
+            else:
+                content = BinUnpickler(handle, encoding="bytes").load()
     except FileNotFoundError:
         raise DataError(path, "file does not exist") from None
+    except pickle.UnpicklingError as error:
+        if str(error).startswith("refused "):
+            raise DataError(path, f"refused to load: an insightface .bin holds only bytes, lists, booleans and "
+                                  f"plain arrays, but this file asks for {str(error)[len('refused '):]} (nothing "
+                                  f"was run; for a file you trust, {TRUST_HINT})") from None
+        raise DataError(path, f"not an insightface .bin pickle ({type(error).__name__}: {error})") from None
     except Exception as error:  # unpickling raises many types
         raise DataError(path, f"not an insightface .bin pickle ({type(error).__name__}: {error})") from None
-    bins = [bytes(b if not hasattr(b, "tobytes") else b.tobytes()) for b in bins]
-    issame = np.asarray(issame, dtype=bool).reshape(-1)
+    if not isinstance(content, (tuple, list)) or len(content) != 2:
+        raise DataError(path, f"not an insightface .bin: expected a pair (images, issame), got a "
+                              f"{type(content).__name__}")
+    bins, issame = _bin_images(path, content[0]), _bin_issame(path, content[1])
     if len(bins) != 2 * len(issame):
         raise DataError(path, f"{len(bins)} images for {len(issame)} pairs (expected {2 * len(issame)})")
     return bins, issame

@@ -12,12 +12,18 @@ A training checkpoint is a dict (``torch.save``) with
 ``optimizer``      optimiser state; ``scheduler`` its LR schedule state; ``scaler`` AMP scaler
 ``sampler``        the batch sampler's position (``epoch``, ``batches_done`` and its own state)
 ``epoch``/``step`` the epoch being run and the number of optimiser steps taken
-``rng``            python / numpy / torch (and CUDA) generator states
+``rng``            python / numpy / torch (and CUDA) generator states, as plain data
 ``config``         the full ``ExperimentConfig`` as a dict; ``metrics`` the latest values
 =================  ============================================================
 
 Writes go to a temporary file in the same directory that is then ``os.replace``-d over
-the target, so a crash never leaves a partial ``last.pt``.
+the target, so a crash never leaves a partial ``last.pt``, and a full disk raises
+:class:`~facekd.errors.DiskFullError` naming the file with the previous one intact.
+
+Everything in a checkpoint is tensors, numbers, strings and containers (the numpy RNG state is
+stored as lists), so it loads with ``torch.load(weights_only=True)``
+(:func:`facekd.models.read_checkpoint`); older checkpoints holding the numpy state as an array
+load too.
 """
 from __future__ import annotations
 
@@ -25,7 +31,7 @@ import os
 import random
 import shutil
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import numpy as np
 import torch
@@ -52,14 +58,21 @@ def atomic_copy(source: PathLike, target: PathLike) -> Path:
     return Path(target)
 
 
-def load_checkpoint(path: PathLike) -> Dict[str, Any]:
-    """Read a checkpoint on CPU; a missing or corrupt file raises ``DataError`` naming it."""
-    return read_checkpoint(path)
+def load_checkpoint(path: PathLike, trusted: Optional[bool] = None) -> Dict[str, Any]:
+    """Read a checkpoint on CPU (safe loading unless ``trusted``, see :func:`read_checkpoint`);
+    a missing, corrupt or refused file raises ``DataError`` naming it."""
+    return read_checkpoint(path, trusted=trusted)
 
 
 def rng_state() -> Dict[str, Any]:
-    """The python, numpy, torch and (if present) CUDA generator states."""
-    state = {"python": random.getstate(), "numpy": np.random.get_state(),
+    """The python, numpy, torch and (if present) CUDA generator states, as plain data.
+
+    numpy's legacy state ``(name, uint32[624] keys, pos, has_gauss, cached_gaussian)`` is kept
+    with the keys as a list of ints, so the checkpoint needs no numpy globals to unpickle.
+    """
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": random.getstate(),
+             "numpy": [str(name), [int(k) for k in keys], int(pos), int(has_gauss), float(cached)],
              "torch": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -68,8 +81,10 @@ def rng_state() -> Dict[str, Any]:
 
 def set_rng_state(state: Dict[str, Any]) -> None:
     """Restore the generator states saved by :func:`rng_state`."""
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), int(pos), int(has_gauss), float(cached)))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         cuda_states = state["cuda"]
