@@ -4,7 +4,9 @@ Built from the results JSON of ``facekd eval`` (:mod:`facekd.evaluation.runner`)
 evaluation and rendering are separate steps.  For every verification set the page has
 
 * a table of models (teacher, baseline, distilled students): accuracy ± std with and
-  without flip, TAR@FAR, AUC, EER, parameters, MACs, latency;
+  without flip, TAR@FAR (``not reached (FAR x %)`` where the FAR reached on the held-out
+  folds is beyond the target's tolerance, see :mod:`facekd.evaluation.verification`), AUC,
+  EER, parameters, MACs, latency;
 * the ROC curves of all models on one plot;
 * accuracy against probe resolution, as a plot and as a table with each model's
   difference to the baseline;
@@ -25,7 +27,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from facekd.evaluation.imaging import data_uri, figure_png, new_figure
-from facekd.evaluation.verification import far_key
+from facekd.evaluation.verification import FAR_TOLERANCE_FACTOR, far_key
 
 ROLE_ORDER = {"teacher": 0, "baseline": 1, "distilled": 2}
 DASH = "–"
@@ -61,6 +63,18 @@ def _number(value: Optional[float], fmt: str) -> str:
     return DASH if value is None or not np.isfinite(value) else format(value, fmt)
 
 
+def tar_cell(entry: Optional[Dict[str, Any]]) -> str:
+    """A TAR@FAR table cell from its JSON entry: ``99.10``, ``not reached (FAR 100.00 %)`` or a dash.
+
+    Entries of results files written before the ``reached`` field count as reached.
+    """
+    if not entry:
+        return DASH
+    if entry.get("reached", True) is False:
+        return f"not reached (FAR {_percent(entry.get('far_mean'))} %)"
+    return _percent(entry.get("tar_mean"))
+
+
 def ordered_models(results: Dict[str, Any]) -> List[Dict[str, Any]]:
     """Models in report order: teacher, baseline, distilled, then unlabelled (stable)."""
     return sorted(results["models"], key=lambda m: ROLE_ORDER.get(m.get("role") or "", len(ROLE_ORDER)))
@@ -78,11 +92,11 @@ def summary_table(results: Dict[str, Any], val_name: str) -> Tuple[List[str], Li
         if result is None:
             continue
         flip, plain = result["flip"], result["plain"]
-        tars = [flip["tar_at_far"].get(far_key(f), {}).get("tar_mean") for f in fars]
+        tars = [flip["tar_at_far"].get(far_key(f)) for f in fars]
         rows.append([model["label"], model.get("role") or DASH,
                      _percent(flip["accuracy_mean"], flip["accuracy_std"]),
                      _percent(plain["accuracy_mean"], plain["accuracy_std"])]
-                    + [_percent(t) for t in tars]
+                    + [tar_cell(t) for t in tars]
                     + [_number(flip["auc"], ".4f"), _percent(flip["eer"]), _count(model.get("params")),
                        _count(model.get("macs")), _number(model.get("latency_ms"), ".2f")])
     return header, rows
@@ -250,7 +264,9 @@ def _protocol_text(results: Dict[str, Any]) -> str:
     protocol = results.get("protocol", {})
     return (f"{protocol.get('nrof_folds', 10)}-fold cross-validation (insightface protocol: squared L2 "
             f"on L2-normalised embeddings, thresholds 0–4 step 0.01, best threshold on 9 folds applied "
-            f"to the 10th); flip = embeddings of the image and its mirror summed. Resolution: probes "
+            f"to the 10th); flip = embeddings of the image and its mirror summed. TAR@FAR is shown where "
+            f"the FAR reached on the held-out folds is at most {FAR_TOLERANCE_FACTOR:g}x the target plus "
+            f"one false accept per fold, else 'not reached'. Resolution: probes "
             f"reduced to {protocol.get('resolution_sizes')} px ({protocol.get('resolution_side')} side"
             f"{'s' if protocol.get('resolution_side') == 'both' else ''} of each pair).")
 

@@ -16,7 +16,13 @@ person, :func:`evaluate` computes:
   FAR value the largest threshold that yields it, because ``interp1d``'s result on
   repeated x values is undefined).  If no training threshold reaches the target FAR the
   threshold is 0 (nothing accepted), as in insightface.  The threshold is applied to the
-  held-out fold; TAR and FAR are averaged over folds.
+  held-out fold; TAR and FAR are averaged over folds.  The TAR counts only where the FAR
+  actually reached on the held-out folds is close to the target: ``far_mean <=
+  FAR_TOLERANCE_FACTOR * target + mean over folds of 1 / (different pairs in the fold)``,
+  i.e. 1.5x the target plus one false accept per fold (the finest FAR step a fold can
+  show).  Otherwise (e.g. a degenerate model whose distances are all ~0, where the
+  interpolated threshold accepts every pair) the TAR@FAR is *not reached*: ``tar`` is None,
+  the report shows "not reached" and the JSON has ``"reached": false, "tar_mean": null``.
 * **ROC, AUC, EER** — from ``sklearn.metrics.roc_curve`` over all pairs with the score
   ``-distance``; the EER is interpolated where the false-reject rate ``1 - TPR`` crosses
   the FPR.
@@ -36,16 +42,55 @@ ACCURACY_THRESHOLDS = np.arange(0, 4, 0.01)
 FAR_THRESHOLDS = np.arange(0, 4, 0.001)
 #: FAR targets reported by default
 DEFAULT_FAR_TARGETS = (1e-3, 1e-2)
+#: a TAR@FAR is reached when the held-out FAR is at most this times the target (plus one
+#: false accept per fold, see :func:`far_limit`)
+FAR_TOLERANCE_FACTOR = 1.5
+
+
+def far_limit(far_target: float, num_different: Sequence[int]) -> float:
+    """The largest held-out FAR that still counts as reaching ``far_target``.
+
+    ``FAR_TOLERANCE_FACTOR * far_target`` plus the mean over folds of ``1 / n`` for a fold's
+    ``n`` different-person pairs: one false accept per fold is the FAR's resolution, so a
+    target below it (1e-3 on LFW's 300 different pairs per fold) can be reached only that
+    coarsely.  Folds without different pairs add nothing.
+    """
+    steps = [1.0 / n for n in num_different if n > 0]
+    return FAR_TOLERANCE_FACTOR * float(far_target) + (float(np.mean(steps)) if steps else 0.0)
 
 
 @dataclass
 class TarAtFar:
-    """TAR at one target FAR, averaged over the held-out folds."""
+    """TAR at one target FAR, averaged over the held-out folds.
+
+    ``tar_mean`` is the measured value (insightface's number); use :attr:`tar`, which is
+    None unless the held-out FAR ``far_mean`` is within ``far_limit`` (:func:`far_limit`).
+    """
     far_target: float
     tar_mean: float
     tar_std: float
     far_mean: float             # the FAR actually reached on the held-out folds
     threshold_mean: float
+    far_limit: float = float("inf")
+
+    @property
+    def reached(self) -> bool:
+        """True when the held-out FAR is within the tolerance of the target."""
+        return bool(self.far_mean <= self.far_limit)
+
+    @property
+    def tar(self) -> Optional[float]:
+        """The TAR at this FAR, or None when the FAR was not reached."""
+        return self.tar_mean if self.reached else None
+
+    def to_dict(self) -> dict:
+        """JSON-ready; ``tar_mean``/``tar_std`` are null when not reached (``tar_measured`` keeps
+        the number measured at the FAR that was reached)."""
+        reached = self.reached
+        return {"far_target": self.far_target, "reached": reached,
+                "tar_mean": self.tar_mean if reached else None, "tar_std": self.tar_std if reached else None,
+                "far_mean": self.far_mean, "far_limit": self.far_limit, "tar_measured": self.tar_mean,
+                "threshold_mean": self.threshold_mean}
 
 
 @dataclass
@@ -102,10 +147,7 @@ class VerificationResult:
             "fold_accuracies": [float(a) for a in self.fold_accuracies],
             "threshold_mean": float(self.threshold_mean),
             "fold_thresholds": [float(t) for t in self.fold_thresholds],
-            "tar_at_far": {far_key(t.far_target): {
-                "far_target": t.far_target, "tar_mean": t.tar_mean, "tar_std": t.tar_std,
-                "far_mean": t.far_mean, "threshold_mean": t.threshold_mean}
-                for t in self.tar_at_far.values()},
+            "tar_at_far": {far_key(t.far_target): t.to_dict() for t in self.tar_at_far.values()},
             "auc": float(self.auc),
             "eer": float(self.eer),
             "roc": {"fpr": _rounded(self.fpr), "tpr": _rounded(self.tpr)},
@@ -252,6 +294,7 @@ def evaluate(embeddings: np.ndarray, issame: Sequence[bool], nrof_folds: int = 1
     fold_acc = np.zeros(nrof_folds)
     fold_thr = np.zeros(nrof_folds)
     tar = {float(f): np.zeros((3, nrof_folds)) for f in far_targets}   # tar, far, threshold
+    num_different = [int(np.sum(~issame[test])) for test in folds]
     for k, test in enumerate(folds):
         fold_of_pair[test] = k
         train = np.setdiff1d(np.arange(len(distances)), test, assume_unique=True)
@@ -273,7 +316,8 @@ def evaluate(embeddings: np.ndarray, issame: Sequence[bool], nrof_folds: int = 1
         accuracy_mean=float(np.mean(fold_acc)), accuracy_std=float(np.std(fold_acc)),
         fold_accuracies=fold_acc, threshold_mean=float(np.mean(fold_thr)), fold_thresholds=fold_thr,
         tar_at_far={target: TarAtFar(target, float(np.mean(t[0])), float(np.std(t[0])),
-                                     float(np.mean(t[1])), float(np.mean(t[2])))
+                                     float(np.mean(t[1])), float(np.mean(t[2])),
+                                     far_limit(target, num_different))
                     for target, t in tar.items()},
         auc=auc, eer=eer, fpr=fpr, tpr=tpr, distances=distances, issame=issame,
         fold=fold_of_pair, nrof_folds=nrof_folds)
