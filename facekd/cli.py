@@ -51,6 +51,7 @@ def error_message(error: BaseException) -> Optional[str]:
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of the ``facekd`` console script."""
     args = build_parser().parse_args(argv)
+    previous = os.environ.get(TRUST_PICKLES_ENV)
     if args.trust_pickles:
         os.environ[TRUST_PICKLES_ENV] = "1"     # also seen by DataLoader workers and subprocesses
     try:
@@ -61,6 +62,12 @@ def main(argv: Optional[List[str]] = None) -> int:
             raise
         print(f"facekd {args.command}: error: {' '.join(message.split())}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    finally:
+        if args.trust_pickles:                  # in-process callers (tests) get their environment back
+            if previous is None:
+                os.environ.pop(TRUST_PICKLES_ENV, None)
+            else:
+                os.environ[TRUST_PICKLES_ENV] = previous
 
 
 if __name__ == "__main__":

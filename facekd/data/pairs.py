@@ -313,6 +313,13 @@ def _plain_scalar(dtype, data: bytes):
     return np.frombuffer(data, dtype=dtype, count=1)[0]
 
 
+def _plain_frombuffer(buffer, dtype, shape, order):
+    """numpy's ``_frombuffer`` (arrays in protocol-5 pickles) for plain dtypes only."""
+    if not isinstance(dtype, np.dtype) or dtype.kind not in "biuf":
+        raise pickle.UnpicklingError(f"refused numpy array of {dtype!r}")
+    return np.frombuffer(bytes(buffer), dtype=dtype).reshape(shape, order=order).copy()
+
+
 def _ndarray_reconstruct(subtype, shape, dtype_code):
     """numpy's ``_reconstruct`` for plain ``ndarray`` only (no subclasses)."""
     if subtype is not np.ndarray:
@@ -325,8 +332,8 @@ class BinUnpickler(pickle.Unpickler):
 
     Plain pickle opcodes build bytes, str, numbers, bools, lists, tuples and dicts without any
     global.  The globals admitted are ``_codecs.encode`` (bytes in protocol-2 pickles written by
-    Python 3; latin-1 only), and numpy's ``_reconstruct`` / ``ndarray`` / ``dtype`` / ``scalar``
-    for arrays and scalars of booleans and numbers.  Anything else raises
+    Python 3; latin-1 only), and numpy's ``_reconstruct`` / ``ndarray`` / ``dtype`` / ``scalar`` /
+    ``_frombuffer`` (protocol 5) for arrays and scalars of booleans and numbers.  Anything else raises
     ``pickle.UnpicklingError("refused ...")`` naming it.
     """
 
@@ -334,7 +341,8 @@ class BinUnpickler(pickle.Unpickler):
                ("numpy", "ndarray"): np.ndarray,
                ("numpy", "dtype"): _plain_dtype,
                **{(f"{module}.multiarray", name): function for module in ("numpy.core", "numpy._core")
-                  for name, function in (("_reconstruct", _ndarray_reconstruct), ("scalar", _plain_scalar))}}
+                  for name, function in (("_reconstruct", _ndarray_reconstruct), ("scalar", _plain_scalar))},
+               **{(f"{module}.numeric", "_frombuffer"): _plain_frombuffer for module in ("numpy.core", "numpy._core")}}
 
     def find_class(self, module: str, name: str):
         """The admitted replacement of ``module.name``; anything else is refused."""
@@ -359,6 +367,9 @@ def _bin_images(path: Path, bins) -> List[bytes]:
 
 def _bin_issame(path: Path, issame) -> np.ndarray:
     values = np.asarray(issame) if isinstance(issame, (list, tuple, np.ndarray)) else None
+    if values is not None and values.dtype.kind == "O" and all(
+            isinstance(v, (bool, int, np.bool_, np.integer)) for v in values.ravel()):
+        values = values.astype(bool)
     if values is None or (values.size and values.dtype.kind not in "biu"):
         raise DataError(path, f"not an insightface .bin: issame is not a list of booleans ({type(issame).__name__})")
     return values.astype(bool).reshape(-1)
