@@ -17,13 +17,11 @@ import numpy as np
 import torch
 
 from facekd.errors import DataError
+from facekd.precision import AMP_DTYPES, autocast_context
 from facekd.preprocess import INPUT_SIZE, normalize_uint8
 
 #: ``degrade(img, size) -> img``: a deterministic low-resolution version of a 112x112 face
 DegradeFn = Callable[[np.ndarray, int], np.ndarray]
-
-AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
 
 class Embedder(Protocol):
     """Anything mapping a normalised ``N x 3 x H x W`` float tensor to ``N x D`` embeddings."""
@@ -67,11 +65,10 @@ class TorchEmbedder:
     def __call__(self, batch: torch.Tensor) -> np.ndarray:
         """Raw float32 embeddings of ``batch`` as a numpy array."""
         step = self.batch_size or max(len(batch), 1)
-        dtype = AMP_DTYPES[self.amp]
         outputs = []
         for start in range(0, len(batch), step):
             chunk = batch[start:start + step].to(self.device, non_blocking=True)
-            with torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
+            with autocast_context(self.device, self.amp):
                 out = self.model(chunk)
             outputs.append(out.float().cpu())
         return torch.cat(outputs).numpy()
