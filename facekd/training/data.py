@@ -16,10 +16,15 @@ with :func:`~facekd.preprocess.resize_batch` — the same resize
 
 Every random choice comes from ``numpy.random.default_rng([seed, epoch, index])``, so a
 sample is the same whichever worker loads it and whether or not the run was resumed.
+
+The trainer's loader is built once and keeps its workers (and their copies of the view)
+alive across epochs: :class:`EpochBatches` hands out ``(epoch, index)`` pairs, which
+:meth:`TrainView.__getitem__` accepts besides a plain index, so no worker needs to be told
+that a new epoch began.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -50,6 +55,31 @@ def batch_to_input(images: torch.Tensor, size: int, device: Optional[torch.devic
 def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
     """The generator of every random choice made for sample ``index`` in ``epoch``."""
     return np.random.default_rng([int(seed), int(epoch), int(index), 0x7A1])
+
+
+class EpochBatches:
+    """A batch sampler over ``sampler`` (a :class:`~facekd.data.PKBatchSampler`) whose indices
+    carry the epoch: ``[(epoch, i), ...]``, at most ``limit`` batches per epoch.
+
+    Iterating continues from the sampler's position (a resumed epoch yields only the
+    remaining batches); the sampler's own state stays the source of truth.
+    """
+
+    def __init__(self, sampler: Any, limit: Optional[int] = None) -> None:
+        self.sampler = sampler
+        self.limit = len(sampler) if limit is None else min(int(limit), len(sampler))
+
+    def __len__(self) -> int:
+        return max(0, self.limit - self.sampler.position)
+
+    def __iter__(self) -> Iterator[List[Tuple[int, int]]]:
+        epoch = self.sampler.epoch
+        if self.sampler.position >= self.limit:
+            return
+        for batch in self.sampler:
+            yield [(epoch, int(i)) for i in batch]
+            if self.sampler.position >= self.limit:
+                return
 
 
 class TrainView(torch.utils.data.Dataset):
@@ -88,9 +118,14 @@ class TrainView(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, index: int) -> Dict[str, Any]:
-        item = self.dataset[int(index)]
-        rng = sample_rng(self.seed, self.epoch, index)
+    def __getitem__(self, index: Union[int, Tuple[int, int]]) -> Dict[str, Any]:
+        """Sample ``index`` of the current epoch, or ``(epoch, index)`` of that epoch."""
+        epoch = self.epoch
+        if isinstance(index, tuple):
+            epoch, index = index
+        index = int(index)
+        item = self.dataset[index]
+        rng = sample_rng(self.seed, epoch, index)
         flipped = self.flip and bool(rng.random() < 0.5)
         clean = np.ascontiguousarray(item["image"][:, ::-1]) if flipped else item["image"]
         view = clean

@@ -13,16 +13,27 @@ Files in ``output_dir``: ``last.pt`` (every ``train.checkpoint_every_steps`` ste
 epoch end), ``step_<N>.pt`` (the newest ``train.keep_step_checkpoints``), ``best.pt`` (best
 verification accuracy on ``val.select_best_on``), ``metrics.jsonl`` (+ TensorBoard events if
 installed), ``verification.json`` (the final verification result), ``config.yaml``.
+
+Speed (issue 12): the step never waits for the host.  Losses stay on the device; they are
+converted (and checked for NaN/inf, across ranks) only every ``train.log_every_steps``
+steps, before every checkpoint and at each epoch end, so a bad loss stops the run with
+:class:`~facekd.errors.TrainingError` within ``log_every_steps`` steps and before anything is
+saved.  The data loader is built once and its workers stay alive across epochs (each
+sample carries its epoch, see :class:`~facekd.training.data.EpochBatches`); checkpoints are
+copied to host memory in the step and written by a background thread
+(``train.async_checkpoint``), atomically as before.  The optimiser uses the fused (CUDA) or
+foreach implementation, cuDNN autotunes on CUDA (``train.cudnn_benchmark``) and
+``train.compile`` runs the training module through ``torch.compile``.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
+import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 import yaml
@@ -32,59 +43,110 @@ from facekd.errors import CheckpointError, ConfigError, TrainingError
 from facekd.training.checkpoint import (CHECKPOINT_FORMAT, atomic_copy, atomic_save, load_checkpoint,
                                         rng_state, seed_everything, set_rng_state)
 from facekd.training.distributed import DistInfo, all_finite, barrier, broadcast_object
+from facekd.precision import AMP_DTYPES, autocast_context, resolve_amp
+from facekd.training.hooks import HOOK_POINTS, Hook
 from facekd.training.metrics import MetricsLogger
 from facekd.training.optim import build_optimizer, build_scheduler
 
 LOG = logging.getLogger(__name__)
 
-AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-HOOK_POINTS = ("on_train_start", "before_step", "after_step", "on_epoch_end", "on_validate",
-               "on_train_end")
+# re-exported for modules that still import them from here (facekd.precision and
+# facekd.training.hooks are their homes)
+__all__ = ["Trainer", "run_training", "Hook", "HOOK_POINTS", "AMP_DTYPES", "resolve_amp", "autocast_context",
+           "LossWatch", "CheckpointWriter", "host_copy"]
+
+class LossWatch:
+    """The losses of the steps since the last check, kept on the device (no host sync per step).
+
+    :meth:`add` stores a step's detached loss; :meth:`all_finite` converts them all at once
+    (one host sync, and one all-reduce in DDP so every rank stops at the same step) and
+    :meth:`first_bad` names the first non-finite one for the error message.
+    """
+
+    def __init__(self) -> None:
+        self.pending: List[Tuple[int, int, torch.Tensor, Dict[str, Any]]] = []
+
+    def add(self, step: int, epoch: int, loss: torch.Tensor, terms: Dict[str, Any]) -> None:
+        """Remember the loss (and its terms) of optimiser step ``step`` (1-based) of ``epoch``."""
+        self.pending.append((int(step), int(epoch), loss.detach(), terms))
+
+    def all_finite(self, dist: DistInfo) -> bool:
+        """True when every pending loss is finite on every rank; forgets them if so."""
+        if not self.pending and not dist.distributed:
+            return True
+        values = torch.stack([loss.reshape(()) for _, _, loss, _ in self.pending]) if self.pending \
+            else torch.zeros(1, device=dist.device)
+        ok = all_finite(values, dist)
+        if ok:
+            self.pending.clear()
+        return ok
+
+    def first_bad(self) -> Tuple[int, int, torch.Tensor, Dict[str, Any]]:
+        """``(step, epoch, loss, terms)`` of the first non-finite pending loss (the last one when
+        this rank's losses are finite and another rank's are not)."""
+        for entry in self.pending:
+            if not bool(torch.isfinite(entry[2]).all()):
+                return entry
+        return self.pending[-1]
 
 
-def resolve_amp(amp: str, device: torch.device) -> str:
-    """The autocast mode usable on ``device``: fp16 needs CUDA, bf16 CUDA with bf16 or the CPU."""
-    if amp not in AMP_DTYPES:
-        raise ConfigError(f"train.amp must be one of {sorted(AMP_DTYPES)}, got {amp!r}")
-    if amp == "fp16" and device.type != "cuda":
-        LOG.warning("train.amp=fp16 needs a GPU; training in float32 on %s", device)
-        return "none"
-    if amp == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        LOG.warning("this GPU has no bf16; training in float32")
-        return "none"
-    return amp
+def host_copy(obj: Any) -> Any:
+    """``obj`` with every tensor (in nested dicts, lists, tuples) copied to host memory.
+
+    Training continues to update parameters and optimiser state in place; a checkpoint
+    written in the background must hold copies taken at the step it describes.
+    """
+    if torch.is_tensor(obj):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return type(obj)((k, host_copy(v)) for k, v in obj.items())
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(host_copy(v) for v in obj)
+    return obj
 
 
-def autocast_context(device: torch.device, amp: str):
-    """``torch.autocast`` for ``amp`` (``none``: a null context)."""
-    dtype = AMP_DTYPES[amp]
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
+class CheckpointWriter:
+    """Runs checkpoint writes one at a time, in a background thread when ``background``.
 
+    :meth:`submit` first waits for the previous write; :meth:`wait` joins the current one
+    and re-raises an error it hit (``raise_errors=False`` only logs it).
+    """
 
-class Hook:
-    """Base of objects called at the trainer's hook points (every method is optional)."""
+    def __init__(self, background: bool = True) -> None:
+        self.background = bool(background)
+        self._thread: Optional[threading.Thread] = None
+        self._error: Optional[BaseException] = None
 
-    def on_train_start(self, trainer: "Trainer") -> None:
-        """After everything is built (and a checkpoint restored), before the first step."""
+    def submit(self, write: Callable[[], None]) -> None:
+        """Run ``write()`` (after the previous write has finished)."""
+        self.wait()
+        if not self.background:
+            write()
+            return
+        self._thread = threading.Thread(target=self._run, args=(write,), name="facekd-checkpoint", daemon=False)
+        self._thread.start()
 
-    def before_step(self, trainer: "Trainer", batch: Dict[str, Any]) -> None:
-        """Before the forward pass of a step."""
+    def _run(self, write: Callable[[], None]) -> None:
+        try:
+            write()
+        except BaseException as error:   # re-raised in the training thread by wait()
+            self._error = error
 
-    def after_step(self, trainer: "Trainer", batch: Dict[str, Any], loss: torch.Tensor,
-                   terms: Dict[str, torch.Tensor]) -> None:
-        """After the optimiser step (``trainer.step`` already counts it)."""
+    @property
+    def busy(self) -> bool:
+        """A write is in progress."""
+        return self._thread is not None and self._thread.is_alive()
 
-    def on_epoch_end(self, trainer: "Trainer", epoch: int) -> None:
-        """After the last step of ``epoch``, before verification and the epoch checkpoint."""
-
-    def on_validate(self, trainer: "Trainer", results: Dict[str, Any]) -> None:
-        """After verification; ``results`` maps val-set name -> ``VerificationResult``."""
-
-    def on_train_end(self, trainer: "Trainer") -> None:
-        """After the last epoch (also on rank != 0)."""
-
+    def wait(self, raise_errors: bool = True) -> None:
+        """Block until the current write (if any) is done."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        error, self._error = self._error, None
+        if error is not None:
+            if raise_errors:
+                raise error
+            LOG.error("writing a checkpoint failed: %s", error)
 
 class Trainer:
     """Runs a task's training loop.
@@ -118,6 +180,10 @@ class Trainer:
         self._built = False
         self._best_pending = False
         self._pair_sets: Optional[list] = None
+        self._loader: Optional[torch.utils.data.DataLoader] = None
+        self.loss_watch = LossWatch()
+        self.checkpoints = CheckpointWriter(background=cfg.train.async_checkpoint)
+        self.last_loss: Optional[torch.Tensor] = None
 
     # ------------------------------------------------------------------ building
     def build(self) -> None:
@@ -126,6 +192,8 @@ class Trainer:
             return
         cfg = self.cfg
         seed_everything(cfg.seed)
+        if self.device.type == "cuda" and cfg.train.cudnn_benchmark:
+            torch.backends.cudnn.benchmark = True    # fixed P x K batch shapes: autotune once
         self.task.build(self)
         module = self.task.module.to(self.device)
         if cfg.train.channels_last:
@@ -135,6 +203,8 @@ class Trainer:
         if self.dist.distributed:
             self.model = torch.nn.parallel.DistributedDataParallel(
                 module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if cfg.train.compile:
+            self.model = torch.compile(self.model)
         self.sampler = self._build_sampler()
         self.steps_per_epoch = len(self.sampler)
         if cfg.train.max_steps_per_epoch:
@@ -157,14 +227,26 @@ class Trainer:
                               self.cfg.train.images_per_identity, seed=self.cfg.seed,
                               rank=self.dist.rank, world_size=self.dist.world_size)
 
-    def _loader(self, epoch: int) -> torch.utils.data.DataLoader:
-        self.sampler.set_epoch(epoch)   # keeps a restored position inside the same epoch
+    def loader(self, epoch: int) -> torch.utils.data.DataLoader:
+        """The training loader, positioned at ``epoch`` (built once; its workers stay alive).
+
+        The sampler keeps a restored position inside the same epoch; every index the loader
+        hands to the workers carries its epoch, so the workers' copies of the dataset need
+        no ``set_epoch``.
+        """
+        from facekd.training.data import EpochBatches
+
+        self.sampler.set_epoch(epoch)
         self.task.set_epoch(epoch)
-        workers = self.cfg.data.num_workers
-        return torch.utils.data.DataLoader(
-            self.task.train_set, batch_sampler=self.sampler, num_workers=workers,
-            pin_memory=self.device.type == "cuda", persistent_workers=False,
-            generator=torch.Generator().manual_seed(self.cfg.seed + epoch))  # keeps the global RNG untouched
+        if self._loader is None:
+            workers = self.cfg.data.num_workers
+            extra = {"persistent_workers": True, "prefetch_factor": max(1, self.cfg.train.prefetch_factor)} \
+                if workers > 0 else {}
+            self._loader = torch.utils.data.DataLoader(
+                self.task.train_set, batch_sampler=EpochBatches(self.sampler, self.steps_per_epoch),
+                num_workers=workers, pin_memory=self.device.type == "cuda",
+                generator=torch.Generator().manual_seed(self.cfg.seed), **extra)  # keeps the global RNG untouched
+        return self._loader
 
     # ------------------------------------------------------------------ hooks
     def call_hook(self, name: str, *args: Any) -> None:
@@ -190,35 +272,42 @@ class Trainer:
             self.metrics.truncate_after(self.step)
         self.call_hook("on_train_start")
         start = time.perf_counter()
-        cfg = self.cfg.train
-        last_loss = math.nan
-        while self.epoch < cfg.epochs:
-            epoch = self.epoch
-            self.module.train()
-            loader = self._loader(epoch)
-            remaining = self.steps_per_epoch - self.batches_done
-            bar = self._progress(remaining, epoch)
-            for batch in loader:
-                if self.batches_done >= self.steps_per_epoch:
-                    break
-                loss, terms = self.train_step(batch)
-                last_loss = float(loss)
-                bar.update(1)
-                bar.set_postfix(loss=f"{last_loss:.3f}", refresh=False)
-            bar.close()
-            self.call_hook("on_epoch_end", epoch)
-            self.epoch, self.batches_done = epoch + 1, 0
-            if self._should_validate(epoch):
-                self.validate()
-            self.save_checkpoint()
+        try:
+            self._run_epochs()
+        except BaseException:
+            self.checkpoints.wait(raise_errors=False)   # the files on disk are complete
+            raise
         seconds = time.perf_counter() - start
         self.finish()
+        last_loss = float(self.last_loss) if self.last_loss is not None else math.nan
         self.call_hook("on_train_end")
         self.metrics.close()
         return {"output_dir": str(self.output_dir), "last": str(self.output_dir / "last.pt"),
                 "best": str(self.output_dir / "best.pt"), "steps": self.step, "epochs": self.epoch,
                 "final_loss": last_loss, "seconds": round(seconds, 2), "best_metric": dict(self.best),
                 "verification": self.verification}
+
+    def _run_epochs(self) -> None:
+        cfg = self.cfg.train
+        while self.epoch < cfg.epochs:
+            epoch = self.epoch
+            self.module.train()
+            loader = self.loader(epoch)
+            bar = self._progress(self.steps_per_epoch - self.batches_done, epoch)
+            for batch in loader:
+                if self.batches_done >= self.steps_per_epoch:
+                    break
+                logged = self.last_metrics
+                self.train_step(batch)
+                bar.update(1)
+                if self.last_metrics is not logged:      # a log step: the loss is on the host
+                    bar.set_postfix(loss=f"{self.last_metrics['loss']:.3f}", refresh=False)
+            bar.close()
+            self.call_hook("on_epoch_end", epoch)
+            self.epoch, self.batches_done = epoch + 1, 0
+            if self._should_validate(epoch):
+                self.validate()
+            self.save_checkpoint()
 
     def _progress(self, total: int, epoch: int):
         from tqdm import tqdm
@@ -234,8 +323,7 @@ class Trainer:
         with autocast_context(self.device, self.amp):
             loss, terms = self.task.compute_loss(self, batch)
         loss = loss.float()
-        if not all_finite(loss, self.dist):
-            self._stop_on_bad_loss(loss, terms)
+        self.loss_watch.add(self.step + 1, self.epoch, loss, terms)    # checked on the host later
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         grad_norm = None
@@ -248,31 +336,45 @@ class Trainer:
         lr = self.optimizer.param_groups[0]["lr"]
         self.scheduler.step()
         loss = loss.detach()
+        self.last_loss = loss
         self.step += 1
         self.batches_done += 1
         self.call_hook("after_step", batch, loss, terms)
-        if self.step % max(1, cfg.log_every_steps) == 0 or self.batches_done == self.steps_per_epoch:
+        log_now = self.step % max(1, cfg.log_every_steps) == 0 or self.batches_done == self.steps_per_epoch
+        save_now = bool(cfg.checkpoint_every_steps) and self.step % cfg.checkpoint_every_steps == 0 \
+            and self.batches_done < self.steps_per_epoch   # the epoch end writes its own
+        if log_now or save_now:
+            self.check_finite()
+        if log_now:
             values = {"loss": float(loss), "lr": lr, **{k: float(v) for k, v in terms.items()}}
             if grad_norm is not None:
                 values["grad_norm"] = float(grad_norm)
             self.last_metrics = values
             self.metrics.log("train", self.step, self.epoch, values)
-        if cfg.checkpoint_every_steps and self.step % cfg.checkpoint_every_steps == 0 \
-                and self.batches_done < self.steps_per_epoch:   # the epoch end writes its own
+        if save_now:
             self.save_checkpoint(step_file=True)
         return loss, terms
 
-    def _stop_on_bad_loss(self, loss: torch.Tensor, terms: Dict[str, Any]) -> None:
+    def check_finite(self) -> None:
+        """Raise :class:`TrainingError` if a loss since the last check was NaN/inf (on any rank).
+
+        The one host sync of the loss: called at log steps, before checkpoints and at epoch ends.
+        """
+        if not self.loss_watch.all_finite(self.dist):
+            self._stop_on_bad_loss(*self.loss_watch.first_bad())
+
+    def _stop_on_bad_loss(self, step: int, epoch: int, loss: torch.Tensor, terms: Dict[str, Any]) -> None:
+        self.checkpoints.wait(raise_errors=False)
         last = self.output_dir / "last.pt"
         kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written yet"
         # terms: WeightedLoss gives plain floats; float() also takes 0-d tensors
-        values = {"loss": float(loss.detach()),
+        values = {"loss": float(loss),
                   **{k: float(v.detach() if torch.is_tensor(v) else v) for k, v in terms.items()}}
         detail = ", ".join(f"{k}={v:.4g}" for k, v in values.items() if k != "loss")
-        self.metrics.log("error", self.step, self.epoch, values)
+        self.metrics.log("error", step, epoch, values)
         self.metrics.close()
         raise TrainingError(
-            f"loss became {values['loss']} at epoch {self.epoch + 1}, step {self.step + 1} "
+            f"loss became {values['loss']} at epoch {epoch + 1}, step {step} "
             f"(loss terms: {detail or 'n/a'}); training stopped without saving — {kept}. "
             f"Lower optim.lr, enable train.grad_clip, or check the data.")
 
@@ -329,23 +431,37 @@ class Trainer:
         return state
 
     def save_checkpoint(self, step_file: bool = False) -> Optional[Path]:
-        """Write ``last.pt`` atomically (rank 0); also ``step_<N>.pt`` and ``best.pt`` when due."""
+        """Write ``last.pt`` atomically (rank 0); also ``step_<N>.pt`` and ``best.pt`` when due.
+
+        The state is checked (no NaN loss since the last check) and copied to host memory
+        here; the files are written by :attr:`checkpoints` — in a background thread with
+        ``train.async_checkpoint`` (call ``self.checkpoints.wait()`` to be sure they exist).
+        Returns the path of ``last.pt`` (rank 0) or None.
+        """
+        self.check_finite()
         path = None
         if self.dist.is_main:
-            path = atomic_save(self.checkpoint_state(), self.output_dir / "last.pt")
-            if step_file and self.cfg.train.keep_step_checkpoints > 0:
-                atomic_copy(path, self.output_dir / f"step_{self.step:07d}.pt")
-                for old in sorted(self.output_dir.glob("step_*.pt"))[:-self.cfg.train.keep_step_checkpoints]:
-                    old.unlink()
-            if self._best_pending:
-                atomic_copy(path, self.output_dir / "best.pt")
-                self._best_pending = False
+            path = self.output_dir / "last.pt"
+            state = host_copy(self.checkpoint_state())
+            step_name = f"step_{self.step:07d}.pt" if step_file and self.cfg.train.keep_step_checkpoints > 0 else None
+            best, self._best_pending = self._best_pending, False
+            self.checkpoints.submit(lambda: self._write_checkpoint(state, step_name, best))
         barrier(self.dist)
         return path
+
+    def _write_checkpoint(self, state: Dict[str, Any], step_name: Optional[str], best: bool) -> None:
+        path = atomic_save(state, self.output_dir / "last.pt")
+        if step_name:
+            atomic_copy(path, self.output_dir / step_name)
+            for old in sorted(self.output_dir.glob("step_*.pt"))[:-self.cfg.train.keep_step_checkpoints]:
+                old.unlink()
+        if best:
+            atomic_copy(path, self.output_dir / "best.pt")
 
     def load(self, path: str) -> None:
         """Restore model, optimiser, schedule, sampler position, RNG and counters from ``path``."""
         self.build()
+        self.checkpoints.wait()
         state = load_checkpoint(path)
         for key in ("state_dict", "optimizer", "scheduler", "sampler", "rng", "step", "epoch"):
             if key not in state:
@@ -371,6 +487,7 @@ class Trainer:
 
     def finish(self) -> None:
         """Write ``verification.json`` and make sure ``best.pt`` exists (rank 0)."""
+        self.checkpoints.wait()
         if not self.dist.is_main:
             barrier(self.dist)
             return
