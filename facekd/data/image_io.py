@@ -4,11 +4,18 @@ OpenCV decodes JPEG/PNG/PGM (and GIF where it can); Pillow is the fallback for a
 OpenCV refuses.  OpenCV returns BGR: the conversion to RGB here is explicit, once, so no
 other module ever has to think about channel order.  Grey images become three equal
 channels.  Every failure is a :class:`~facekd.errors.DataError` that starts with the file name.
+
+Hostile files are refused before decoding: an image whose header claims more than
+:data:`MAX_IMAGE_PIXELS` pixels (a decompression bomb: a few KB of PNG can claim 30000x30000,
+2.7 GB decoded) is rejected from its header alone, and a JPEG cut off before its end marker
+is "truncated" instead of being decoded half grey.
 """
 from __future__ import annotations
 
 import io
 import os
+import re
+import warnings
 from pathlib import Path
 
 import cv2
@@ -17,7 +24,15 @@ import numpy as np
 from facekd.errors import DataError
 from facekd.fileio import PathLike, atomic_write_bytes
 
+try:  # facekd reports unreadable images itself (DataError); OpenCV's warnings would be noise
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+except AttributeError:  # pragma: no cover - OpenCV builds without the logging module
+    pass
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".pgm", ".ppm", ".pbm", ".bmp", ".gif", ".webp")
+#: largest image accepted, in pixels (width x height): 64 MP, ~190 MB as RGB; face photos are far
+#: smaller.  Checked on the header before anything is decoded.
+MAX_IMAGE_PIXELS = 64_000_000
 
 
 def is_image_file(path: PathLike) -> bool:
@@ -33,14 +48,62 @@ def _decode_with_pillow(data: bytes) -> np.ndarray:
         return np.asarray(image.convert("RGB"), dtype=np.uint8)
 
 
-def decode_image(data: bytes, name: PathLike = "<bytes>") -> np.ndarray:
+def header_size(data: bytes):
+    """``(width, height)`` from the image header (Pillow reads only the header), or None when
+    Pillow does not recognise the format.  Raises Pillow's ``DecompressionBombError`` beyond
+    its own (larger) limit."""
+    from PIL import Image
+
+    # sizes between Pillow's warning limit and ours never get decoded: the warning is noise
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return image.size
+    except Image.DecompressionBombError:
+        raise
+    except Exception:  # not a format Pillow knows (OpenCV may still decode it)
+        return None
+
+
+def _jpeg_truncated(data: bytes) -> bool:
+    """A JPEG whose last end-of-image marker (FFD9) does not follow its last start-of-scan (FFDA).
+
+    Entropy-coded data never holds ``FF DA``/``FF D9`` (0xFF is stuffed as ``FF 00``), and an
+    EXIF thumbnail's own markers come before the main image's scan, so this only fires when
+    the main image is cut off.
+    """
+    return data[:2] == b"\xff\xd8" and data.rfind(b"\xff\xd9") < data.rfind(b"\xff\xda")
+
+
+def check_image_header(data: bytes, name: PathLike = "<bytes>", max_pixels: int = MAX_IMAGE_PIXELS) -> None:
+    """Refuse, before decoding, images larger than ``max_pixels`` and truncated JPEGs."""
+    from PIL import Image
+
+    try:
+        size = header_size(data)
+    except Image.DecompressionBombError as error:   # beyond Pillow's own limit
+        claimed = re.search(r"\((\d+) pixels\)", str(error))
+        claimed = f"{int(claimed.group(1)):,}" if claimed else f"more than {max_pixels:,}"
+        raise DataError(name, f"image header claims {claimed} pixels, more than the {max_pixels:,} allowed; "
+                              f"refused before decoding (decompression bomb?)") from None
+    if size is not None and size[0] * size[1] > max_pixels:
+        raise DataError(name, f"image header claims {size[0]}x{size[1]} = {size[0] * size[1]:,} pixels, more "
+                              f"than the {max_pixels:,} allowed; refused before decoding (decompression bomb?)")
+    if _jpeg_truncated(data):
+        raise DataError(name, f"truncated JPEG: the data ends after {len(data)} bytes without the end-of-image "
+                              f"marker")
+
+
+def decode_image(data: bytes, name: PathLike = "<bytes>", max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
     """Decode encoded image ``data`` to uint8 RGB ``HxWx3``.
 
     ``name`` is only used in the error message (a file name or a record key).
-    Raises :class:`DataError` when the bytes are empty, truncated or not an image.
+    Raises :class:`DataError` when the bytes are empty, truncated, not an image, or the header
+    claims more than ``max_pixels`` pixels (checked before decoding).
     """
     if not data:
-        raise DataError(name, "empty image data")
+        raise DataError(name, "empty image data (0 bytes)")
+    check_image_header(data, name, max_pixels)
     buffer = np.frombuffer(data, dtype=np.uint8)
     bgr = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
     if bgr is not None:
@@ -48,6 +111,11 @@ def decode_image(data: bytes, name: PathLike = "<bytes>") -> np.ndarray:
     try:
         rgb = _decode_with_pillow(data)
     except Exception as error:  # Pillow raises many types for bad data
+        from PIL import UnidentifiedImageError
+
+        if isinstance(error, UnidentifiedImageError):
+            raise DataError(name, f"not an image: neither OpenCV nor Pillow recognises the format "
+                                  f"(starts with {bytes(data[:8])!r})") from None
         raise DataError(name, f"cannot decode image ({type(error).__name__}: {error})") from None
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.size == 0:
         raise DataError(name, f"decoded to unexpected shape {rgb.shape}")
