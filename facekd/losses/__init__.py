@@ -31,6 +31,7 @@ from facekd.losses.feature import FeatureDistillLoss, FeatureMapDistillLoss
 from facekd.losses.hinton import HintonKDLoss
 from facekd.losses.margin import ArcFace, CosFace, MarginHead
 from facekd.losses.neuron_selection import NeuronSelectDistillLoss, fisher_ratio, select_neurons  # noqa: F401
+from facekd.losses.partial_fc import PartialFC, PartialFCCosFace  # noqa: F401  (registers partial_fc*)
 from facekd.losses.triplet import (TripletDistillLoss, TripletLoss, adaptive_margin, mine_triplets,
                                    pairwise_distance)
 
