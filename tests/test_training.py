@@ -329,3 +329,76 @@ def test_train_student_command_trains_the_teacher_first_and_resumes(tmp_path, ca
     assert load_checkpoint(tmp_path / "s_run" / "last.pt")["step"] == 4
     assert main(["train-teacher", "--config", str(teacher_yaml), "--set", "train.epoch=2"]) == 2
     assert "unknown config key(s) train.epoch" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- speed (issue 12)
+
+def test_loss_is_checked_on_the_host_only_at_log_steps_and_nan_still_stops(tmp_path, monkeypatch):
+    """No host sync per step: the finite check runs every log_every_steps; a NaN at step 3 is
+    reported (with its own step number) at the log step 4, before any checkpoint is written."""
+    from facekd.training import trainer as trainer_module
+
+    checks = []
+    original = trainer_module.all_finite
+
+    def counting(value, dist):
+        checks.append(int(value.numel()))
+        return original(value, dist)
+
+    monkeypatch.setattr(trainer_module, "all_finite", counting)
+    cfg = tiny_config(tmp_path, "lazy", train={"epochs": 2, "log_every_steps": 4, "checkpoint_every_steps": 0})
+    summary = Trainer(cfg, TeacherTask(cfg)).fit()
+    assert summary["steps"] == 8 and math.isfinite(summary["final_loss"])
+    assert checks == [4, 4]                   # steps 1-4 and 5-8, one host sync each
+    assert [r["step"] for r in read_metrics(Path(cfg.output_dir) / "metrics.jsonl", "train")] == [4, 8]
+
+    checks.clear()
+    cfg = tiny_config(tmp_path, "lazy_nan", train={"epochs": 2, "log_every_steps": 4, "checkpoint_every_steps": 0})
+    with pytest.raises(TrainingError, match=r"loss became nan at epoch 1, step 3 .*no checkpoint was written yet"):
+        Trainer(cfg, TeacherTask(cfg), hooks=[PoisonWeights()]).fit()
+    assert checks == [4] and not (Path(cfg.output_dir) / "last.pt").exists()
+    assert read_metrics(Path(cfg.output_dir) / "metrics.jsonl", "error")[0]["step"] == 3
+
+
+class RecordBatches(Hook):
+    def __init__(self) -> None:
+        self.batches: List[tuple] = []
+        self.loaders: List[int] = []
+
+    def before_step(self, trainer, batch) -> None:
+        self.batches.append((batch["index"].tolist(), batch["flipped"].tolist()))
+
+    def on_epoch_end(self, trainer, epoch) -> None:
+        self.loaders.append(id(trainer._loader))
+
+
+def test_persistent_workers_see_each_epoch_and_resume_like_one_process(tmp_path):
+    """Two loader workers kept alive across 3 epochs give the same batches, flips and weights as
+    loading in the training process; a run resumed mid-epoch 2 with workers ends identically."""
+    runs = {}
+    for workers in (0, 2):
+        cfg = tiny_config(tmp_path, f"w{workers}", data={"num_workers": workers},
+                          train={"epochs": 3, "checkpoint_every_steps": 3, "log_every_steps": 2})
+        record = RecordBatches()
+        trainer = Trainer(cfg, TeacherTask(cfg), hooks=[record])
+        trainer.fit()
+        runs[workers] = (record, trainable_state(trainer))
+    (rec0, state0), (rec2, state2) = runs[0], runs[2]
+    assert len(rec2.batches) == 12 and rec2.batches == rec0.batches
+    assert rec2.batches[:4] != rec2.batches[4:8]          # epochs differ (new plan, new flips)
+    assert len(set(rec2.loaders)) == 1                    # one loader for the whole run
+    for key in state0:
+        assert torch.allclose(state0[key].float(), state2[key].float(), rtol=0, atol=1e-6), key
+
+    cfg = tiny_config(tmp_path, "w2_resumed", data={"num_workers": 2},
+                      train={"epochs": 3, "checkpoint_every_steps": 3, "log_every_steps": 2})
+    with pytest.raises(Interrupt):
+        Trainer(cfg, TeacherTask(cfg), hooks=[StopAt(7)]).fit()
+    assert load_checkpoint(Path(cfg.output_dir) / "last.pt")["step"] == 6
+    record = RecordBatches()
+    resumed = Trainer(cfg, TeacherTask(cfg), hooks=[record])
+    resumed.fit(resume=str(Path(cfg.output_dir) / "last.pt"))
+    assert record.batches == rec0.batches[6:]
+    actual = trainable_state(resumed)
+    for key in state0:
+        assert torch.allclose(state0[key].float(), actual[key].float(), rtol=0, atol=1e-6), key
