@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from typing import List, Optional
 
@@ -40,12 +41,21 @@ def build_parser() -> argparse.ArgumentParser:
 def error_message(error: BaseException) -> Optional[str]:
     """The one-line message for an error caused by bad input, or None for a bug (re-raised)."""
     if isinstance(error, FaceKDError):
-        return str(error)
+        return _unwrap_worker_error(str(error))
     if isinstance(error, OSError) and error.filename is not None:
         return f"{error.filename}: {error.strerror or error}"
     if isinstance(error, MemoryError):
         return f"out of memory ({error or 'an input is too large'})"
     return None
+
+
+def _unwrap_worker_error(message: str) -> str:
+    """The original message of an error a DataLoader worker re-raised (``Caught DataError in
+    DataLoader worker process 0. Original Traceback ...``): the traceback's last line."""
+    if "Original Traceback" not in message:
+        return message
+    last = [line for line in message.splitlines() if line.strip()][-1]
+    return re.sub(r"^[\w.]*(Error|Exception): ", "", last.strip())
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import errno
 import os
-from typing import Union
+from typing import Optional, Union
 
 
 class FaceKDError(Exception):
@@ -21,7 +21,11 @@ class DataError(FaceKDError, ValueError):
     says which file caused it.
     """
 
-    def __init__(self, path: Union[str, os.PathLike], problem: str) -> None:
+    def __init__(self, path: Union[str, os.PathLike], problem: Optional[str] = None) -> None:
+        if problem is None:   # one ready-made message (how DataLoader workers re-raise errors)
+            self.path, self.problem = None, str(path)
+            super().__init__(self.problem)
+            return
         self.path = os.fspath(path)
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")

@@ -156,13 +156,19 @@ class RecordIOReader:
         """Read the (possibly multi-part) record at ``offset``; returns (payload or None, end offset)."""
         parts: List[bytes] = []
         while True:
+            if offset >= self.size:
+                where = f"listed in {self.idx_path} " if self.idx_path is not None and not parts else ""
+                raise DataError(self.rec_path, f"record {key} {where}at byte {offset} is past the end of the "
+                                               f"file ({self.size} bytes): truncated file or an index of another "
+                                               f"file")
             head = self._pread(8, offset)
             if len(head) < 8:
                 raise DataError(self.rec_path, f"truncated: record {key} at byte {offset} is cut off "
                                                f"(file has {self.size} bytes)")
             magic, lrecord = struct.unpack("<II", head)
             if magic != MAGIC:
-                raise DataError(self.rec_path, f"record {key} at byte {offset}: bad magic {magic:#010x}")
+                raise DataError(self.rec_path, f"record {key} at byte {offset}: bad magic {magic:#010x} (expected "
+                                               f"{MAGIC:#010x}): not a RecordIO file, or the index does not match it")
             cflag, length = lrecord >> 29, lrecord & _LENGTH_MASK
             end = offset + 8 + length + (-length % 4)
             if offset + 8 + length > self.size:

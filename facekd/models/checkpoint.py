@@ -107,8 +107,9 @@ def read_checkpoint(path: Union[str, os.PathLike], trusted: Optional[bool] = Non
 
 
 def _first_line(error: BaseException) -> str:
+    """``Type: first sentence`` of an error (torch's zip errors go on for several sentences)."""
     text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
+    return f"{type(error).__name__}: {text[0].split('. ')[0].rstrip('.')}" if text else type(error).__name__
 
 
 def _weights_only_reason(error: BaseException) -> str:
