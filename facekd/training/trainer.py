@@ -246,6 +246,7 @@ class Trainer:
                 self.task.train_set, batch_sampler=EpochBatches(self.sampler, self.steps_per_epoch),
                 num_workers=workers, pin_memory=self.device.type == "cuda",
                 generator=torch.Generator().manual_seed(self.cfg.seed), **extra)  # keeps the global RNG untouched
+        self._loader.batch_sampler.limit = min(self.steps_per_epoch, len(self.sampler))
         return self._loader
 
     # ------------------------------------------------------------------ hooks

@@ -1,0 +1,486 @@
+#!/usr/bin/env python3
+"""Training throughput of the teacher and student steps, on whatever device is present.
+
+For each model (``teacher``: IResNet + ArcFace/PartialFC head; ``student``: MobileFaceNet
+distilled from cached teacher embeddings with ArcFace + triplet + feature distillation) it
+times, with the real :class:`facekd.training.Trainer`:
+
+(a) ``model``: ``Trainer.train_step`` on batches already in device memory (forward,
+    losses, backward, clipping, optimiser, schedule; the image normalisation on the device);
+(b) ``data``: the trainer's data loader alone — read/decode, flip, degradation, collation,
+    host->device copy and normalisation (plus the teacher-embedding lookup for the student);
+(c) ``end_to_end``: ``Trainer.fit`` over a few epochs (loader + step + logging + the
+    epoch-end checkpoint), and the share of its wall time spent at epoch ends.
+
+Images/s, the training FLOPs per image (``6 x`` the forward MACs of backbone and head) as a
+share of the device's matmul peak measured in the same run (fp32 on the CPU, the autocast
+dtype on CUDA), same-run ratios and the issue-12 targets (PASS/MISS, printed, not asserted).
+
+    python3 bench/train_throughput.py                          # CPU: IResNet-18 teacher, short run
+    python3 bench/train_throughput.py --teacher-arch iresnet100 --out train_bench.json
+    python3 bench/train_throughput.py --data aligned_tree/     # an aligned identity-folder tree
+
+The default data is synthetic faces written once as JPEGs into a temporary identity-folder
+tree (``--synthetic tree``, the real decode path) or generated in memory (``--synthetic
+generator``).  On CUDA the defaults follow the issue: IResNet-100, bf16, channels_last,
+P x K = 64 x 4, 8 loader workers.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Sequence
+
+import torch
+
+from facekd.config import ExperimentConfig, from_dict, to_dict
+from facekd.models import MODELS, count_macs
+from facekd.training import StudentTask, TeacherTask, Trainer
+from facekd.training.data import batch_to_input
+from facekd.training.distributed import DistInfo
+from facekd.training.hooks import Hook
+
+#: (model, quantity, threshold, device type) of issue 12
+TARGETS = [
+    ("teacher", "end_to_end_img_s", 4500.0, "cuda"),
+    ("student", "end_to_end_img_s", 20000.0, "cuda"),
+    ("teacher", "epoch_end_share", 0.02, "cuda"),
+    ("student", "epoch_end_share", 0.02, "cuda"),
+    ("teacher", "data_over_model", 3.0, "cpu"),
+    ("student", "data_over_model", 3.0, "cpu"),
+]
+STUDENT_LOSSES = [{"name": "arcface", "weight": 1.0, "scale": 64.0, "margin": 0.5},
+                  {"name": "triplet_distill", "weight": 1.0, "m_min": 0.2, "m_max": 0.5},
+                  {"name": "feature_distill", "weight": 1.0, "metric": "cosine"}]
+STUDENT_DEGRADE = {"enabled": True, "min_size": 14, "max_size": 56, "blur_prob": 0.3, "jpeg_prob": 0.3,
+                   "noise_prob": 0.2, "clean_prob": 0.3}
+
+
+@dataclass
+class TrainBenchSettings:
+    """Everything one benchmark run uses (:meth:`for_device` gives the defaults)."""
+    device: str = "cpu"
+    amp: str = "none"
+    channels_last: bool = False
+    compile: bool = False
+    threads: int = 2
+    identities_per_batch: int = 16
+    images_per_identity: int = 4
+    workers: int = 1
+    prefetch_factor: int = 4
+    teacher_arch: str = "iresnet18"
+    teacher_params: Dict[str, Any] = field(default_factory=dict)
+    teacher_loss: str = "arcface"           # or partial_fc
+    sample_rate: float = 0.1                # partial_fc only
+    student_arch: str = "mobilefacenet"
+    embedding_size: int = 512
+    input_size: int = 112
+    num_identities: int = 64
+    images_per_identity_data: int = 8
+    synthetic: str = "tree"                 # tree | generator
+    data_dir: Optional[str] = None
+    warmup: int = 2
+    model_steps: Dict[str, int] = field(default_factory=lambda: {"teacher": 3, "student": 8})
+    data_batches: int = 12
+    e2e_epochs: int = 2
+    e2e_steps_per_epoch: Dict[str, int] = field(default_factory=lambda: {"teacher": 3, "student": 6})
+    log_every_steps: int = 10
+    matmul_size: int = 2048
+    matmul_repeats: int = 10
+    models: Sequence[str] = ("teacher", "student")
+
+    @property
+    def batch_size(self) -> int:
+        """P x K."""
+        return self.identities_per_batch * self.images_per_identity
+
+    @classmethod
+    def for_device(cls, device: str, **overrides: Any) -> "TrainBenchSettings":
+        """CPU: a short run (IResNet-18, batch 64); CUDA: the issue's setting (IResNet-100, bf16, 256)."""
+        base: Dict[str, Any] = {"device": device, "threads": available_cores()}
+        if torch.device(device).type == "cuda":
+            base.update(amp="bf16", channels_last=True, identities_per_batch=64, images_per_identity=4,
+                        workers=min(8, max(1, available_cores() - 1)), teacher_arch="iresnet100",
+                        num_identities=2000, images_per_identity_data=8, warmup=10, data_batches=100,
+                        model_steps={"teacher": 50, "student": 200},
+                        e2e_steps_per_epoch={"teacher": 30, "student": 60}, e2e_epochs=3, log_every_steps=50,
+                        matmul_size=8192, matmul_repeats=20)
+        base.update(overrides)
+        return cls(**base)
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:   # not Linux
+        return os.cpu_count() or 1
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (a no-op on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_peak(device: torch.device, amp: str, size: int, repeats: int) -> Dict[str, Any]:
+    """The fastest of ``repeats`` ``size`` x ``size`` matrix products in the training dtype (GFLOP/s)."""
+    from facekd.precision import AMP_DTYPES
+
+    dtype = AMP_DTYPES[amp] if device.type == "cuda" and AMP_DTYPES[amp] is not None else torch.float32
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(size, size, generator=generator).to(device, dtype)
+    b = torch.randn(size, size, generator=generator).to(device, dtype)
+    times = []
+    for i in range(repeats + 2):
+        synchronize(device)
+        start = time.perf_counter()
+        torch.mm(a, b)
+        synchronize(device)
+        if i >= 2:
+            times.append(time.perf_counter() - start)
+    flops = 2.0 * size ** 3
+    return {"dtype": str(dtype).replace("torch.", ""), "size": size, "gflops": flops / min(times) / 1e9,
+            "gflops_median": flops / statistics.median(times) / 1e9}
+
+
+# --------------------------------------------------------------------------- configs
+
+def _data_section(settings: TrainBenchSettings, root: Optional[Path]) -> Dict[str, Any]:
+    common = {"num_workers": settings.workers, "input_size": 112}
+    if root is None:
+        return {**common, "source": "synthetic", "num_identities": settings.num_identities,
+                "images_per_identity": settings.images_per_identity_data}
+    return {**common, "source": "folder", "root": str(root)}
+
+
+def experiment_config(role: str, settings: TrainBenchSettings, workdir: Path, data_root: Optional[Path],
+                      teacher_checkpoint: Optional[Path] = None) -> ExperimentConfig:
+    """The :class:`ExperimentConfig` of the ``teacher`` or ``student`` run being timed."""
+    train = {"epochs": settings.e2e_epochs, "identities_per_batch": settings.identities_per_batch,
+             "images_per_identity": settings.images_per_identity, "amp": settings.amp,
+             "channels_last": settings.channels_last, "compile": settings.compile,
+             "checkpoint_every_steps": 0, "log_every_steps": settings.log_every_steps,
+             "max_steps_per_epoch": settings.e2e_steps_per_epoch[role], "progress": False,
+             "prefetch_factor": settings.prefetch_factor}
+    data: Dict[str, Any] = {
+        "name": f"bench_{role}", "output_dir": str(workdir / role), "data": _data_section(settings, data_root),
+        "val": {"sets": [], "every_epochs": 0, "batch_size": 256}, "train": train,
+        "optim": {"lr": 0.01, "warmup_epochs": 0.0}}
+    if role == "teacher":
+        head = {"name": settings.teacher_loss, "weight": 1.0, "scale": 64.0, "margin": 0.5}
+        if settings.teacher_loss == "partial_fc":
+            head["sample_rate"] = settings.sample_rate
+        data.update(model={"name": settings.teacher_arch, "embedding_size": settings.embedding_size,
+                           "input_size": settings.input_size, "params": dict(settings.teacher_params)},
+                    losses=[head])
+    else:
+        data.update(model={"name": settings.student_arch, "embedding_size": settings.embedding_size,
+                           "input_size": settings.input_size},
+                    teacher={"model": _cache_teacher_model(settings), "checkpoint": str(teacher_checkpoint),
+                             "cache": True, "cache_dir": str(workdir / "teacher_cache")},
+                    degrade=dict(STUDENT_DEGRADE), losses=[dict(loss) for loss in STUDENT_LOSSES])
+    merged = to_dict(ExperimentConfig())
+    for key, value in data.items():
+        merged[key] = {**merged[key], **value} if isinstance(value, dict) and isinstance(merged.get(key), dict) \
+            else value
+    return from_dict(ExperimentConfig, merged, source="bench/train_throughput.py")
+
+
+def _cache_teacher_model(settings: TrainBenchSettings) -> Dict[str, Any]:
+    # only its embeddings are used (from the cache): a narrow net keeps building the cache quick
+    return {"name": "iresnet18", "embedding_size": settings.embedding_size, "input_size": 56,
+            "params": {"width": [8, 16, 32, 64]}}
+
+
+def write_cache_teacher(settings: TrainBenchSettings, path: Path) -> Path:
+    """A random-init teacher backbone saved as a plain state dict (insightface ``backbone.pth`` style)."""
+    spec = _cache_teacher_model(settings)
+    torch.manual_seed(0)
+    model = MODELS.build(spec["name"], embedding_size=spec["embedding_size"], input_size=spec["input_size"],
+                         **spec["params"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), path)
+    return path
+
+
+# --------------------------------------------------------------------------- phases
+
+class StepClock(Hook):
+    """Records ``time.perf_counter()`` before every step and the epoch of each step."""
+
+    def __init__(self) -> None:
+        self.times: List[float] = []
+        self.epochs: List[int] = []
+
+    def before_step(self, trainer: Any, batch: Dict[str, Any]) -> None:
+        self.times.append(time.perf_counter())
+        self.epochs.append(trainer.epoch)
+
+
+def _to_device(batch: Dict[str, Any], device: torch.device) -> Dict[str, Any]:
+    # images on the device as the model step wants them; labels, indices, flips stay where
+    # the loader puts them (the task moves labels itself, the cache looks indices up on the host)
+    return {**batch, "image": batch["image"].to(device)}
+
+
+def _loader_batches(trainer: Trainer) -> Iterator[Dict[str, Any]]:
+    epoch = 0
+    while True:
+        for batch in trainer.loader(epoch):
+            yield batch
+        epoch += 1
+
+
+def _prepare(trainer: Trainer, batch: Dict[str, Any]) -> None:
+    """What the step does to a loader batch before the model: device copy, normalisation,
+    and (student) the teacher-embedding lookup."""
+    task = trainer.task
+    batch_to_input(batch["image"], task.cfg.model.input_size, trainer.device, task.cfg.train.channels_last)
+    batch["label"].to(trainer.device, non_blocking=True)
+    if getattr(task, "cache", None) is not None:
+        task.cache.lookup(batch["index"], batch["flipped"]).to(trainer.device, non_blocking=True)
+
+
+def time_data(trainer: Trainer, settings: TrainBenchSettings, keep: int) -> Dict[str, Any]:
+    """(b): the loader alone, whole epochs; returns img/s and the first ``keep`` batches (for the model phase)."""
+    timed_epoch, trainer.steps_per_epoch = trainer.steps_per_epoch, len(trainer.sampler)
+    batches = _loader_batches(trainer)
+    kept = []
+    for _ in range(settings.warmup):       # worker start-up is not counted
+        batch = next(batches)
+        _prepare(trainer, batch)
+        kept.append(batch)
+    synchronize(trainer.device)
+    start = time.perf_counter()
+    for _ in range(settings.data_batches):
+        batch = next(batches)
+        _prepare(trainer, batch)
+        if len(kept) < keep:
+            kept.append(batch)
+    synchronize(trainer.device)
+    seconds = time.perf_counter() - start
+    trainer.steps_per_epoch = timed_epoch
+    return {"img_s": settings.data_batches * settings.batch_size / seconds, "seconds": seconds,
+            "batches": settings.data_batches, "kept": [_to_device(b, trainer.device) for b in kept[:keep]]}
+
+
+def time_model(trainer: Trainer, batches: List[Dict[str, Any]], steps: int, warmup: int) -> Dict[str, Any]:
+    """(a): ``train_step`` on batches already in device memory."""
+    for i in range(warmup):
+        trainer.train_step(batches[i % len(batches)])
+    synchronize(trainer.device)
+    start = time.perf_counter()
+    for i in range(steps):
+        trainer.train_step(batches[i % len(batches)])
+    trainer.check_finite()
+    synchronize(trainer.device)
+    seconds = time.perf_counter() - start
+    return {"img_s": steps * len(batches[0]["label"]) / seconds, "seconds": seconds, "steps": steps,
+            "step_ms": 1e3 * seconds / steps}
+
+
+def time_end_to_end(trainer: Trainer, clock: StepClock, settings: TrainBenchSettings) -> Dict[str, Any]:
+    """(c): ``Trainer.fit`` from the start of epoch 1 (after the phases above reset the counters)."""
+    trainer.step, trainer.epoch, trainer.batches_done = 0, 0, 0
+    trainer.sampler.load_state_dict({"epoch": 0, "position": 0, "seed": trainer.sampler.seed})
+    clock.times.clear()
+    clock.epochs.clear()
+    trainer.fit()
+    synchronize(trainer.device)
+    end = time.perf_counter()
+    times, epochs = clock.times, clock.epochs
+    warm = min(settings.warmup, len(times) - 1)
+    steps = len(times) - warm
+    seconds = end - times[warm]
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    inside = [g for g, e0, e1 in zip(gaps, epochs, epochs[1:]) if e0 == e1]
+    typical = statistics.median(inside) if inside else 0.0
+    boundary = [g - typical for g, e0, e1, i in zip(gaps, epochs, epochs[1:], range(len(gaps)))
+                if e0 != e1 and i >= warm]
+    # the last epoch's end (checkpoint + finish) is after the last step: end - last step - one step
+    tail = max(0.0, end - times[-1] - typical)
+    extra = sum(max(0.0, b) for b in boundary) + tail
+    return {"img_s": steps * settings.batch_size / seconds, "seconds": seconds, "steps": steps,
+            "step_ms": 1e3 * typical, "epoch_end_s": extra, "epoch_end_share": extra / seconds if seconds else 0.0,
+            "epochs": settings.e2e_epochs}
+
+
+def train_flop_per_image(trainer: Trainer) -> float:
+    """6 x (backbone MACs + head MACs): forward and the two backward products of each layer."""
+    task = trainer.task
+    macs = count_macs(task.backbone, task.cfg.model.input_size)
+    head = task.criterion.margin_head
+    if head is not None:
+        sampled = head.num_sampled(trainer.sampler.batch_size) if hasattr(head, "num_sampled") else head.num_classes
+        macs += sampled * head.embedding_size
+    return 6.0 * macs
+
+
+def bench_model(role: str, settings: TrainBenchSettings, workdir: Path, data_root: Optional[Path],
+                peak_gflops: float) -> Dict[str, Any]:
+    """All three phases for ``role`` (``teacher`` / ``student``)."""
+    device = torch.device(settings.device)
+    teacher_ckpt = write_cache_teacher(settings, workdir / "cache_teacher.pth") if role == "student" else None
+    cfg = experiment_config(role, settings, workdir, data_root, teacher_ckpt)
+    task = (TeacherTask if role == "teacher" else StudentTask)(cfg)
+    clock = StepClock()
+    trainer = Trainer(cfg, task, dist=DistInfo(device=device), hooks=[clock])
+    trainer.build()
+    start = time.perf_counter()
+    task.on_train_start(trainer)            # the student builds its teacher-embedding cache here
+    cache_s = time.perf_counter() - start
+    data = time_data(trainer, settings, keep=4)
+    model = time_model(trainer, data.pop("kept"), settings.model_steps[role], settings.warmup)
+    end_to_end = time_end_to_end(trainer, clock, settings)
+    flop = train_flop_per_image(trainer)
+    result = {
+        "arch": cfg.model.name, "input_size": cfg.model.input_size, "embedding_size": cfg.model.embedding_size,
+        "num_classes": task.dataset.num_classes, "num_images": len(task.dataset), "batch_size": settings.batch_size,
+        "losses": [spec["name"] for spec in cfg.losses], "train_gflop_per_img": flop / 1e9,
+        "model_img_s": model["img_s"], "data_img_s": data["img_s"], "end_to_end_img_s": end_to_end["img_s"],
+        "model_step_ms": model["step_ms"], "end_to_end_step_ms": end_to_end["step_ms"],
+        "epoch_end_s": end_to_end["epoch_end_s"], "epoch_end_share": end_to_end["epoch_end_share"],
+        "model_pct_of_peak": 100.0 * model["img_s"] * flop / 1e9 / peak_gflops,
+        "end_to_end_pct_of_peak": 100.0 * end_to_end["img_s"] * flop / 1e9 / peak_gflops,
+        "data_over_model": data["img_s"] / model["img_s"], "end_to_end_over_model": end_to_end["img_s"] / model["img_s"],
+        "timed": {"model_steps": model["steps"], "data_batches": data["batches"], "end_to_end_steps": end_to_end["steps"],
+                  "cache_build_s": cache_s}}
+    return result
+
+
+def evaluate_targets(device_type: str, models: Dict[str, Dict[str, Any]],
+                     settings: TrainBenchSettings) -> List[Dict[str, Any]]:
+    """PASS/MISS of the issue-12 targets measurable here (others: ``not measured``)."""
+    rows = []
+    for role, key, threshold, target_device in TARGETS:
+        value = models.get(role, {}).get(key)
+        lower_is_better = key == "epoch_end_share"
+        comparable = value is not None and device_type == target_device
+        if comparable and key == "end_to_end_img_s" and role == "teacher" and settings.teacher_arch != "iresnet100":
+            comparable = False     # the target is for IResNet-100
+        status = "not measured"
+        if comparable:
+            status = "PASS" if (value <= threshold if lower_is_better else value >= threshold) else "MISS"
+        rows.append({"model": role, "quantity": key, "target": ("<= " if lower_is_better else ">= ") + f"{threshold:g}",
+                     "device": target_device, "value": value, "status": status})
+    return rows
+
+
+def run_benchmark(settings: TrainBenchSettings, workdir: Optional[Path] = None) -> Dict[str, Any]:
+    """Measure the peak, then every model in ``settings.models``; return the report (JSON-ready)."""
+    device = torch.device(settings.device)
+    if device.type == "cpu":
+        torch.set_num_threads(settings.threads)
+    load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
+    with tempfile.TemporaryDirectory(prefix="facekd_train_bench_") as tmp:
+        root = Path(workdir or tmp)
+        data_root = Path(settings.data_dir) if settings.data_dir else None
+        if data_root is None and settings.synthetic == "tree":
+            from facekd.data import write_synthetic_tree
+
+            data_root = write_synthetic_tree(root / "faces", settings.num_identities,
+                                             settings.images_per_identity_data, seed=0)
+        peak_start = matmul_peak(device, settings.amp, settings.matmul_size, settings.matmul_repeats)
+        models = {role: bench_model(role, settings, root / role, data_root, peak_start["gflops"])
+                  for role in settings.models}
+        peak_end = matmul_peak(device, settings.amp, settings.matmul_size, settings.matmul_repeats)
+    ratios = {f"{role}_{name}": models[role][name] for role in models
+              for name in ("data_over_model", "end_to_end_over_model")}
+    if {"teacher", "student"} <= set(models):
+        ratios["student_over_teacher_model"] = models["student"]["model_img_s"] / models["teacher"]["model_img_s"]
+        ratios["student_over_teacher_end_to_end"] = (models["student"]["end_to_end_img_s"]
+                                                     / models["teacher"]["end_to_end_img_s"])
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({available_cores()} cores)"
+    return {
+        "device": device_name, "device_type": device.type,
+        "environment": {"torch": torch.__version__, "threads": torch.get_num_threads(), "cores": available_cores(),
+                        "load_average_before": list(load_before) if load_before else None,
+                        "date": time.strftime("%Y-%m-%d %H:%M:%S")},
+        "settings": json.loads(json.dumps(dataclasses.asdict(settings))),   # tuples as lists
+        "matmul_peak": {"start": peak_start, "end": peak_end},
+        "models": models, "ratios": ratios, "targets": evaluate_targets(device.type, models, settings)}
+
+
+def format_report(report: Dict[str, Any]) -> str:
+    """A few lines for the terminal."""
+    peak = report["matmul_peak"]["start"]
+    lines = [f"device: {report['device']}  torch {report['environment']['torch']}, "
+             f"{report['environment']['threads']} threads, load before {report['environment']['load_average_before']}",
+             f"matmul peak ({peak['dtype']}, {peak['size']}): {peak['gflops']:.0f} GFLOP/s "
+             f"(end of run: {report['matmul_peak']['end']['gflops']:.0f})", "",
+             "| model | arch | batch | GFLOP/img | (a) model img/s | % peak | (b) data img/s | (c) end-to-end img/s "
+             "| epoch-end share |", "|---|---|---|---|---|---|---|---|---|"]
+    for role, m in report["models"].items():
+        lines.append(f"| {role} | {m['arch']} | {m['batch_size']} | {m['train_gflop_per_img']:.1f} | "
+                     f"{m['model_img_s']:.1f} | {m['model_pct_of_peak']:.0f} % | {m['data_img_s']:.1f} | "
+                     f"{m['end_to_end_img_s']:.1f} | {100 * m['epoch_end_share']:.1f} % |")
+    lines.append("")
+    lines.append("ratios (same run): " + ", ".join(f"{k} {v:.2f}x" for k, v in report["ratios"].items()))
+    for row in report["targets"]:
+        value = "-" if row["value"] is None else f"{row['value']:.3g}"
+        lines.append(f"target {row['model']} {row['quantity']} {row['target']} ({row['device']}): "
+                     f"{value} {row['status']}")
+    return "\n".join(lines)
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """The command line (see the module docstring)."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
+    parser.add_argument("--teacher-arch", help="teacher backbone (CPU default iresnet18, CUDA iresnet100)")
+    parser.add_argument("--teacher-loss", choices=("arcface", "partial_fc"), help="teacher margin head")
+    parser.add_argument("--sample-rate", type=float, help="partial_fc share of class centres")
+    parser.add_argument("--models", default="teacher,student", help="which steps to time (default %(default)s)")
+    parser.add_argument("--data", dest="data_dir", help="an aligned identity-folder tree (default: synthetic)")
+    parser.add_argument("--synthetic", choices=("tree", "generator"),
+                        help="synthetic faces as a JPEG tree on disk (default) or generated in memory")
+    parser.add_argument("--identities", dest="num_identities", type=int, help="synthetic identities")
+    parser.add_argument("--images-per-identity-data", type=int, help="synthetic images per identity")
+    parser.add_argument("--batch", help="P x K, e.g. 64x4")
+    parser.add_argument("--workers", type=int, help="loader worker processes")
+    parser.add_argument("--threads", type=int, help="torch threads on the CPU (default: the available cores)")
+    parser.add_argument("--amp", choices=("none", "bf16", "fp16"))
+    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None)
+    parser.add_argument("--input-size", type=int)
+    parser.add_argument("--out", help="write the report as JSON")
+    return parser.parse_args(argv)
+
+
+def settings_from_args(args: argparse.Namespace) -> TrainBenchSettings:
+    """:meth:`TrainBenchSettings.for_device` with the options given on the command line."""
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    overrides = {k: v for k, v in vars(args).items()
+                 if v is not None and k in {f.name for f in dataclasses.fields(TrainBenchSettings)}}
+    overrides.pop("device", None)
+    if args.batch:
+        p, _, k = args.batch.lower().partition("x")
+        overrides.update(identities_per_batch=int(p), images_per_identity=int(k))
+    overrides["models"] = tuple(m.strip() for m in args.models.split(",") if m.strip())
+    return TrainBenchSettings.for_device(device, **overrides)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the benchmark, print the table, optionally write ``--out``."""
+    args = parse_args(argv)
+    settings = settings_from_args(args)
+    report = run_benchmark(settings)
+    print(format_report(report))
+    if args.out:
+        Path(args.out).write_text(json.dumps(report, indent=1))
+        print(f"\nreport: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""bench/train_throughput.py: report structure, arithmetic and --out (no timing thresholds).
+
+Tiny sizes: a narrow 32x32 IResNet-18 teacher and a 32x32 MobileFaceNet student, P x K =
+4 x 2, a few steps per phase, one thread.
+"""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from conftest import load_script
+
+bench = load_script("bench/train_throughput.py")
+
+
+def tiny_settings(**over):
+    settings = dict(threads=1, identities_per_batch=4, images_per_identity=2, workers=0,
+                    teacher_params={"width": [8, 16, 32, 64]}, input_size=32, embedding_size=32, num_identities=8,
+                    images_per_identity_data=4, warmup=1, model_steps={"teacher": 2, "student": 2}, data_batches=3,
+                    e2e_steps_per_epoch={"teacher": 2, "student": 2}, matmul_size=128, matmul_repeats=2)
+    settings.update(over)
+    return bench.TrainBenchSettings.for_device("cpu", **settings)
+
+
+@pytest.fixture(scope="module")
+def report():
+    return bench.run_benchmark(tiny_settings())
+
+
+def test_report_structure_and_positive_numbers(report):
+    assert json.loads(json.dumps(report)) == report
+    assert report["device"].startswith("cpu") and report["device_type"] == "cpu"
+    assert set(report["models"]) == {"teacher", "student"}
+    assert report["environment"]["threads"] == 1
+    assert report["matmul_peak"]["start"]["gflops"] > 0 and report["matmul_peak"]["start"]["dtype"] == "float32"
+    for role, arch in (("teacher", "iresnet18"), ("student", "mobilefacenet")):
+        m = report["models"][role]
+        assert m["arch"] == arch and m["batch_size"] == 8 and m["input_size"] == 32
+        for key in ("model_img_s", "data_img_s", "end_to_end_img_s", "train_gflop_per_img", "model_pct_of_peak"):
+            assert m[key] > 0 and math.isfinite(m[key]), (role, key)
+        assert 0 <= m["epoch_end_share"] < 1
+        assert m["timed"] == {"model_steps": 2, "data_batches": 3, "end_to_end_steps": 3,
+                              "cache_build_s": m["timed"]["cache_build_s"]}     # 2 epochs x 2 steps - 1 warm-up
+        assert m["data_over_model"] == pytest.approx(m["data_img_s"] / m["model_img_s"])
+        peak = report["matmul_peak"]["start"]["gflops"]
+        assert m["model_pct_of_peak"] == pytest.approx(100 * m["model_img_s"] * m["train_gflop_per_img"] / peak)
+    assert report["models"]["student"]["losses"] == ["arcface", "triplet_distill", "feature_distill"]
+    assert report["models"]["student"]["timed"]["cache_build_s"] > 0        # the cache was built before timing
+    assert report["ratios"]["student_over_teacher_model"] == pytest.approx(
+        report["models"]["student"]["model_img_s"] / report["models"]["teacher"]["model_img_s"])
+
+
+def test_flops_count_the_backbone_and_the_head(report):
+    from facekd.models import MODELS, count_macs
+
+    teacher = MODELS.build("iresnet18", embedding_size=32, input_size=32, width=(8, 16, 32, 64))
+    expected = 6 * (count_macs(teacher, 32) + 8 * 32)        # 8 identities x 32-d class centres
+    assert report["models"]["teacher"]["train_gflop_per_img"] == pytest.approx(expected / 1e9)
+
+
+def test_targets_pass_miss_and_not_measured():
+    settings = tiny_settings(teacher_arch="iresnet100")
+    models = {"teacher": {"end_to_end_img_s": 5000.0, "epoch_end_share": 0.05, "data_over_model": 2.0},
+              "student": {"end_to_end_img_s": 15000.0, "epoch_end_share": 0.01, "data_over_model": 4.0}}
+    gpu = {(r["model"], r["quantity"]): r["status"] for r in bench.evaluate_targets("cuda", models, settings)}
+    assert gpu == {("teacher", "end_to_end_img_s"): "PASS", ("student", "end_to_end_img_s"): "MISS",
+                   ("teacher", "epoch_end_share"): "MISS", ("student", "epoch_end_share"): "PASS",
+                   ("teacher", "data_over_model"): "not measured", ("student", "data_over_model"): "not measured"}
+    cpu = {(r["model"], r["quantity"]): r["status"] for r in bench.evaluate_targets("cpu", models, settings)}
+    assert cpu[("teacher", "data_over_model")] == "MISS" and cpu[("student", "data_over_model")] == "PASS"
+    assert cpu[("teacher", "end_to_end_img_s")] == "not measured"
+    small_teacher = bench.evaluate_targets("cuda", models, tiny_settings())      # iresnet18: no teacher target
+    assert small_teacher[0]["status"] == "not measured"
+
+
+def test_command_line_writes_the_json(tmp_path, monkeypatch, capsys):
+    tiny = tiny_settings()
+
+    def for_device(cls, device, **over):          # the command line's options over the tiny sizes
+        return bench.dataclasses.replace(tiny, device=device, **over)
+
+    monkeypatch.setattr(bench.TrainBenchSettings, "for_device", classmethod(for_device))
+    out = tmp_path / "train.json"
+    assert bench.main(["--device", "cpu", "--models", "student", "--batch", "4x2", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert set(data["models"]) == {"student"} and data["device"].startswith("cpu")
+    assert {"model_img_s", "data_img_s", "end_to_end_img_s"} <= set(data["models"]["student"])
+    assert "| student | mobilefacenet | 8 |" in capsys.readouterr().out
