@@ -21,9 +21,10 @@ from typing import List, Sequence
 import numpy as np
 import pytest
 
+from test_training import TINY_MODEL, write_config
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 180           # a hang fails the test instead of blocking CI
-TINY_MODEL = {"name": "iresnet18", "embedding_size": 32, "input_size": 32, "params": {"width": [8, 16, 32, 64]}}
 NAMES = [f"person{i:02d}" for i in range(10)]
 
 
@@ -115,23 +116,10 @@ def write_recordio(root: Path) -> None:
 
 
 def write_configs(root: Path) -> None:
-    import yaml
-
-    from facekd.config import CONFIG_DIR
-
-    def config(name: str, **over) -> None:
-        data = {"_base_": str(CONFIG_DIR / "base.yaml"), "name": name, "output_dir": str(root / "runs" / name),
-                "model": TINY_MODEL, "data": {"source": "synthetic", "num_identities": 8, "images_per_identity": 4},
-                "val": {"sets": []}, "train": {"epochs": 1, "identities_per_batch": 4, "images_per_identity": 2,
-                                              "progress": False},
-                "losses": [{"name": "arcface", "weight": 1.0}]}
-        for key, value in over.items():
-            data[key] = {**data[key], **value}
-        (root / f"{name}.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
-
-    config("wrong_types", train={"epochs": "many"})
+    write_config(root / "wrong_types.yaml", root / "runs" / "wrong_types", train={"epochs": "many"})
     for name in ("rec_bad_magic", "rec_index_past_end"):
-        config(name, data={"source": "recordio", "root": str(root / name), "skip_bad_images": False})
+        write_config(root / f"{name}.yaml", root / "runs" / name,
+                     data={"source": "recordio", "root": str(root / name), "skip_bad_images": False})
 
 
 def write_onnx_not_a_face_model(path: Path) -> None:

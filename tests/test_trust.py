@@ -20,9 +20,9 @@ from facekd.data.pairs import read_bin, write_bin
 from facekd.errors import DataError
 from facekd.fileio import TRUST_PICKLES_ENV, pickles_trusted
 from facekd.models import read_checkpoint
-from facekd.training.checkpoint import load_checkpoint, rng_state, set_rng_state
+from facekd.training.checkpoint import load_checkpoint, set_rng_state
 
-from evaluation_fakes import TinyNet, save_checkpoint, tiny_arch  # noqa: F401
+from evaluation_fakes import TinyNet, tiny_arch  # noqa: F401  (tiny_arch: a fixture)
 
 
 class MarkerBySystem:
@@ -79,16 +79,22 @@ def test_hostile_checkpoint_is_refused_and_never_run(tmp_path, payload):
     assert not marker.exists()
 
 
-def test_facekd_checkpoint_is_plain_data(tmp_path, tiny_arch):
-    """The numpy RNG state is lists: a checkpoint needs no allow-listed global at all."""
-    path = tmp_path / "ckpt.pt"
-    torch.save({"state_dict": TinyNet().state_dict(), "rng": rng_state()}, path)
-    state = torch.load(path, map_location="cpu", weights_only=True)   # plain torch, no safe_globals
+def test_facekd_checkpoint_is_plain_data(tmp_path):
+    """A real training checkpoint (model, head, optimiser, schedule, sampler, RNG, config) loads
+    with plain ``weights_only=True`` — no allow-listed global at all — and resumes the RNG."""
+    from facekd.training import run_training
+    from test_training import tiny_config
+
+    summary = run_training(tiny_config(tmp_path, "teacher", train={"max_steps_per_epoch": 2}), "teacher")
+    state = torch.load(summary["last"], map_location="cpu", weights_only=True)   # no safe_globals
+    assert state["step"] == 2 and state["head"]["state_dict"] and state["optimizer"]["state"]
     name, keys, pos, has_gauss, cached = state["rng"]["numpy"]
     assert name == "MT19937" and len(keys) == 624 and all(isinstance(k, int) for k in keys)
-    expected = (np.random.rand(3), torch.rand(3))
-    set_rng_state(load_checkpoint(path)["rng"])
-    assert np.array_equal(np.random.rand(3), expected[0]) and torch.equal(torch.rand(3), expected[1])
+    np.random.seed(123)
+    set_rng_state(load_checkpoint(summary["last"])["rng"])
+    restored = np.random.get_state()
+    assert restored[1].tolist() == keys and restored[2] == pos
+    assert torch.equal(torch.get_rng_state(), state["rng"]["torch"])
 
 
 def test_older_checkpoint_with_numpy_rng_array_loads(tmp_path):
