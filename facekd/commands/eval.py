@@ -64,6 +64,12 @@ class EvalCommand(Command):
         parser.add_argument("--latency-runs", type=int, default=20, help="0 skips the latency measurement")
         parser.add_argument("--latency-batch-size", type=int, default=1)
         parser.add_argument("--workers", type=int, default=2, help="image-decoding threads")
+        parser.add_argument("--threads", type=int, default=None,
+                            help="compute threads (torch, OpenCV, onnxruntime); default $FACEKD_THREADS, "
+                                 "else the available cores / --jobs")
+        parser.add_argument("--jobs", type=int, default=None,
+                            help="evaluations running at once on this machine, to share its cores "
+                                 "(default $FACEKD_JOBS, else 1)")
         parser.add_argument("--no-cache", action="store_true",
                             help="do not keep the prepared pair images in memory between the passes "
                                  "(clean + one per probe size, per model); caching uses ~37 KB per image")
@@ -72,8 +78,12 @@ class EvalCommand(Command):
     def run(self, args: argparse.Namespace) -> int:
         import torch
 
+        from facekd.evaluation.embed import apply_thread_budget
         from facekd.evaluation.report import markdown_table, summary_table, write_report
         from facekd.evaluation.runner import EvalOptions, ModelSpec, ValSpec, evaluate_models, save_results
+
+        threads = apply_thread_budget(args.threads, args.jobs)
+        print(f"facekd eval: {threads} compute thread(s)", file=sys.stderr)
 
         device = args.device
         if device == "auto":

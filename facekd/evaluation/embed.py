@@ -7,11 +7,18 @@ embedder of :mod:`facekd.export.runtime` satisfies the same protocol.
 
 As in insightface, the "flip" embedding of an image is the *sum* of the raw embeddings of
 the image and of its horizontal mirror, L2-normalised afterwards.
+
+Sharing the machine: :func:`thread_budget` gives one process its share of the cores it may
+run on (``os.sched_getaffinity``) — ``FACEKD_THREADS`` if set, else the cores divided by the
+number of evaluations running at once (``FACEKD_JOBS``, default 1) — and
+:func:`apply_thread_budget` sets torch's (and OpenCV's) threads to it, so several
+``facekd eval`` processes started together do not each spawn a thread per core.
 """
 from __future__ import annotations
 
+import os
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Iterator, List, NamedTuple, Optional, Protocol, Sequence
+from typing import Callable, Iterator, List, Mapping, NamedTuple, Optional, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -22,6 +29,52 @@ from facekd.preprocess import INPUT_SIZE, normalize_uint8
 
 #: ``degrade(img, size) -> img``: a deterministic low-resolution version of a 112x112 face
 DegradeFn = Callable[[np.ndarray, int], np.ndarray]
+
+#: environment variables read by :func:`thread_budget`
+THREADS_ENV, JOBS_ENV = "FACEKD_THREADS", "FACEKD_JOBS"
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask; ``os.cpu_count()`` elsewhere)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:   # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def thread_budget(threads: Optional[int] = None, jobs: Optional[int] = None,
+                  env: Optional[Mapping[str, str]] = None, cores: Optional[int] = None) -> int:
+    """Compute threads for one process: ``threads`` if given, else ``$FACEKD_THREADS``, else
+    ``available cores // jobs`` (``jobs`` or ``$FACEKD_JOBS``, default 1); at least 1."""
+    env = os.environ if env is None else env
+    if threads is None and env.get(THREADS_ENV):
+        threads = int(env[THREADS_ENV])
+    if threads is not None:
+        if int(threads) < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
+        return int(threads)
+    jobs = int(jobs if jobs is not None else env.get(JOBS_ENV) or 1)
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
+    return max(1, (cores or available_cores()) // jobs)
+
+
+def apply_thread_budget(threads: Optional[int] = None, jobs: Optional[int] = None) -> int:
+    """Set torch's intra-op threads and OpenCV's threads to :func:`thread_budget`; return it.
+
+    onnxruntime sessions take the budget as their ``intra_op_num_threads`` (pass
+    ``thread_budget()`` where a session is created without an explicit count).
+    """
+    budget = thread_budget(threads, jobs)
+    torch.set_num_threads(budget)
+    try:
+        import cv2
+
+        cv2.setNumThreads(budget)
+    except ImportError:   # OpenCV is optional for pure-embedding use
+        pass
+    return budget
+
 
 class Embedder(Protocol):
     """Anything mapping a normalised ``N x 3 x H x W`` float tensor to ``N x D`` embeddings."""
