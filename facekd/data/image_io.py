@@ -17,6 +17,7 @@ import os
 import re
 import warnings
 from pathlib import Path
+from typing import Optional, Tuple
 
 import cv2
 import numpy as np
@@ -48,10 +49,10 @@ def _decode_with_pillow(data: bytes) -> np.ndarray:
         return np.asarray(image.convert("RGB"), dtype=np.uint8)
 
 
-def header_size(data: bytes):
+def header_size(data: bytes) -> Optional[Tuple[int, int]]:
     """``(width, height)`` from the image header (Pillow reads only the header), or None when
-    Pillow does not recognise the format.  Raises Pillow's ``DecompressionBombError`` beyond
-    its own (larger) limit."""
+    Pillow does not recognise the format.  Beyond Pillow's own decompression-bomb limit only
+    the pixel count is known: ``(pixels, 1)`` is returned."""
     from PIL import Image
 
     # sizes between Pillow's warning limit and ours never get decoded: the warning is noise
@@ -59,8 +60,9 @@ def header_size(data: bytes):
     try:
         with Image.open(io.BytesIO(data)) as image:
             return image.size
-    except Image.DecompressionBombError:
-        raise
+    except Image.DecompressionBombError as error:
+        claimed = re.search(r"\((\d+) pixels\)", str(error))
+        return (int(claimed.group(1)), 1) if claimed else None
     except Exception:  # not a format Pillow knows (OpenCV may still decode it)
         return None
 
@@ -77,18 +79,11 @@ def _jpeg_truncated(data: bytes) -> bool:
 
 def check_image_header(data: bytes, name: PathLike = "<bytes>", max_pixels: int = MAX_IMAGE_PIXELS) -> None:
     """Refuse, before decoding, images larger than ``max_pixels`` and truncated JPEGs."""
-    from PIL import Image
-
-    try:
-        size = header_size(data)
-    except Image.DecompressionBombError as error:   # beyond Pillow's own limit
-        claimed = re.search(r"\((\d+) pixels\)", str(error))
-        claimed = f"{int(claimed.group(1)):,}" if claimed else f"more than {max_pixels:,}"
-        raise DataError(name, f"image header claims {claimed} pixels, more than the {max_pixels:,} allowed; "
-                              f"refused before decoding (decompression bomb?)") from None
+    size = header_size(data)
     if size is not None and size[0] * size[1] > max_pixels:
-        raise DataError(name, f"image header claims {size[0]}x{size[1]} = {size[0] * size[1]:,} pixels, more "
-                              f"than the {max_pixels:,} allowed; refused before decoding (decompression bomb?)")
+        claimed = f"{size[0]}x{size[1]} = " if size[1] > 1 else ""
+        raise DataError(name, f"image header claims {claimed}{size[0] * size[1]:,} pixels, more than the "
+                              f"{max_pixels:,} allowed; refused before decoding (decompression bomb?)")
     if _jpeg_truncated(data):
         raise DataError(name, f"truncated JPEG: the data ends after {len(data)} bytes without the end-of-image "
                               f"marker")
