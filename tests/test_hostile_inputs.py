@@ -336,3 +336,62 @@ def write_table(path: Path) -> None:
 
 if __name__ == "__main__":
     write_table(Path(sys.argv[1] if len(sys.argv) > 1 else REPO_ROOT / "docs" / "HOSTILE_INPUTS.md"))
+
+
+# --------------------------------------------------------------------------- the checks themselves
+
+def test_header_check_refuses_large_images_before_decoding():
+    from facekd.data.image_io import MAX_IMAGE_PIXELS, decode_image
+    from facekd.errors import DataError
+
+    assert MAX_IMAGE_PIXELS == 64_000_000
+    with pytest.raises(DataError, match=r"^big\.png: image header claims 10000x10000 = 100,000,000 pixels"):
+        decode_image(png_claiming(10000, 10000), "big.png")              # below Pillow's own limit
+    with pytest.raises(DataError, match=r"claims 900,000,000 pixels, more than the 64,000,000 allowed"):
+        decode_image(png_claiming(30000, 30000), "bomb.png")             # beyond it
+    with pytest.raises(DataError, match=r"claims 64x64 = 4,096 pixels, more than the 4,000 allowed"):
+        decode_image(png_claiming(64, 64), "small.png", max_pixels=4000)
+
+
+def test_truncated_jpeg_detection_spares_thumbnails_and_trailing_bytes():
+    from facekd.data.image_io import decode_image, encode_image
+    from facekd.errors import DataError
+
+    rng = np.random.default_rng(0)
+    main = encode_image((rng.random((96, 80, 3)) * 255).astype(np.uint8), ".jpg")
+    thumb = encode_image(np.full((16, 16, 3), 200, np.uint8), ".jpg")          # has its own SOS and EOI
+    app1 = b"Exif\0\0" + thumb
+    with_thumb = main[:2] + b"\xff\xe1" + struct.pack(">H", len(app1) + 2) + app1 + main[2:]
+    assert decode_image(with_thumb, "thumb.jpg").shape == (96, 80, 3)
+    assert decode_image(main + b"trailing junk", "tail.jpg").shape == (96, 80, 3)
+    for data in (main[:-2], with_thumb[: len(with_thumb) * 3 // 4]):
+        with pytest.raises(DataError, match=r"^cut\.jpg: truncated JPEG"):
+            decode_image(data, "cut.jpg")
+
+
+def test_index_past_the_end_is_dropped_when_skipping_bad_images(tmp_path):
+    from facekd.data.recordio import RecordIODataset, RecordIOReader
+    from facekd.data.recordio import write_recordio as write
+    from facekd.errors import DataError
+
+    rec, idx = write(tmp_path, [(i // 2, face_jpeg(i)) for i in range(6)], header_record=False)
+    with open(idx, "a") as handle:
+        handle.write(f"6\t{rec.stat().st_size + 8}\n")
+    with pytest.raises(DataError, match=r"record 6 listed in .*train\.idx at byte \d+ is past the end"):
+        RecordIOReader(rec, idx)
+    reader = RecordIOReader(rec, idx, strict=False)
+    assert reader.dropped_keys == [6] and len(reader.keys) == 6
+    assert len(RecordIODataset(tmp_path, skip_bad_images=True)) == 6
+
+
+def test_worker_errors_are_unwrapped_to_their_line():
+    """A DataLoader worker re-raises ``DataError(message)``; the CLI prints the original line."""
+    from facekd.cli import error_message
+    from facekd.errors import DataError
+
+    wrapped = DataError("Caught DataError in DataLoader worker process 0.\nOriginal Traceback (most recent call "
+                        "last):\n  File \"x.py\", line 1, in f\nfacekd.errors.DataError: /d/a.jpg: not an image\n")
+    assert wrapped.path is None and error_message(wrapped) == "/d/a.jpg: not an image"
+    assert error_message(DataError("/d/b.jpg", "empty image data")) == "/d/b.jpg: empty image data"
+    assert error_message(FileNotFoundError(2, "No such file or directory", "/d/c")) == "/d/c: No such file or directory"
+    assert error_message(ValueError("a bug")) is None                   # bugs keep their traceback
