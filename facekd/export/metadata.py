@@ -26,7 +26,8 @@ Every key starts with ``facekd.``; values are strings (ONNX's only metadata type
                                       embeddings (image + mirror; facekd's validation does so)
 ``facekd.params`` / ``facekd.macs``   parameter and multiply-accumulate counts
 ``facekd.bn_folded``                  ``true`` when BatchNorm was folded before export
-``facekd.quantization``               ``none`` or ``int8-qdq``
+``facekd.prelu_rewrite``              how ``PRelu`` was rewritten (:mod:`facekd.export.prelu`), or ``none``
+``facekd.quantization``               ``none``, ``int8-qdq`` or ``int8-qoperator``
 ====================================  ==========================================================
 """
 from __future__ import annotations
@@ -37,6 +38,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple, Union
 
+from facekd.export.protos import load_onnx_proto
 from facekd.preprocess import CHANNEL_ORDER, INPUT_SIZE, MEAN, STD
 
 PREFIX = "facekd."
@@ -91,6 +93,7 @@ class ExportMetadata:
     params: Optional[int] = None
     macs: Optional[int] = None
     bn_folded: bool = False
+    prelu_rewrite: str = "none"
     quantization: str = "none"
     format_version: int = FORMAT_VERSION
     extra: Dict[str, str] = field(default_factory=dict)   # other facekd.* keys, kept verbatim
@@ -145,7 +148,5 @@ def read_metadata(path: Union[str, os.PathLike]) -> ExportMetadata:
 
     Raises :class:`facekd.errors.DataError` naming the file when it is missing or not ONNX.
     """
-    from facekd.export.runtime import load_onnx_proto
-
     proto = load_onnx_proto(path, load_weights=False)
     return ExportMetadata.from_props({p.key: p.value for p in proto.metadata_props})

@@ -1,17 +1,20 @@
-"""Static INT8 quantisation (QDQ) of an exported model with onnxruntime.quantization.
+"""Static INT8 quantisation of an exported model with onnxruntime.quantization.
 
-:func:`quantize_int8` calibrates activation ranges on aligned faces
-(:class:`FaceCalibrationReader`), quantises weights per channel (symmetric int8) and
-activations per tensor (uint8), writes the QDQ model, copies the fp32 model's metadata
-(with ``facekd.quantization = int8-qdq``) and reports
+:func:`quantize_int8` first rewrites MobileFaceNet's PReLUs into operators the quantiser
+and the runtime chain in int8 (:mod:`facekd.export.prelu`; the rewritten fp32 graph is
+checked against the original before quantising), calibrates activation ranges on aligned
+faces (:class:`FaceCalibrationReader`), quantises weights (symmetric int8, per channel by
+default) and activations (uint8, per tensor), writes the QDQ (or QOperator) model, copies
+the fp32 model's metadata (with ``facekd.quantization = int8-qdq`` / ``int8-qoperator``)
+and reports
 
 * the *drift*: per-face cosine similarity between fp32 and int8 embeddings on faces that
   were not used for calibration, and the maximum absolute difference;
 * given a verification pair set, the verification accuracy of fp32 and int8 (plain and
   flip embeddings, :mod:`facekd.evaluation`).
 
-The first and the last weight layers are often the most sensitive to quantisation;
-``keep_float=("first", "last")`` leaves them in float (node names are accepted too).
+``keep_float=("last",)`` leaves the final linear layer in float (node names are accepted
+too); bench/README.md compares these options by speed and accuracy.
 """
 from __future__ import annotations
 
@@ -25,14 +28,23 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 
 from facekd.errors import ConfigError
-from facekd.export.runtime import OnnxEmbedder, load_onnx_proto, resize_faces, row_cosine
+from facekd.export.prelu import DEFAULT_PRELU_REWRITE, PRELU_REWRITES, rewrite_prelu_file
+from facekd.export.protos import load_onnx_proto
+from facekd.export.runtime import OnnxEmbedder, resize_faces, row_cosine
 from facekd.fileio import PathLike
 
 #: operators that carry weights; "first"/"last" in ``keep_float`` refer to these
 WEIGHT_OPS = ("Conv", "Gemm", "MatMul")
-#: operators quantised by default (PRelu, Flatten and the input normalisation stay float)
-DEFAULT_OPS = ("Conv", "Gemm", "MatMul", "Add")
+#: operators quantised by default (Relu and Clip fold into the preceding QLinearConv; the
+#: input normalisation and Flatten stay float)
+DEFAULT_OPS = ("Conv", "Gemm", "MatMul", "Add", "Mul", "Relu", "Clip")
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+#: ``quant_format`` names -> onnxruntime ``QuantFormat`` member names
+QUANT_FORMATS = {"qdq": "QDQ", "qoperator": "QOperator"}
+#: ``weight_type`` names -> onnxruntime ``QuantType`` member names (activations are always uint8)
+WEIGHT_TYPES = {"s8": "QInt8", "u8": "QUInt8"}
+#: largest |difference| of the rewritten fp32 graph vs the original, relative to max |output|
+MAX_REWRITE_DIFF = 1e-5
 
 
 class FaceCalibrationReader:
@@ -112,7 +124,15 @@ class QuantizationReport:
     preprocessed: bool
     fp32_mb: float
     int8_mb: float
-    quantized_nodes: int          # QuantizeLinear nodes in the int8 graph
+    quantized_nodes: int          # QuantizeLinear nodes in the int8 graph (QDQ) / QLinear nodes (QOperator)
+    quant_format: str = "qdq"
+    weight_type: str = "s8"
+    reduce_range: bool = False
+    calibration_source: str = "faces"
+    prelu_rewrite: Optional[str] = None          # the PReLU rewrite applied before quantising
+    prelu_rewritten: int = 0                     # PRelu nodes rewritten
+    rewrite_max_abs_diff: Optional[float] = None  # rewritten fp32 graph vs the original
+    float_nodes: Dict[str, int] = field(default_factory=dict)   # float compute ops left, by type
     drift: Optional[Drift] = None
     verification: Dict[str, Dict[str, float]] = field(default_factory=dict)  # set -> metric -> value
 
@@ -121,10 +141,18 @@ class QuantizationReport:
         return asdict(self)
 
     def __str__(self) -> str:
-        lines = [f"INT8 (QDQ, per-channel weights: {self.per_channel}, calibration: {self.calibrate_method} "
-                 f"on {self.calibration_faces} faces) -> {self.int8_path}",
-                 f"  size {self.fp32_mb:.2f} MB -> {self.int8_mb:.2f} MB; {self.quantized_nodes} QuantizeLinear "
+        fmt = {"qdq": "QDQ", "qoperator": "QOperator"}.get(self.quant_format, self.quant_format)
+        lines = [f"INT8 ({fmt}, U8{self.weight_type.upper()}, per-channel weights: {self.per_channel}, "
+                 f"reduce_range: {self.reduce_range}, calibration: {self.calibrate_method} on "
+                 f"{self.calibration_faces} {self.calibration_source} faces) -> {self.int8_path}",
+                 f"  size {self.fp32_mb:.2f} MB -> {self.int8_mb:.2f} MB; {self.quantized_nodes} quantised "
                  f"nodes; kept in float: {', '.join(self.kept_float) or 'none'}"]
+        if self.prelu_rewrite:
+            lines.append(f"  PReLU rewrite {self.prelu_rewrite!r}: {self.prelu_rewritten} nodes, fp32 graph "
+                         f"equal to the original (max |diff| {self.rewrite_max_abs_diff:.2e})")
+        if self.float_nodes:
+            lines.append("  float compute nodes left: " + ", ".join(f"{op} x{n}" for op, n in
+                                                                   sorted(self.float_nodes.items())))
         if self.drift:
             d = self.drift
             lines.append(f"  drift on {d.faces} held-out faces: cosine mean {d.mean_cosine:.5f}, "
@@ -178,13 +206,54 @@ def _preprocess(source: str, target: str) -> bool:
         return False
 
 
+def check_rewrite(original: OnnxEmbedder, rewritten: PathLike, faces: np.ndarray,
+                  tolerance: float = MAX_REWRITE_DIFF) -> float:
+    """Max |difference| of ``rewritten``'s embeddings vs ``original``'s on ``faces``, relative to max |value|.
+
+    Raises :class:`ExportCheckError` (from :mod:`facekd.export.check`) naming the file when it
+    exceeds ``tolerance``: a graph rewrite must not change the model.
+    """
+    from facekd.export.check import ExportCheckError
+
+    faces = resize_faces(np.asarray(faces), original.input_size)
+    expected = original.embed_uint8(faces)
+    actual = OnnxEmbedder(rewritten, threads=1).embed_uint8(faces)
+    relative = float(np.abs(actual - expected).max() / max(float(np.abs(expected).max()), 1e-12))
+    if not relative <= tolerance:
+        raise ExportCheckError(f"{os.fspath(rewritten)}: the PReLU rewrite changed the outputs "
+                               f"(max |diff| {relative:.2e} of max |value|, allowed {tolerance:.0e})")
+    return relative
+
+
+def float_compute_nodes(proto: Any, qdq: bool = True) -> Dict[str, int]:
+    """Compute operators of a quantised graph that still run in float (``{op_type: count}``).
+
+    In a QDQ graph a node is quantised when every input comes from a ``DequantizeLinear``
+    (the runtime then fuses it into a QLinear kernel); in a QOperator graph only QLinear*
+    and integer ops are.  Quantize/Dequantize nodes and shape-only ops are not counted.
+    """
+    ignore = {"QuantizeLinear", "DequantizeLinear", "Flatten", "Reshape", "Transpose", "Squeeze",
+              "Unsqueeze", "Constant", "Cast"}
+    dequantized = {out for node in proto.graph.node if node.op_type == "DequantizeLinear" for out in node.output}
+    counts: Dict[str, int] = {}
+    for node in proto.graph.node:
+        if node.op_type in ignore or node.op_type.startswith("QLinear") or node.op_type.endswith("Integer"):
+            continue
+        if qdq and all(name in dequantized for name in node.input if name):
+            continue
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts
+
+
 def quantize_int8(fp32_path: PathLike, int8_path: PathLike, calibration_faces: np.ndarray,
                   eval_faces: Optional[np.ndarray] = None, pair_sets: Sequence[Any] = (),
-                  keep_float: Sequence[str] = ("first", "last"), per_channel: bool = True,
+                  keep_float: Sequence[str] = ("last",), per_channel: bool = True,
                   calibrate_method: str = "minmax", preprocess: bool = True,
                   op_types: Sequence[str] = DEFAULT_OPS, calibration_batch: int = 16,
-                  threads: Optional[int] = None) -> QuantizationReport:
-    """Quantise ``fp32_path`` to a static QDQ INT8 model at ``int8_path``.
+                  threads: Optional[int] = None, prelu: Optional[str] = DEFAULT_PRELU_REWRITE,
+                  quant_format: str = "qdq", weight_type: str = "s8", reduce_range: bool = False,
+                  calibration_source: str = "faces") -> QuantizationReport:
+    """Quantise ``fp32_path`` to a static INT8 model at ``int8_path``.
 
     Args:
         fp32_path: an fp32 model written by :func:`facekd.export.export_onnx`.
@@ -200,48 +269,76 @@ def quantize_int8(fp32_path: PathLike, int8_path: PathLike, calibration_faces: n
         op_types: operator types to quantise.
         calibration_batch: faces per calibration batch.
         threads: onnxruntime intra-op threads for the drift / accuracy runs.
+        prelu: a :data:`facekd.export.prelu.PRELU_REWRITES` name applied (and checked equal)
+            before quantising, or ``None`` to quantise the PReLUs' graph as it is.
+        quant_format: ``"qdq"`` (Quantize/Dequantize pairs the runtime fuses) or ``"qoperator"``
+            (QLinearConv & co. written directly).
+        weight_type: ``"s8"`` (U8S8: uint8 activations, int8 weights) or ``"u8"`` (U8U8).
+        reduce_range: 7-bit weights (avoids int16 overflow on CPUs without VNNI).
+        calibration_source: what the calibration faces are, for the report (a folder, ``synthetic``).
     """
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     if calibrate_method not in CALIBRATION_METHODS:
         raise ConfigError(f"calibration method must be one of {CALIBRATION_METHODS}, got {calibrate_method!r}")
+    if quant_format not in QUANT_FORMATS:
+        raise ConfigError(f"quantisation format must be one of {tuple(QUANT_FORMATS)}, got {quant_format!r}")
+    if weight_type not in WEIGHT_TYPES:
+        raise ConfigError(f"weight type must be one of {tuple(WEIGHT_TYPES)}, got {weight_type!r}")
+    if prelu is not None and prelu not in PRELU_REWRITES:
+        raise ConfigError(f"PReLU rewrite must be one of {tuple(PRELU_REWRITES)} or none, got {prelu!r}")
     fp32_path, int8_path = os.fspath(fp32_path), os.fspath(int8_path)
     fp32 = OnnxEmbedder(fp32_path, threads=threads, resize=True)
     if len(calibration_faces) == 0:
         raise ConfigError("INT8 calibration needs at least one face")
     reader = FaceCalibrationReader(fp32, calibration_faces, calibration_batch)
     Path(int8_path).parent.mkdir(parents=True, exist_ok=True)
+    rewritten, rewrite_diff = 0, None
     with tempfile.TemporaryDirectory(prefix="facekd-quant-") as tmp:
+        current = fp32_path
+        if prelu is not None:
+            current = os.path.join(tmp, "rewritten.onnx")
+            rewritten = rewrite_prelu_file(fp32_path, current, prelu).rewritten
+            check_faces = calibration_faces[:8] if eval_faces is None or not len(eval_faces) else eval_faces[:8]
+            rewrite_diff = check_rewrite(fp32, current, check_faces)
         source = os.path.join(tmp, "prepared.onnx")
         if preprocess:
-            preprocessed = _preprocess(fp32_path, source)
+            preprocessed = _preprocess(current, source)
         else:
-            shutil.copyfile(fp32_path, source)
+            shutil.copyfile(current, source)
             preprocessed = False
         excluded = resolve_keep_float(source, keep_float)
         method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                   "percentile": CalibrationMethod.Percentile}[calibrate_method]
-        quantize_static(source, int8_path, reader, quant_format=QuantFormat.QDQ, per_channel=per_channel,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+        quantize_static(source, int8_path, reader, quant_format=getattr(QuantFormat, QUANT_FORMATS[quant_format]),
+                        per_channel=per_channel, reduce_range=reduce_range, activation_type=QuantType.QUInt8,
+                        weight_type=getattr(QuantType, WEIGHT_TYPES[weight_type]),
                         op_types_to_quantize=list(op_types), nodes_to_exclude=excluded,
                         calibrate_method=method,
-                        extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+                        extra_options={"ActivationSymmetric": False, "WeightSymmetric": weight_type == "s8"})
 
     proto = onnx.load(int8_path)
     meta = fp32.metadata
-    props = {**meta.to_props(), "facekd.quantization": "int8-qdq"}
+    props = {**meta.to_props(), "facekd.quantization": f"int8-{quant_format}"}
+    if rewritten:
+        props["facekd.prelu_rewrite"] = prelu
     del proto.metadata_props[:]
     onnx.helper.set_model_props(proto, props)
-    proto.doc_string = load_onnx_proto(fp32_path, load_weights=False).doc_string + " INT8 (QDQ)."
+    proto.doc_string = (load_onnx_proto(fp32_path, load_weights=False).doc_string
+                        + f" INT8 ({QUANT_FORMATS[quant_format]}).")
     onnx.save(proto, int8_path)
 
+    quantized = sum(node.op_type == "QuantizeLinear" or node.op_type.startswith("QLinear")
+                    for node in proto.graph.node)
     report = QuantizationReport(
         fp32_path=fp32_path, int8_path=int8_path, calibration_faces=int(len(calibration_faces)),
         calibrate_method=calibrate_method, per_channel=per_channel, kept_float=excluded,
         preprocessed=preprocessed, fp32_mb=os.path.getsize(fp32_path) / 2 ** 20,
-        int8_mb=os.path.getsize(int8_path) / 2 ** 20,
-        quantized_nodes=sum(node.op_type == "QuantizeLinear" for node in proto.graph.node))
+        int8_mb=os.path.getsize(int8_path) / 2 ** 20, quantized_nodes=quantized, quant_format=quant_format,
+        weight_type=weight_type, reduce_range=reduce_range, calibration_source=calibration_source,
+        prelu_rewrite=prelu, prelu_rewritten=rewritten, rewrite_max_abs_diff=rewrite_diff,
+        float_nodes=float_compute_nodes(proto, qdq=quant_format == "qdq"))
     int8 = OnnxEmbedder(int8_path, threads=threads, resize=True)
     if eval_faces is not None and len(eval_faces):
         report.drift = measure_drift(fp32, int8, eval_faces)

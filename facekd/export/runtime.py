@@ -22,6 +22,7 @@ import numpy as np
 from facekd.errors import DataError, FaceKDError
 from facekd.export.formats import InputFormat, input_format as get_input_format
 from facekd.export.metadata import ExportMetadata
+from facekd.export.protos import load_onnx_proto
 from facekd.fileio import PathLike
 
 Photo = Union[PathLike, np.ndarray]
@@ -29,22 +30,6 @@ Photo = Union[PathLike, np.ndarray]
 
 class ModelInputError(FaceKDError, ValueError):
     """A batch given to an exported model has the wrong shape, dtype or size."""
-
-
-def load_onnx_proto(path: PathLike, load_weights: bool = True):
-    """``onnx.load`` with a :class:`DataError` naming the file when it is missing or not ONNX."""
-    import onnx
-
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise DataError(path, "model file not found")
-    try:
-        proto = onnx.load(path, load_external_data=load_weights)
-    except Exception as error:  # protobuf DecodeError and friends
-        raise DataError(path, f"not an ONNX model (cannot parse it: {error})") from None
-    if not proto.graph.node:
-        raise DataError(path, "not an ONNX model (no graph nodes; is it a checkpoint or an image?)")
-    return proto
 
 
 def session_options(threads: Optional[int] = None):
