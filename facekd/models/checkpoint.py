@@ -100,8 +100,8 @@ def read_checkpoint(path: Union[str, os.PathLike], trusted: Optional[bool] = Non
             raise DataError(path, f"refused to load: unpickling it would call {refused}, which is "
                                   f"not a tensor, number or container; nothing was run (to load a file you trust, "
                                   f"{TRUST_HINT})") from None
-        raise DataError(path, f"not a PyTorch checkpoint the safe loader can read "
-                              f"({_weights_only_reason(error)}; for a pickle you trust, {TRUST_HINT})") from None
+        raise DataError(path, f"not a readable PyTorch checkpoint (safe loader: {_weights_only_reason(error)}; "
+                              f"for a pickle you trust, {TRUST_HINT})") from None
     except Exception as error:  # zip and torch errors all mean "not a checkpoint"
         raise DataError(path, f"not a readable PyTorch checkpoint ({_first_line(error)})") from None
 
