@@ -13,11 +13,13 @@ other tools) can be loaded unrestricted with the environment variable
 from __future__ import annotations
 
 import errno
+import glob
 import os
 import secrets
+import socket
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional, Union
+from typing import Iterator, List, Optional, Union
 
 from facekd.errors import DiskFullError
 
@@ -39,19 +41,57 @@ def pickles_trusted(trusted: Optional[bool] = None) -> bool:
     return os.environ.get(TRUST_PICKLES_ENV, "").strip().lower() in ("1", "true", "yes")
 
 
+def _temporary_prefix(path: Path) -> str:
+    return f".{path.name}.{socket.gethostname()}."
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:      # someone else's process
+        return True
+    return True
+
+
+def remove_stale_temporaries(path: PathLike) -> List[Path]:
+    """Delete the temporaries of ``path`` left by writers on this host that were killed.
+
+    A killed process (``SIGKILL``, power loss) never reaches the cleanup of
+    :func:`atomic_path`; its half-written temporary stays beside the target.  Only files
+    named by :func:`atomic_path` on this host whose process no longer exists are removed.
+    Returns the removed paths.
+    """
+    path = Path(path)
+    prefix = _temporary_prefix(path)
+    removed = []
+    for tmp in path.parent.glob(glob.escape(prefix) + "*.tmp"):
+        pid = tmp.name[len(prefix):].split(".", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _process_exists(int(pid)):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
 @contextmanager
-def atomic_path(path: PathLike) -> Iterator[Path]:
+def atomic_path(path: PathLike, remove_stale: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` to write; on success it replaces ``path``.
 
-    The temporary name is unique per process and call (parallel writers of the same target
-    do not collide) and sits in the target's directory, so the final ``os.replace`` is atomic.
-    If the body raises, the temporary file is removed and ``path`` is left as it was; a full
-    disk (``ENOSPC``/``EDQUOT``) is re-raised as :class:`~facekd.errors.DiskFullError`
+    The temporary name is unique per host, process and call (parallel writers of the same
+    target do not collide) and sits in the target's directory, so the final ``os.replace`` is
+    atomic.  If the body raises, the temporary file is removed and ``path`` is left as it was;
+    a full disk (``ENOSPC``/``EDQUOT``) is re-raised as :class:`~facekd.errors.DiskFullError`
     (an ``OSError``) whose message names ``path`` and says that there is no space left.
+    ``remove_stale`` first deletes temporaries of killed writers (:func:`remove_stale_temporaries`;
+    it lists the directory, so it is meant for files such as checkpoints, not for each of
+    thousands of images in one folder).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    if remove_stale:
+        remove_stale_temporaries(path)
+    tmp = path.with_name(f"{_temporary_prefix(path)}{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
         yield tmp
         os.replace(tmp, path)

@@ -146,6 +146,27 @@ def test_kill_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, refere
     resumed = facekd("train-teacher", "--config", str(config), "--resume", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert_same_weights(reference, weights(run / "last.pt"))
+    assert temporaries(run) == []                                      # the killed writer's file was swept
+
+
+def test_only_temporaries_of_dead_writers_on_this_host_are_swept(tmp_path):
+    import socket
+
+    from facekd.fileio import remove_stale_temporaries
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid, host = int(gone.stdout), socket.gethostname()
+    target = tmp_path / "last.pt"
+    dead = tmp_path / f".last.pt.{host}.{dead_pid}.0a1b2c3d.tmp"
+    mine = tmp_path / f".last.pt.{host}.{os.getpid()}.0a1b2c3d.tmp"
+    elsewhere = tmp_path / f".last.pt.other-host.{dead_pid}.0a1b2c3d.tmp"
+    other_target = tmp_path / f".best.pt.{host}.{dead_pid}.0a1b2c3d.tmp"
+    for path in (dead, mine, elsewhere, other_target):
+        path.write_bytes(b"half")
+    assert remove_stale_temporaries(target) == [dead]
+    assert not dead.exists() and mine.exists() and elsewhere.exists() and other_target.exists()
+    atomic_save({"step": 1}, tmp_path / "best.pt")                     # checkpoint writes sweep first
+    assert not other_target.exists() and load_checkpoint(tmp_path / "best.pt")["step"] == 1
 
 
 def test_full_disk_while_writing_a_checkpoint(tmp_path, monkeypatch, capsys):

@@ -43,8 +43,11 @@ CHECKPOINT_FORMAT = 1
 
 
 def atomic_save(obj: Any, path: PathLike) -> Path:
-    """``torch.save(obj)`` to ``path`` atomically (temporary file, fsync, ``os.replace``)."""
-    with atomic_path(path) as tmp, open(tmp, "wb") as stream:
+    """``torch.save(obj)`` to ``path`` atomically (temporary file, fsync, ``os.replace``).
+
+    Temporaries of ``path`` that killed runs left behind are removed first.
+    """
+    with atomic_path(path, remove_stale=True) as tmp, open(tmp, "wb") as stream:
         torch.save(obj, stream)
         stream.flush()
         os.fsync(stream.fileno())
