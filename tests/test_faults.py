@@ -120,12 +120,16 @@ KILL_DURING_SAVE = """
 
 
 def test_sigkill_mid_epoch_then_resume_gives_the_same_weights(tmp_path, reference):
-    """Killed after step 7 (last.pt is step 6, half-way through epoch 2), resumed with --resume."""
+    """Killed after step 7 (last.pt is step 6, half-way through epoch 2), resumed with --resume.
+
+    Checkpoints are written in a background thread (``train.async_checkpoint``): should step
+    6's write not have finished when the kill lands, last.pt is step 3's, also mid-epoch.
+    """
     config = write_config(tmp_path / "run.yaml", tmp_path / "run", train=TRAIN)
     child = run_python(KILL_AFTER_STEP, config, 7, cwd=tmp_path)
     assert killed(child), child.stderr
     state = load_checkpoint(tmp_path / "run" / "last.pt")
-    assert (state["step"], state["epoch"], state["sampler"]["batches_done"]) == (6, 1, 2)
+    assert (state["step"], state["epoch"], state["sampler"]["batches_done"]) in ((6, 1, 2), (3, 0, 3))
 
     resumed = facekd("train-teacher", "--config", str(config), "--resume", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
