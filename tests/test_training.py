@@ -18,7 +18,8 @@ from facekd.config import CONFIG_DIR, ExperimentConfig, OptimConfig, load_config
 from facekd.errors import ConfigError, TrainingError
 from facekd.training import (CACHE_STATS, Hook, StudentTask, TeacherCache, TeacherTask, Trainer, build_scheduler,
                              load_checkpoint, read_metrics, run_training)
-from facekd.training import tasks as tasks_module
+from facekd.teachers import load_teacher
+from facekd.teachers import torch_teacher as torch_teacher_module
 from facekd.training.checkpoint import atomic_save
 from facekd.training.teacher_cache import cache_key
 
@@ -160,47 +161,50 @@ def count_forwards(module: torch.nn.Module) -> List[int]:
 
 def test_teacher_cache_hit_skips_teacher_and_rebuilds_on_change(tmp_path, teacher_ckpt):
     from facekd.data import SyntheticFaces
+    from facekd.teachers import Framing, TorchTeacher
 
-    teacher = tasks_module.load_teacher(load_config(None, [f"teacher.checkpoint={teacher_ckpt}"]).teacher).backbone
+    frozen = load_teacher(load_config(None, [f"teacher.checkpoint={teacher_ckpt}"]).teacher)
+    teacher, backbone = TorchTeacher(frozen, framing=Framing(32)), frozen.backbone
     dataset = SyntheticFaces(4, 3, seed=1)
-    calls = count_forwards(teacher)
+    calls = count_forwards(backbone)
     CACHE_STATS.reset()
-    first = TeacherCache.load_or_build(teacher, dataset, 32, tmp_path, batch_size=5)
+    first = TeacherCache.load_or_build(teacher, dataset, tmp_path, batch_size=5)
     assert (CACHE_STATS.misses, CACHE_STATS.hits) == (1, 0) and calls[0] == 3 and not first.from_disk
     assert first.embeddings.shape == (12, 2, 32)
     # the mirror's embedding is the teacher's embedding of the flipped image
     image = torch.from_numpy(dataset.load(5)[:, ::-1].copy())[None]
     from facekd.training.data import batch_to_input
     with torch.no_grad():
-        expected = teacher.eval()(batch_to_input(image, 32))
+        expected = backbone.eval()(batch_to_input(image, 32))
     assert torch.allclose(first.lookup(torch.tensor([5]), torch.tensor([True])), expected, atol=1e-5)
 
     calls[0] = 0
-    second = TeacherCache.load_or_build(teacher, dataset, 32, tmp_path, batch_size=5)
+    second = TeacherCache.load_or_build(teacher, dataset, tmp_path, batch_size=5)
     assert second.from_disk and CACHE_STATS.hits == 1 and calls[0] == 0    # no teacher forward on a hit
     assert torch.equal(second.embeddings, first.embeddings)
 
     with torch.no_grad():
-        teacher.fc.bias.add_(0.01)                                        # other teacher weights
-    third = TeacherCache.load_or_build(teacher, dataset, 32, tmp_path, batch_size=5)
+        backbone.fc.bias.add_(0.01)                                       # other teacher weights
+    third = TeacherCache.load_or_build(teacher, dataset, tmp_path, batch_size=5)
     assert not third.from_disk and CACHE_STATS.misses == 2 and calls[0] > 0
     assert not torch.allclose(third.embeddings, first.embeddings)
-    assert cache_key(teacher, SyntheticFaces(4, 3, seed=2), 32) != third.key       # other data
-    assert cache_key(teacher, dataset, 28) != third.key                          # other preprocessing
+    assert cache_key(teacher, SyntheticFaces(4, 3, seed=2)) != third.key                   # other data
+    assert cache_key(TorchTeacher(frozen, framing=Framing(28)), dataset) != third.key      # other framing
+    assert cache_key(TorchTeacher(frozen, amp="bf16", framing=Framing(32)), dataset) != third.key  # precision
     assert len(list(tmp_path.glob("teacher_*.pt"))) == 2
 
 
 def test_student_distillation_reads_the_cache(tmp_path, teacher_ckpt, monkeypatch):
     """All four student losses together; the second run's teacher never runs a forward pass."""
     calls = []
-    original = tasks_module.load_teacher
+    original = torch_teacher_module.load_teacher
 
     def counting_load_teacher(*args, **kwargs):
         teacher = original(*args, **kwargs)
         calls.append(count_forwards(teacher.backbone))
         return teacher
 
-    monkeypatch.setattr(tasks_module, "load_teacher", counting_load_teacher)
+    monkeypatch.setattr(torch_teacher_module, "load_teacher", counting_load_teacher)
     CACHE_STATS.reset()
     over = student_overrides(teacher_ckpt, tmp_path / "cache", train={"max_steps_per_epoch": 2})
     run_training(tiny_config(tmp_path, "first", **over), "student")
@@ -212,7 +216,11 @@ def test_student_distillation_reads_the_cache(tmp_path, teacher_ckpt, monkeypatc
     assert all(math.isfinite(record[k]) for k in ("arcface", "triplet_distill", "feature_distill", "hinton_kd"))
 
 
-def test_insightface_style_teacher_and_hinton_needs_a_head(tmp_path, teacher_ckpt):
+def test_insightface_style_teacher_and_hinton_from_class_centres(tmp_path, teacher_ckpt):
+    """A head-less teacher (plain state dict): Hinton KD's teacher logits are scale * cos to the
+    identities' mean teacher embeddings; without the cache that is refused."""
+    from facekd.teachers.base import ClassCentreHead
+
     raw = tmp_path / "backbone.pth"         # a plain state dict with DDP prefixes, like insightface's
     state = load_checkpoint(teacher_ckpt)["state_dict"]
     torch.save({f"module.{k}": v for k, v in state.items()}, raw)
@@ -222,8 +230,28 @@ def test_insightface_style_teacher_and_hinton_needs_a_head(tmp_path, teacher_ckp
     trainer.build()
     assert trainer.task.teacher.head is None
     assert torch.equal(trainer.task.teacher.backbone.fc.weight, state["fc.weight"])
+
     cfg = tiny_config(tmp_path, "raw_hinton", **student_overrides(str(raw), tmp_path / "cache"))
-    with pytest.raises(ConfigError, match="hinton_kd needs the teacher's margin head"):
+    trainer = Trainer(cfg, StudentTask(cfg))
+    trainer.build()
+    task = trainer.task
+    task.on_train_start(trainer)
+    head = task.teacher.head
+    assert isinstance(head, ClassCentreHead) and head.scale == 32.0        # the student head's scale
+    clean = torch.nn.functional.normalize(task.cache.embeddings[:, 0].float(), dim=1)
+    labels = torch.as_tensor(task.dataset.labels)
+    for k in (0, task.dataset.num_classes - 1):                            # centre = mean unit embedding
+        expected = torch.nn.functional.normalize(clean[labels == k].mean(0), dim=0)
+        assert torch.allclose(head.centres[k], expected, atol=1e-5)
+    batch = {"index": torch.tensor([0, 5]), "flipped": torch.tensor([False, True])}
+    logits = task.teacher_outputs(batch)["teacher_logits"]
+    e = torch.nn.functional.normalize(task.cache.lookup(batch["index"], batch["flipped"]), dim=1)
+    assert logits.shape == (2, task.dataset.num_classes)
+    assert torch.allclose(logits, 32.0 * e @ head.centres.t(), atol=1e-5)
+
+    cfg = tiny_config(tmp_path, "raw_hinton_online", **student_overrides(
+        str(raw), tmp_path / "cache", teacher={"cache": False}))
+    with pytest.raises(ConfigError, match="class-centre logits need the teacher cache"):
         Trainer(cfg, StudentTask(cfg)).build()
 
 
@@ -424,3 +452,49 @@ def test_compile_flag_runs_the_step_through_torch_compile(tmp_path, monkeypatch)
         assert summary["steps"] == 2
     assert len(compiled) == 1 and compiled[0] is trainer.module and trainer.model is not trainer.module
     assert losses[True] == pytest.approx(losses[False], rel=1e-4)
+
+
+# --------------------------------------------------------------------------- issue 15's methods in a run
+
+def test_student_initialised_from_the_teacher_starts_as_the_teacher(tmp_path, teacher_ckpt):
+    """init_from: teacher copies the teacher's weights (same architecture); another one is refused."""
+    over = student_overrides(teacher_ckpt, tmp_path / "cache", model=TINY_MODEL, init_from="teacher",
+                             losses=[ALL_STUDENT_LOSSES[0], ALL_STUDENT_LOSSES[2]])
+    cfg = tiny_config(tmp_path, "transfer", **over)
+    trainer = Trainer(cfg, StudentTask(cfg))
+    trainer.build()
+    teacher_state = load_checkpoint(teacher_ckpt)["state_dict"]
+    student_state = trainer.task.backbone.state_dict()
+    assert set(student_state) == set(teacher_state)
+    assert all(torch.equal(student_state[k], teacher_state[k]) for k in teacher_state)
+    cfg = tiny_config(tmp_path, "transfer_bad", **{**over, "model": {**TINY_MODEL, "embedding_size": 16}})
+    with pytest.raises(ConfigError, match="embedding_size: student 16, teacher 32"):
+        Trainer(cfg, StudentTask(cfg)).build()
+
+
+def test_neuron_selection_is_fitted_on_the_teacher_cache(tmp_path, teacher_ckpt):
+    from facekd.losses.neuron_selection import select_neurons
+
+    loss = {"name": "neuron_select_distill", "weight": 1.0, "num_neurons": 8}
+    over = student_overrides(teacher_ckpt, tmp_path / "cache", losses=[ALL_STUDENT_LOSSES[0], loss],
+                             train={"max_steps_per_epoch": 2, "epochs": 1})
+    summary = run_training(tiny_config(tmp_path, "neurons", **over), "student")
+    record = read_metrics(Path(summary["output_dir"]) / "metrics.jsonl", "train")[-1]
+    assert math.isfinite(record["neuron_select_distill"]) and record["neuron_select_distill"] > 0
+    state = load_checkpoint(Path(summary["output_dir"]) / "last.pt")
+    selected = next(v for k, v in state["losses"].items() if k.endswith("selected"))
+    cache = next((tmp_path / "cache").glob("teacher_*.pt"))
+    clean = torch.load(cache, weights_only=True)["embeddings"][:, 0]
+    dataset_labels = torch.as_tensor(summary_dataset_labels(tiny_config(tmp_path, "neurons", **over)))
+    assert torch.equal(selected, select_neurons(clean, dataset_labels, 8))
+    online = student_overrides(teacher_ckpt, tmp_path / "cache", losses=[ALL_STUDENT_LOSSES[0], loss],
+                               teacher={"cache": False})
+    with pytest.raises(ConfigError, match="need the teacher cache"):
+        cfg = tiny_config(tmp_path, "neurons_online", **online)
+        Trainer(cfg, StudentTask(cfg)).build()
+
+
+def summary_dataset_labels(cfg: ExperimentConfig):
+    from facekd.data import build_train_dataset
+
+    return build_train_dataset(cfg.data).labels

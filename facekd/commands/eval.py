@@ -42,10 +42,16 @@ class EvalCommand(Command):
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--model", action="append", required=True, metavar="SPEC",
                             help="a checkpoint (.pt/.pth) or ONNX file; or path=FILE,role=teacher|baseline|"
-                                 "distilled,label=NAME,arch=NAME,embedding_size=N (repeatable)")
+                                 "distilled,label=NAME,arch=NAME,embedding_size=N; any teacher source with "
+                                 "kind=onnx|dlib|embeddings (kind=dlib needs no path) and its framing "
+                                 "input_size=,template=arcface|dlib,channel_order=RGB|BGR,mean=,std=; "
+                                 "resolution=false skips its resolution curve (repeatable). A role=teacher "
+                                 "model adds cross-model results for models of its embedding size")
         parser.add_argument("--val", action="append", required=True, metavar="KIND:PATH",
                             help=f"a verification set, KIND one of {', '.join(VAL_KINDS)} "
-                                 "(e.g. lfw:data/lfw/pairs.txt, bin:agedb_30.bin, synthetic) (repeatable)")
+                                 "(e.g. lfw:data/lfw/pairs.txt, bin:agedb_30.bin, synthetic), optionally with "
+                                 "its own ,key=value options (cfp_fp:data/cfp,root=aligned/cfp,align=none) "
+                                 "(repeatable)")
         parser.add_argument("--val-option", action="append", default=[], metavar="KEY=VALUE",
                             help="extra argument for facekd.data.build_pair_set, given to every set")
         parser.add_argument("--out", default="results.json", help="results JSON (default: %(default)s)")

@@ -484,10 +484,12 @@ def _cfp_list(path: Path) -> Dict[int, str]:
 
 
 def cfp_pair_set(path, protocol: str = "FP", name: Optional[str] = None, check_files: bool = True,
-                 **options) -> PairSet:
+                 root=None, **options) -> PairSet:
     """CFP frontal-profile (``protocol='FP'``) or frontal-frontal (``'FF'``) from the official layout.
 
     ``path`` is the CFP folder (holding ``Protocol/`` and ``Data/``) or its ``Protocol/`` folder.
+    ``root``: a folder of faces aligned beforehand with the layout of ``Data/Images``
+    (``facekd align CFP/Data/Images ROOT``); the protocol's images are read from there instead.
     """
     protocol = protocol.upper()
     if protocol not in ("FP", "FF"):
@@ -495,6 +497,10 @@ def cfp_pair_set(path, protocol: str = "FP", name: Optional[str] = None, check_f
     proto = _protocol_dir(Path(path))
     frontal = _cfp_list(proto / "Pair_list_F.txt")
     second = _cfp_list(proto / "Pair_list_P.txt") if protocol == "FP" else frontal
+    if root is not None:
+        images = os.path.normpath(proto.parent / "Data" / "Images")
+        frontal, second = ({k: os.path.join(root, os.path.relpath(v, images)) for k, v in listing.items()}
+                           for listing in (frontal, second))
     split_dir = proto / "Split" / protocol
     fold_dirs = sorted(p for p in split_dir.iterdir() if p.is_dir()) if split_dir.is_dir() else []
     if not fold_dirs:

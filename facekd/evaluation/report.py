@@ -32,6 +32,8 @@ from facekd.evaluation.verification import FAR_TOLERANCE_FACTOR, far_key
 ROLE_ORDER = {"teacher": 0, "baseline": 1, "distilled": 2}
 DASH = "–"
 RESOLUTION_CAPTION = "Accuracy % (flip) by probe size, in brackets the difference to the baseline in points"
+CROSS_CAPTION = ("Cross-model verification: first image of each pair embedded by the model, second by the "
+                 "teacher (flip embeddings)")
 
 
 @dataclass
@@ -130,6 +132,28 @@ def resolution_table(results: Dict[str, Any], val_name: str) -> Tuple[List[str],
     header = ["Model", "Role"] + [f"{size} px" for size in sizes]
     rows = [[m["label"], m.get("role") or DASH] + [cell(by_size, size) for size in sizes]
             for m, by_size in curves]
+    return header, rows
+
+
+def cross_model_table(results: Dict[str, Any], val_name: str) -> Tuple[List[str], List[List[str]]]:
+    """Cross-model verification (model probe vs teacher gallery) beside each model's own accuracy.
+
+    Rows only for models with ``results[val_name]["cross"]`` (see
+    :func:`facekd.evaluation.runner.cross_model_results`); no rows when there are none.
+    """
+    fars = results.get("protocol", {}).get("far_targets", [1e-3, 1e-2])
+    header = (["Model", "Role", "Accuracy % (own embeddings)", "Accuracy % (probe vs teacher)"]
+              + [f"TAR@FAR={far_key(f)} % (vs teacher)" for f in fars])
+    rows = []
+    for model in ordered_models(results):
+        result = model.get("results", {}).get(val_name) or {}
+        cross = result.get("cross")
+        if not cross:
+            continue
+        own, mixed = result["flip"], cross["flip"]
+        rows.append([model["label"], model.get("role") or DASH, _percent(own["accuracy_mean"], own["accuracy_std"]),
+                     _percent(mixed["accuracy_mean"], mixed["accuracy_std"])]
+                    + [tar_cell(mixed["tar_at_far"].get(far_key(f))) for f in fars])
     return header, rows
 
 
@@ -247,6 +271,9 @@ def _val_set_section(results: Dict[str, Any], val_set: Dict[str, Any], plots: Di
     resolution_header, resolution_rows = resolution_table(results, name)
     if resolution_rows:
         parts += [f"<h3>{RESOLUTION_CAPTION}</h3>", html_table(resolution_header, resolution_rows)]
+    cross_header, cross_rows = cross_model_table(results, name)
+    if cross_rows:
+        parts += [f"<h3>{CROSS_CAPTION}</h3>", html_table(cross_header, cross_rows)]
     images = "".join(f"<img class='plot' alt='{html.escape(kind)} {html.escape(name)}' src='{data_uri(png)}'>"
                      for kind, png in plots.items())
     parts.append(f"<div class='plots'>{images}</div>")
@@ -320,6 +347,9 @@ def render_markdown(results: Dict[str, Any], title: str = "Face verification rep
         resolution_header, resolution_rows = resolution_table(results, name)
         if resolution_rows:
             lines += [f"{RESOLUTION_CAPTION}:", "", markdown_table(resolution_header, resolution_rows), ""]
+        cross_header, cross_rows = cross_model_table(results, name)
+        if cross_rows:
+            lines += [f"{CROSS_CAPTION}:", "", markdown_table(cross_header, cross_rows), ""]
         for kind, file in (plot_files or {}).get(name, {}).items():
             lines += [f"![{kind} on {name}]({file})", ""]
     return "\n".join(lines)

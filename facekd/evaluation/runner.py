@@ -32,6 +32,7 @@ import datetime as _dt
 import json
 import os
 import platform
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,10 +41,12 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from facekd.errors import CheckpointError, ConfigError, DataError
-from facekd.evaluation.embed import DegradeFn, Embedder, TorchEmbedder, extract_embeddings, measure_embedding_size
+from facekd.evaluation.embed import (DegradeFn, Embedder, ImageEmbeddings, TorchEmbedder, extract_embeddings,
+                                    measure_embedding_size)
 from facekd.evaluation.imaging import encode_image
 from facekd.evaluation.resolution import DEFAULT_SIZES, SIDES, resolution_curve
-from facekd.evaluation.verification import DEFAULT_FAR_TARGETS, VerificationResult, evaluate, pair_embeddings
+from facekd.evaluation.verification import (DEFAULT_FAR_TARGETS, VerificationResult, evaluate, l2_normalize,
+                                           pair_embeddings)
 from facekd.fileio import atomic_write_text
 from facekd.preprocess import INPUT_SIZE
 from facekd.registry import Registry
@@ -72,35 +75,51 @@ def _parse_fields(text: str, what: str) -> Dict[str, str]:
 
 @dataclass
 class ModelSpec:
-    """A model to evaluate: a facekd checkpoint (``.pt``/``.pth``) or an ONNX file.
+    """A model to evaluate: a facekd checkpoint (``.pt``/``.pth``), an ONNX file, or any teacher source.
 
     ``arch`` is needed only for a plain state dict without ``model_config`` (e.g. an
     insightface ``backbone.pth``); ``embedding_size``, if given, is checked against what the
-    model actually produces.
+    model actually produces.  ``kind`` (a :data:`facekd.teachers.TEACHERS` name: ``onnx``,
+    ``dlib``, ``embeddings``) loads the file as that teacher source, framed its way
+    (``input_size``, ``template``, ``channel_order``, ``mean``, ``std`` override the kind's
+    defaults); ``kind=dlib`` needs no path (the packaged model).  ``resolution=false`` skips
+    the model's resolution curve (e.g. for a slow teacher).
     """
-    path: str
+    path: str = ""
     role: Optional[str] = None
     label: Optional[str] = None
     arch: Optional[str] = None
     embedding_size: Optional[int] = None
-    input_size: int = INPUT_SIZE
+    input_size: Optional[int] = None
+    kind: Optional[str] = None
+    template: Optional[str] = None
+    channel_order: Optional[str] = None
+    mean: Optional[float] = None
+    std: Optional[float] = None
+    resolution: bool = True
 
     @classmethod
     def parse(cls, text: str) -> "ModelSpec":
-        """``PATH`` or ``path=PATH,role=teacher,label=IResNet-50,arch=iresnet50,embedding_size=512``."""
-        if not text.startswith("path=") and ",path=" not in text:
+        """``PATH`` or ``path=PATH,role=teacher,label=IResNet-50,arch=iresnet50,embedding_size=512``
+        (also ``kind=dlib,role=teacher`` and ``path=w600k_r50.onnx,kind=onnx,channel_order=BGR``)."""
+        if not re.match(r"[a-z_]+=", text):
             return cls(path=text)
         fields = _parse_fields(text, "--model")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(fields) - known)
         if unknown:
             raise ConfigError(f"--model {text!r}: unknown key(s) {unknown}; known: {sorted(known)}")
-        for key in ("embedding_size", "input_size"):
+        for key, convert in (("embedding_size", int), ("input_size", int), ("mean", float), ("std", float)):
             if key in fields:
                 try:
-                    fields[key] = int(fields[key])  # type: ignore[assignment]
+                    fields[key] = convert(fields[key])  # type: ignore[assignment]
                 except ValueError:
-                    raise ConfigError(f"--model {text!r}: {key} must be an integer") from None
+                    raise ConfigError(f"--model {text!r}: {key} must be a number") from None
+        if "resolution" in fields:
+            flag = fields["resolution"].lower()
+            if flag not in ("true", "false"):
+                raise ConfigError(f"--model {text!r}: resolution must be true or false")
+            fields["resolution"] = flag == "true"  # type: ignore[assignment]
         spec = cls(**fields)  # type: ignore[arg-type]
         if spec.role is not None and spec.role not in ROLES:
             raise ConfigError(f"--model {text!r}: role must be one of {ROLES}, got {spec.role!r}")
@@ -111,6 +130,8 @@ class ModelSpec:
         """``label`` or a name derived from the path (``runs/kd/best.pt`` -> ``kd/best``)."""
         if self.label:
             return self.label
+        if not self.path:
+            return str(self.kind)
         path = Path(self.path)
         return f"{path.parent.name}/{path.stem}" if path.parent.name else path.stem
 
@@ -125,12 +146,23 @@ class ValSpec:
 
     @classmethod
     def parse(cls, text: str, options: Optional[Dict[str, Any]] = None) -> "ValSpec":
-        """``KIND:PATH`` (``synthetic`` needs no path).
+        """``KIND:PATH`` (``synthetic`` needs no path), optionally followed by this set's own
+        ``,key=value`` options for :func:`facekd.data.build_pair_set` (values parsed as YAML;
+        they override ``options``), e.g. ``cfp_fp:data/cfp,root=aligned/cfp,align=none``.
 
         The name is a .bin file's stem; else the kind, suffixed with the list's stem when that
         is not the standard one (``lfw:View1/pairsDevTest.txt`` -> ``lfw_pairsDevTest``).
         """
-        kind, _, path = text.partition(":")
+        import yaml
+
+        kind, _, rest = text.partition(":")
+        path, *items = rest.split(",") if rest else [""]
+        own = {}
+        for item in items:
+            key, sep, value = item.partition("=")
+            if not sep or not key.strip():
+                raise ConfigError(f"--val {text!r}: expected KIND:PATH[,key=value...], got item {item!r}")
+            own[key.strip()] = yaml.safe_load(value)
         kind = kind.strip()
         if kind not in PAIR_KINDS:
             raise ConfigError(f"--val {text!r}: kind must be one of {PAIR_KINDS}, got {kind!r}")
@@ -143,7 +175,7 @@ class ValSpec:
             name = kind
         else:                                   # e.g. lfw:.../pairsDevTest.txt -> lfw_pairsDevTest
             name = f"{kind}_{stem}"
-        return cls(kind=kind, path=path or None, name=name, options=dict(options or {}))
+        return cls(kind=kind, path=path or None, name=name, options={**(options or {}), **own})
 
 
 # --------------------------------------------------------------------------- loading models
@@ -159,12 +191,18 @@ class LoadedModel:
     arch: Optional[str] = None
     params: Optional[int] = None
     macs: Optional[int] = None
+    #: side of the batches the embedder takes (default ``input_size``; teachers take 112 px faces)
+    embedder_input_size: Optional[int] = None
+    #: a teacher of precomputed vectors: looked up by image key instead of embedding pixels
+    keyed: Any = None
+    framing: Optional[str] = None
 
     def describe(self) -> Dict[str, Any]:
         """The JSON fields describing the model (without results)."""
         return {"label": self.spec.display_label, "role": self.spec.role, "path": self.spec.path,
                 "format": self.format, "arch": self.arch, "embedding_size": self.embedding_size,
-                "input_size": self.input_size, "params": self.params, "macs": self.macs}
+                "input_size": self.input_size, "params": self.params, "macs": self.macs,
+                **({"framing": self.framing} if self.framing else {})}
 
 
 def check_embedding_size(path: str, actual: int, declared: Dict[str, Optional[int]]) -> None:
@@ -177,17 +215,43 @@ def check_embedding_size(path: str, actual: int, declared: Dict[str, Optional[in
 
 def load_model(spec: ModelSpec, device: str = "cpu", batch_size: Optional[int] = None,
                amp: str = "none") -> LoadedModel:
-    """Load ``spec.path`` with the loader its suffix selects (:data:`SUFFIX_FORMATS`)."""
-    if not os.path.isfile(spec.path):
-        raise DataError(spec.path, "model file not found")
-    suffix = Path(spec.path).suffix.lower()
-    if suffix not in SUFFIX_FORMATS:
-        raise DataError(spec.path, f"unknown model file type {suffix!r}; expected one of "
-                                   f"{sorted(SUFFIX_FORMATS)}")
-    loaded = MODEL_FORMATS.get(SUFFIX_FORMATS[suffix])(spec, device=device, batch_size=batch_size, amp=amp)
+    """Load ``spec.path`` with the loader its ``kind`` or suffix selects (:data:`SUFFIX_FORMATS`)."""
+    if spec.kind not in (None, "torch"):
+        loader = load_teacher_model
+    else:
+        check_model_file(spec)
+        suffix = Path(spec.path).suffix.lower()
+        if suffix not in SUFFIX_FORMATS:
+            raise DataError(spec.path, f"unknown model file type {suffix!r}; expected one of "
+                                       f"{sorted(SUFFIX_FORMATS)} (or name a teacher kind=...)")
+        loader = MODEL_FORMATS.get(SUFFIX_FORMATS[suffix])
+    loaded = loader(spec, device=device, batch_size=batch_size, amp=amp)
     check_embedding_size(spec.path, loaded.embedding_size,
                          {"the --model spec / --embedding-size": spec.embedding_size})
     return loaded
+
+
+def check_model_file(spec: ModelSpec) -> None:
+    """:class:`DataError` unless ``spec.path`` exists (a ``kind=dlib`` spec may name none)."""
+    if spec.kind == "dlib" and not spec.path:
+        return
+    if not spec.path or not os.path.isfile(spec.path):
+        raise DataError(spec.path or "<no path>", "model file not found")
+
+
+def load_teacher_model(spec: ModelSpec, device: str = "cpu", batch_size: Optional[int] = None,
+                       amp: str = "none") -> LoadedModel:
+    """Any :mod:`facekd.teachers` source (``spec.kind``), run on 112 px faces framed its way."""
+    from facekd.config import FramingConfig, TeacherConfig
+    from facekd.teachers import TeacherEmbedder, build_teacher
+
+    check_model_file(spec)
+    framing = FramingConfig(spec.input_size, spec.template, spec.channel_order, spec.mean, spec.std)
+    teacher = build_teacher(TeacherConfig(kind=spec.kind, path=spec.path or None, framing=framing), device, amp)
+    keyed = teacher if teacher.kind == "embeddings" else None
+    return LoadedModel(spec, teacher.kind, TeacherEmbedder(teacher, batch_size or 0), teacher.embedding_size,
+                       teacher.framing.input_size, teacher.kind, embedder_input_size=INPUT_SIZE, keyed=keyed,
+                       framing=teacher.framing.describe())
 
 
 def _checkpoint_model_config(checkpoint: Any, spec: ModelSpec) -> Dict[str, Any]:
@@ -199,7 +263,7 @@ def _checkpoint_model_config(checkpoint: Any, spec: ModelSpec) -> Dict[str, Any]
             raise CheckpointError(f"{spec.path}: the checkpoint has no 'model_config'; name the "
                                   f"architecture with --model path=...,arch=NAME")
         config = {"name": spec.arch, "embedding_size": spec.embedding_size or 512,
-                  "input_size": spec.input_size}
+                  "input_size": spec.input_size or INPUT_SIZE}
     if not isinstance(config, dict) or "name" not in config:
         raise CheckpointError(f"{spec.path}: 'model_config' must be a dict with a 'name', got {config!r}")
     return dict(config)
@@ -349,16 +413,29 @@ def hardest_pairs(result: VerificationResult, pair_set: Any, k: int) -> Dict[str
             "false_rejects": [describe(i) for i in false_rejects]}
 
 
-def evaluate_on_pair_set(model: LoadedModel, pair_set: Any, options: EvalOptions) -> Dict[str, Any]:
-    """Plain and flip verification, resolution curve and hardest pairs of one model on one set."""
+def image_embeddings(model: LoadedModel, pair_set: Any, options: EvalOptions) -> ImageEmbeddings:
+    """Clean (plain, flip) embeddings of every image of ``pair_set``: embedded, or looked up by key."""
+    if model.keyed is None:
+        return extract_embeddings(model.embedder, pair_set, options.batch_size, progress=options.progress,
+                                  num_workers=options.num_workers)
+    rows = model.keyed.lookup(pair_set.images).numpy()
+    return ImageEmbeddings(l2_normalize(rows[:, 0]), l2_normalize(rows[:, 0] + rows[:, 1]))
+
+
+def evaluate_on_pair_set(model: LoadedModel, pair_set: Any, options: EvalOptions,
+                         clean: Optional[ImageEmbeddings] = None) -> Dict[str, Any]:
+    """Plain and flip verification, resolution curve and hardest pairs of one model on one set.
+
+    ``clean`` are the model's embeddings of the set when already computed.  A model of
+    precomputed embeddings has no resolution curve (it cannot embed degraded probes).
+    """
     start = time.perf_counter()
-    clean = extract_embeddings(model.embedder, pair_set, options.batch_size, progress=options.progress,
-                               num_workers=options.num_workers)
+    clean = clean if clean is not None else image_embeddings(model, pair_set, options)
     results = {kind: evaluate(pair_embeddings(pair_set.pairs, getattr(clean, kind)), pair_set.issame,
                               options.nrof_folds, options.far_targets)
                for kind in ("plain", "flip")}
     curve = None
-    if options.resolution_sizes:
+    if options.resolution_sizes and model.keyed is None and model.spec.resolution:
         curve = resolution_curve(model.embedder, pair_set, options.resolution_sizes, options.resolution_side,
                                  options.batch_size, clean=clean, nrof_folds=options.nrof_folds,
                                  far_targets=options.far_targets, progress=options.progress,
@@ -368,6 +445,30 @@ def evaluate_on_pair_set(model: LoadedModel, pair_set: Any, options: EvalOptions
             "seconds": round(time.perf_counter() - start, 3)}
 
 
+def cross_model_results(entries: Sequence[Dict[str, Any]], embeddings: Dict[Tuple[int, str], ImageEmbeddings],
+                        pair_sets: Sequence[Any], options: EvalOptions) -> None:
+    """Add ``results[set]["cross"]`` to every model that shares the teacher's embedding size.
+
+    Cross-model verification: the first image of each pair is embedded by the model, the
+    second by the first ``role=teacher`` model (flip embeddings) — what a phone model
+    matching a gallery enrolled with the server's teacher needs.  It is meaningful when the
+    student was distilled into the teacher's embedding space (``feature_distill`` without a
+    projection).
+    """
+    teachers = [i for i, entry in enumerate(entries) if entry.get("role") == "teacher"]
+    if not teachers:
+        return
+    t = teachers[0]
+    for i, entry in enumerate(entries):
+        if i == t or entry["embedding_size"] != entries[t]["embedding_size"]:
+            continue
+        for pair_set in pair_sets:
+            result = evaluate(pair_embeddings(pair_set.pairs, embeddings[i, pair_set.name].flip,
+                                              embeddings[t, pair_set.name].flip),
+                              pair_set.issame, options.nrof_folds, options.far_targets)
+            entry["results"][pair_set.name]["cross"] = {"teacher": entries[t]["label"], "flip": result.to_dict()}
+
+
 def evaluate_models(models: Sequence[ModelSpec], val_sets: Sequence[Union[ValSpec, Any]],
                     options: Optional[EvalOptions] = None,
                     log: Callable[[str], None] = print) -> Dict[str, Any]:
@@ -375,12 +476,13 @@ def evaluate_models(models: Sequence[ModelSpec], val_sets: Sequence[Union[ValSpe
 
     ``val_sets`` holds :class:`ValSpec` (built with ``facekd.data.build_pair_set``) or
     ready pair-set objects.  Every pair set is built and every model loaded and checked
-    (embedding size) before any embedding work, so bad input fails fast.
+    (embedding size) before any embedding work, so bad input fails fast.  With a
+    ``role=teacher`` model, models of its embedding size also get cross-model results
+    (:func:`cross_model_results`).
     """
     options = options or EvalOptions()
     for spec in models:
-        if not os.path.isfile(spec.path):
-            raise DataError(spec.path, "model file not found")
+        check_model_file(spec)
     built = build_pair_sets(val_sets)
     if options.embedding_size is not None:
         models = [spec if spec.embedding_size is not None else dataclasses.replace(spec, embedding_size=options.embedding_size)
@@ -400,20 +502,23 @@ def evaluate_models(models: Sequence[ModelSpec], val_sets: Sequence[Union[ValSpe
         "val_sets": [description for _, description in built],
         "models": [],
     }
-    for model in loaded:
+    embeddings: Dict[Tuple[int, str], ImageEmbeddings] = {}
+    for index, model in enumerate(loaded):
         entry = model.describe()
         entry["latency_ms"] = None
-        if options.latency_runs > 0:
-            entry["latency_ms"] = round(measure_latency(model.embedder, model.input_size,
+        if options.latency_runs > 0 and model.keyed is None:
+            entry["latency_ms"] = round(measure_latency(model.embedder, model.embedder_input_size or model.input_size,
                                                         options.latency_batch_size, runs=options.latency_runs), 4)
         entry["latency_batch_size"] = options.latency_batch_size
         entry["results"] = {}
         for pair_set in pair_sets:
-            entry["results"][pair_set.name] = result = evaluate_on_pair_set(model, pair_set, options)
+            embeddings[index, pair_set.name] = clean = image_embeddings(model, pair_set, options)
+            entry["results"][pair_set.name] = result = evaluate_on_pair_set(model, pair_set, options, clean)
             flip = result["flip"]
             log(f"{entry['label']} on {pair_set.name}: accuracy {100 * flip['accuracy_mean']:.2f} "
                 f"± {100 * flip['accuracy_std']:.2f}%  AUC {flip['auc']:.4f}  EER {100 * flip['eer']:.2f}%")
         output["models"].append(entry)
+    cross_model_results(output["models"], embeddings, pair_sets, options)
     return output
 
 

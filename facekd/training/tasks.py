@@ -32,10 +32,11 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 from torch import nn
 
-from facekd.config import ExperimentConfig, ModelConfig, from_dict, to_dict
+from facekd.config import ExperimentConfig, to_dict
 from facekd.errors import CheckpointError, ConfigError
 from facekd.preprocess import InputResize
 from facekd.registry import Registry
+from facekd.teachers import FrozenTeacher, Teacher, build_teacher, load_teacher  # noqa: F401 (re-exported)
 from facekd.training.data import TrainView, batch_to_input, keep_uint8
 from facekd.training.trainer import Hook
 
@@ -216,67 +217,23 @@ class TeacherTask(Task):
                                   "use train-student for distillation")
 
 
-class FrozenTeacher(nn.Module):
-    """The teacher backbone (and its margin head, if the checkpoint has one), frozen in eval mode."""
-
-    def __init__(self, backbone: nn.Module, head: Optional[nn.Module], classes: Optional[list],
-                 path: str, model_config: ModelConfig) -> None:
-        super().__init__()
-        self.backbone = backbone
-        self.head = head
-        self.classes = classes
-        self.path = path
-        self.model_config = model_config
-        self.requires_grad_(False)
-        self.eval()
-
-    def train(self, mode: bool = True) -> "FrozenTeacher":
-        """Stays in eval mode (BN statistics are frozen)."""
-        return super().train(False)
-
-
-def load_teacher(teacher_cfg: Any, device: torch.device = torch.device("cpu")) -> FrozenTeacher:
-    """The frozen teacher of a ``TeacherConfig``.
-
-    ``teacher.checkpoint`` is a facekd checkpoint (its ``model_config`` builds the
-    architecture; its ``head`` gives the margin-free logits for Hinton KD) or a plain
-    state dict such as insightface's ``backbone.pth`` (architecture from ``teacher.model``,
-    e.g. ``iresnet100``; no head).
-    """
-    from facekd.losses import LOSSES
-    from facekd.models import build_model, load_pretrained, read_checkpoint
-
-    path = teacher_cfg.checkpoint
-    if not path:
-        raise ConfigError("a loss needs a teacher: set teacher.checkpoint (a facekd checkpoint or an "
-                          "insightface backbone.pth) and teacher.model")
-    checkpoint = read_checkpoint(path)
-    model_cfg = teacher_cfg.model
-    if isinstance(checkpoint.get("model_config"), dict):
-        model_cfg = from_dict(ModelConfig, checkpoint["model_config"], source=f"{path} model_config")
-        if to_dict(model_cfg) != to_dict(teacher_cfg.model):
-            LOG.info("teacher architecture taken from %s: %s", path, to_dict(model_cfg))
-    backbone = build_model(model_cfg)
-    report = load_pretrained(backbone, path, strict=True)
-    LOG.info("teacher: %s", report)
-    head = None
-    info = checkpoint.get("head") if isinstance(checkpoint.get("head"), dict) else None
-    if info is not None:
-        head = LOSSES.build(info["name"], num_classes=info["num_classes"], embedding_size=info["embedding_size"],
-                            **info["params"])
-        head.load_state_dict(info["state_dict"])
-    return FrozenTeacher(backbone, head, checkpoint.get("classes"), str(path), model_cfg).to(device)
-
-
 @TASKS.register("student")
 class StudentTask(Task):
-    """A student distilled from a frozen teacher (``facekd train-student``)."""
+    """A student distilled from a frozen teacher (``facekd train-student``).
+
+    The teacher is any :mod:`facekd.teachers` source (``teacher.kind``).  Losses that need
+    only embeddings (triplet distillation, HR->LR, neuron selection) work with every source;
+    Hinton KD uses the teacher's margin head when it covers this run's identities, and
+    otherwise class-centre logits from the teacher's own embeddings of the training
+    identities (:class:`facekd.teachers.base.ClassCentreHead`).  ``init_from: teacher`` starts
+    the student from the teacher's weights (same architecture only; "transfer, then distil").
+    """
 
     name = "student"
 
     def __init__(self, cfg: ExperimentConfig) -> None:
         super().__init__(cfg)
-        self.teacher: Optional[FrozenTeacher] = None
+        self.teacher: Optional[Teacher] = None
         self.cache = None
 
     def _loss_class_flag(self, flag: str) -> bool:
@@ -286,18 +243,36 @@ class StudentTask(Task):
                    for spec in self.cfg.losses if spec.get("name") in LOSSES)
 
     def prepare_teacher(self, trainer: Any) -> None:
-        """Load the teacher when a configured loss reads teacher outputs."""
-        if any(self._loss_class_flag(f) for f in ("needs_teacher", "needs_teacher_logits", "needs_feature_maps")):
+        """Load the teacher when a configured loss reads teacher outputs (or the student starts from it)."""
+        needed = any(self._loss_class_flag(f) for f in ("needs_teacher", "needs_teacher_logits", "needs_feature_maps"))
+        if needed or self.cfg.init_from == "teacher":
             if self.cfg.teacher is None:
-                raise ConfigError("the losses need a teacher but the config has no teacher: section")
-            self.teacher = load_teacher(self.cfg.teacher, self.device)
-        elif self.cfg.teacher is not None and self.cfg.teacher.checkpoint:
+                raise ConfigError("the losses (or init_from: teacher) need a teacher but the config has no "
+                                  "teacher: section")
+            self.teacher = build_teacher(self.cfg.teacher, self.device, getattr(trainer, "amp", "none"))
+            LOG.info("teacher: %r", self.teacher)
+        elif self.cfg.teacher is not None and (self.cfg.teacher.checkpoint or self.cfg.teacher.path):
             LOG.warning("no configured loss uses the teacher; it is not loaded")
+        if self.cfg.init_from == "teacher":
+            self.init_from_teacher()
+        elif self.cfg.init_from is not None:
+            raise ConfigError(f"init_from must be null or 'teacher', got {self.cfg.init_from!r}")
+
+    def init_from_teacher(self) -> None:
+        """Copy the teacher's weights into the student (refused unless the architectures match)."""
+        from facekd.training.student_init import init_student_from_teacher
+
+        if self.teacher.backbone is None:
+            raise ConfigError(f"init_from: teacher needs a torch teacher with the student's architecture; "
+                              f"teacher.kind is {self.teacher.kind!r}")
+        init_student_from_teacher(self.backbone, self.cfg.model, self.teacher.backbone, self.teacher.model_config)
+        self.backbone.to(self.device)
+        LOG.info("student initialised from the teacher's weights (%s)", self.teacher.source)
 
     def loss_context(self) -> Dict[str, Any]:
         context = super().loss_context()
         if self.teacher is not None:
-            context["teacher_embedding_size"] = self.teacher.model_config.embedding_size
+            context["teacher_embedding_size"] = self.teacher.embedding_size
             context["teacher_channels"] = getattr(self.teacher.backbone, "feature_channels", None)
         return context
 
@@ -307,22 +282,28 @@ class StudentTask(Task):
         return self.teacher is not None and (loss_flag(self.criterion, "needs_feature_maps")
                                              or not self.cfg.teacher.cache)
 
+    @property
+    def teacher_head_fits(self) -> bool:
+        """The teacher has a margin head over exactly this run's identities (Hinton KD uses it)."""
+        return (self.teacher is not None and self.teacher.head is not None
+                and list(self.teacher.classes or []) == list(self.dataset.classes))
+
     def check_losses(self) -> None:
         super().check_losses()
         needs_logits = loss_flag(self.criterion, "needs_teacher_logits")
-        if needs_logits and (self.teacher is None or self.teacher.head is None):
-            raise ConfigError(f"hinton_kd needs the teacher's margin head, and {self.cfg.teacher.checkpoint} has "
-                              "none (an insightface backbone.pth carries no head): remove hinton_kd or use "
-                              "a facekd teacher checkpoint")
-        if needs_logits and list(self.teacher.classes or []) != list(self.dataset.classes):
-            raise ConfigError(f"hinton_kd needs teacher and student to share the identity set, but "
-                              f"{self.cfg.teacher.checkpoint} was trained on {len(self.teacher.classes or [])} "
-                              f"other identities than this run's {self.dataset.num_classes}")
+        if needs_logits and not self.teacher_head_fits and self.teacher_online:
+            raise ConfigError(f"hinton_kd: the teacher ({self.teacher.source}) has no margin head over this run's "
+                              "identities, and its class-centre logits need the teacher cache, which is off here "
+                              "(teacher.cache: false or a feature-map loss): turn the cache on or remove hinton_kd")
+        if self.teacher_online and self.statistics_terms():
+            raise ConfigError(f"{[t.loss_name for t in self.statistics_terms()]} fit on the teacher's embeddings of "
+                              "the whole training set, which need the teacher cache (off here: teacher.cache: "
+                              "false or a feature-map loss)")
         if loss_flag(self.criterion, "needs_student_logits") and self.criterion.margin_head is None:
             raise ConfigError("hinton_kd needs the student's own margin head: add arcface or cosface to losses")
         if self.teacher is not None and loss_flag(self.criterion, "needs_feature_maps") \
                 and not hasattr(self.teacher.backbone, "forward_features"):
-            raise ConfigError("feature-map distillation needs a teacher with forward_features")
+            raise ConfigError("feature-map distillation needs a torch teacher with forward_features")
 
     def build(self, trainer: Any) -> None:
         super().build(trainer)
@@ -330,28 +311,47 @@ class StudentTask(Task):
             self.train_set = self.build_view(teacher_images=True)
 
     def on_train_start(self, trainer: Any) -> None:
-        """Load or build the teacher-embedding cache."""
+        """Load or build the teacher-embedding cache; fit what depends on the teacher's statistics."""
         if self.teacher is None or self.teacher_online:
             return
         from facekd.training.teacher_cache import TeacherCache
 
         cache_dir = self.cfg.teacher.cache_dir or str(Path(trainer.output_dir).parent / "teacher_cache")
         self.cache = TeacherCache.load_or_build(
-            self.teacher.backbone, self.dataset, self.teacher.model_config.input_size, cache_dir, dist=trainer.dist,
-            batch_size=self.cfg.val.batch_size, amp=trainer.amp, dtype=self.cfg.teacher.cache_dtype,
-            num_workers=self.cfg.data.num_workers, progress=self.cfg.train.progress)
+            self.teacher, self.dataset, cache_dir, dist=trainer.dist, batch_size=self.cfg.val.batch_size,
+            dtype=self.cfg.teacher.cache_dtype, num_workers=self.cfg.data.num_workers,
+            progress=self.cfg.train.progress)
+        clean = self.cache.embeddings[:, 0].float()
+        if loss_flag(self.criterion, "needs_teacher_logits") and not self.teacher_head_fits:
+            self.teacher.head = self.class_centre_head(clean)
+        for term in self.statistics_terms():
+            term.fit_selection(clean.to(self.device), self.dataset.labels)
+
+    def statistics_terms(self) -> list:
+        """Loss terms fitted once on the teacher's embeddings of the training set (neuron selection)."""
+        return [t for t in self.criterion.terms.values() if getattr(t, "needs_teacher_statistics", False)]
+
+    def class_centre_head(self, clean_embeddings: torch.Tensor) -> nn.Module:
+        """Hinton KD's teacher logits for a head-less teacher: scaled cosine to the identities' centres."""
+        from facekd.teachers.base import ClassCentreHead, class_centres
+
+        scale = self.cfg.teacher.class_centre_scale or self.criterion.margin_head.scale
+        LOG.info("hinton_kd: teacher logits = %.1f * cos(teacher embedding, centre of its identity's teacher "
+                 "embeddings) over %d identities", scale, self.dataset.num_classes)
+        centres = class_centres(clean_embeddings, self.dataset.labels, self.dataset.num_classes)
+        self.teacher.classes = list(self.dataset.classes)
+        return ClassCentreHead(centres, scale).to(self.device)
 
     def teacher_outputs(self, batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
         if self.teacher is None:
             return {}
         out: Dict[str, torch.Tensor] = {}
         with torch.no_grad():
-            if self.teacher_online:
-                images = batch_to_input(batch["teacher_image"], self.teacher.model_config.input_size, self.device)
-                if loss_flag(self.criterion, "needs_feature_maps"):
-                    out["teacher_feature_map"], embedding = self.teacher.backbone.forward_features(images)
-                else:
-                    embedding = self.teacher.backbone(images)
+            if self.teacher_online and loss_flag(self.criterion, "needs_feature_maps"):
+                images = self.teacher.input_batch(batch["teacher_image"])
+                out["teacher_feature_map"], embedding = self.teacher.backbone.forward_features(images)
+            elif self.teacher_online:
+                embedding = self.teacher.embed(batch["teacher_image"]).to(self.device, non_blocking=True)
             else:
                 embedding = self.cache.lookup(batch["index"], batch["flipped"]).to(self.device, non_blocking=True)
             out["teacher_embedding"] = embedding

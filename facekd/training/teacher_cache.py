@@ -4,19 +4,27 @@ A distillation step needs the teacher's embedding of the clean face (or of its m
 when the student's view was flipped).  The teacher is frozen, so these are computed once
 per dataset — ``embeddings[i, 0]`` of sample ``i`` and ``embeddings[i, 1]`` of its mirror
 — and kept in memory and on disk; a distillation step then costs about what a plain
-student step costs.
+student step costs.  Any :class:`facekd.teachers.Teacher` can fill it (a torch checkpoint,
+an ONNX embedder, dlib, precomputed vectors).
 
-The cache file is named by a key (:func:`cache_key`): the SHA-256 of the teacher's state
-dict bytes, ``dataset.fingerprint()``, the preprocessing convention (mean/std/channel
-order, resize method, teacher input size), the autocast dtype and :data:`CACHE_FORMAT`.
-Changing any of them gives another key, and the cache is rebuilt.
+The cache file is named by a key (:func:`cache_key`): the SHA-256 of
+``teacher.fingerprint()`` (its weights or model file, its framing — input size, template,
+channel order, normalisation, resize/warp method — and precision), ``dataset.fingerprint()``
+and :data:`CACHE_FORMAT`.  Changing any of them gives another key, and the cache is rebuilt.
+
+An interrupted build never leaves a file that is read as a cache: the final file is written
+atomically once complete.  A single-process build also writes its progress atomically to
+``teacher_<key>.partial.pt`` every ``partial_every_s`` seconds and resumes from it (same key
+only), so a killed dlib build loses at most that much work; the partial file is removed when
+the cache is complete.
 
 What is cached and what is not:
 
 * embeddings (clean + mirror): always, when ``teacher.cache`` is on;
 * margin-free teacher logits (Hinton KD): *not stored* — they are a fixed function of the
   cached embedding, ``s * cos(normalise(e_t), normalise(W_t))`` with the teacher head's
-  class centres ``W_t``, recomputed per batch by one matrix product (no teacher forward).
+  class centres ``W_t`` (or the identities' mean teacher embeddings,
+  :class:`facekd.teachers.base.ClassCentreHead`), recomputed per batch by one matrix product (no teacher forward).
   Storing them would take ``N x 2 x C`` floats (hundreds of GB for MS1M);
 * teacher feature maps (feature-map distillation): not cached; the task runs the teacher
   online instead (see :class:`facekd.training.tasks.StudentTask`).
@@ -29,23 +37,23 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any, List, Optional, Union
 
 import numpy as np
 import torch
-from torch import nn
 
-from facekd import preprocess
+from facekd.teachers import Teacher, state_dict_digest  # noqa: F401  (state_dict_digest: re-exported)
 from facekd.training.checkpoint import atomic_save
-from facekd.training.data import RESIZE_METHOD, CleanImages, batch_to_input
+from facekd.training.data import CleanImages
 from facekd.training.distributed import DistInfo, all_gather_rows, barrier, broadcast_object
 
 LOG = logging.getLogger(__name__)
 
 #: bumped when the cache layout or the way embeddings are computed changes
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
 
@@ -64,22 +72,9 @@ class CacheStats:
 STATS = CacheStats()
 
 
-def state_dict_digest(module_or_state: Union[nn.Module, Dict[str, torch.Tensor]]) -> str:
-    """SHA-256 of a state dict's names, dtypes, shapes and bytes (hex)."""
-    state = module_or_state.state_dict() if isinstance(module_or_state, nn.Module) else module_or_state
-    digest = hashlib.sha256()
-    for name in sorted(state):
-        tensor = state[name].detach().cpu().contiguous()
-        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
-def cache_key(teacher: nn.Module, dataset: Any, input_size: int, amp: str = "none") -> str:
-    """The key of ``teacher``'s embeddings of ``dataset`` at ``input_size`` (hex SHA-256)."""
-    parts = [f"format={CACHE_FORMAT}", f"teacher={state_dict_digest(teacher)}",
-             f"data={dataset.fingerprint()}", f"input={int(input_size)}", f"resize={RESIZE_METHOD}",
-             f"norm={preprocess.CHANNEL_ORDER}/{preprocess.MEAN}/{preprocess.STD}", f"amp={amp}"]
+def cache_key(teacher: Teacher, dataset: Any) -> str:
+    """The key of ``teacher``'s embeddings of ``dataset`` (hex SHA-256)."""
+    parts = [f"format={CACHE_FORMAT}", f"teacher={teacher.fingerprint()}", f"data={dataset.fingerprint()}"]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
@@ -115,18 +110,24 @@ class TeacherCache:
         """Where the cache with ``key`` lives in ``cache_dir``."""
         return Path(cache_dir) / f"teacher_{key[:32]}.pt"
 
+    @staticmethod
+    def partial_file_for(cache_dir: Union[str, os.PathLike], key: str) -> Path:
+        """Where an unfinished build of the cache with ``key`` keeps its progress."""
+        return Path(cache_dir) / f"teacher_{key[:32]}.partial.pt"
+
     @classmethod
-    def load_or_build(cls, teacher: nn.Module, dataset: Any, input_size: int,
-                      cache_dir: Union[str, os.PathLike], dist: Optional[DistInfo] = None,
-                      batch_size: int = 128, amp: str = "none", dtype: str = "float32",
-                      num_workers: int = 0, progress: bool = False) -> "TeacherCache":
-        """Load the cache of (``teacher``, ``dataset``, ``input_size``) or compute and save it.
+    def load_or_build(cls, teacher: Teacher, dataset: Any, cache_dir: Union[str, os.PathLike],
+                      dist: Optional[DistInfo] = None, batch_size: int = 128, dtype: str = "float32",
+                      num_workers: int = 0, progress: bool = False,
+                      partial_every_s: float = 60.0) -> "TeacherCache":
+        """Load the cache of (``teacher``, ``dataset``) or compute and save it.
 
         In a distributed run every rank embeds its share of the samples, the shares are
-        gathered, and rank 0 writes the file.
+        gathered, and rank 0 writes the file.  A single-process build saves its progress
+        every ``partial_every_s`` seconds and resumes from it when restarted.
         """
         dist = dist or DistInfo()
-        key = cache_key(teacher, dataset, input_size, amp)
+        key = cache_key(teacher, dataset)
         path = cls.file_for(cache_dir, key)
         cached = broadcast_object(_readable_cache(path, key, len(dataset)), dist)
         if cached:
@@ -135,12 +136,16 @@ class TeacherCache:
             LOG.info("teacher cache hit: %s (%d samples)", path, len(dataset))
             return cls(payload["embeddings"], key, path, from_disk=True)
         STATS.misses += 1
-        LOG.info("teacher cache miss: embedding %d samples with the teacher -> %s", len(dataset), path)
-        embeddings = compute_embeddings(teacher, dataset, input_size, dist, batch_size, amp,
-                                        num_workers, progress).to(DTYPES[dtype])
+        LOG.info("teacher cache miss: embedding %d samples with %r -> %s", len(dataset), teacher, path)
+        partial = PartialBuild(cls.partial_file_for(cache_dir, key), key, partial_every_s) \
+            if dist.world_size == 1 else None
+        embeddings = compute_embeddings(teacher, dataset, dist, batch_size, num_workers, progress,
+                                        partial).to(DTYPES[dtype])
         if dist.is_main:
             atomic_save({"format": CACHE_FORMAT, "key": key, "embeddings": embeddings,
-                         "num_samples": len(dataset), "input_size": int(input_size)}, path)
+                         "num_samples": len(dataset), "teacher": teacher.fingerprint()}, path)
+            if partial is not None:
+                partial.remove()
         barrier(dist)
         return cls(embeddings, key, path, from_disk=False)
 
@@ -153,39 +158,74 @@ def _readable_cache(path: Path, key: str, num_samples: int) -> bool:
     except Exception as error:   # a truncated or foreign file: rebuild it
         LOG.warning("%s: unreadable teacher cache (%s); rebuilding", path, error)
         return False
-    ok = (payload.get("format") == CACHE_FORMAT and payload.get("key") == key
+    ok = (isinstance(payload, dict) and payload.get("format") == CACHE_FORMAT and payload.get("key") == key
           and tuple(payload["embeddings"].shape[:2]) == (num_samples, 2))
     if not ok:
         LOG.warning("%s: teacher cache does not match (key/size); rebuilding", path)
     return ok
 
 
+class PartialBuild:
+    """The progress of an unfinished single-process cache build: rows ``[done, 2, D]`` so far.
+
+    :meth:`load` returns the rows a previous run of the same ``key`` saved (none if the file
+    is missing, unreadable or of another key); :meth:`update` saves them atomically when
+    ``every_s`` seconds have passed since the last save.
+    """
+
+    def __init__(self, path: Path, key: str, every_s: float = 60.0) -> None:
+        self.path, self.key, self.every_s = Path(path), key, float(every_s)
+        self.last_save = time.monotonic()
+
+    def load(self) -> Optional[torch.Tensor]:
+        """Rows saved by an interrupted build of this key, or None."""
+        if not self.path.is_file():
+            return None
+        try:
+            payload = torch.load(self.path, map_location="cpu", weights_only=True)
+            if payload.get("key") == self.key and payload.get("format") == CACHE_FORMAT:
+                LOG.info("%s: resuming the teacher cache after %d samples", self.path, len(payload["rows"]))
+                return payload["rows"]
+        except Exception as error:   # truncated: start over
+            LOG.warning("%s: unreadable partial teacher cache (%s); starting over", self.path, error)
+        return None
+
+    def update(self, rows: List[torch.Tensor]) -> None:
+        """Save the concatenated ``rows`` if the interval has passed."""
+        if time.monotonic() - self.last_save >= self.every_s:
+            atomic_save({"format": CACHE_FORMAT, "key": self.key, "rows": torch.cat(rows)}, self.path)
+            self.last_save = time.monotonic()
+
+    def remove(self) -> None:
+        """Delete the progress file (the cache is complete)."""
+        self.path.unlink(missing_ok=True)
+
+
 @torch.inference_mode()
-def compute_embeddings(teacher: nn.Module, dataset: Any, input_size: int, dist: Optional[DistInfo] = None,
-                       batch_size: int = 128, amp: str = "none", num_workers: int = 0,
-                       progress: bool = False) -> torch.Tensor:
+def compute_embeddings(teacher: Teacher, dataset: Any, dist: Optional[DistInfo] = None, batch_size: int = 128,
+                       num_workers: int = 0, progress: bool = False,
+                       partial: Optional[PartialBuild] = None) -> torch.Tensor:
     """``[N, 2, D]`` float32 teacher embeddings of every sample and its mirror (this rank's share
-    computed here, the rest gathered from the other ranks)."""
+    computed here, the rest gathered from the other ranks); ``partial`` resumes and records progress."""
     from tqdm import tqdm
 
-    from facekd.training.trainer import autocast_context
-
     dist = dist or DistInfo()
-    device = dist.device
     shares = np.array_split(np.arange(len(dataset)), dist.world_size)
     mine = shares[dist.rank]
-    loader = torch.utils.data.DataLoader(
-        torch.utils.data.Subset(CleanImages(dataset), mine.tolist()),
-        batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    was_training = teacher.training
-    teacher.eval()
-    rows = []
-    for images in tqdm(loader, desc="teacher cache", disable=not (progress and dist.is_main), leave=False):
-        images = batch_to_input(images, input_size, device)
-        both = torch.cat([images, torch.flip(images, dims=[3])])
-        with autocast_context(device, amp):
-            out = teacher(both).float()
-        rows.append(torch.stack([out[:len(images)], out[len(images):]], dim=1).cpu())
-    teacher.train(was_training)
-    local = torch.cat(rows) if rows else torch.zeros((0, 2, 1))
-    return torch.cat(all_gather_rows(local, dist))
+    local = teacher.embed_dataset_rows(dataset, mine)
+    if local is None:
+        done = partial.load() if partial is not None else None
+        rows = [done] if done is not None and len(done) <= len(mine) else []
+        start = len(rows[0]) if rows else 0
+        loader = torch.utils.data.DataLoader(
+            torch.utils.data.Subset(CleanImages(dataset), mine[start:].tolist()),
+            batch_size=batch_size, shuffle=False, num_workers=num_workers)
+        with tqdm(total=len(mine), initial=start, desc="teacher cache", unit="img", leave=False,
+                  disable=not (progress and dist.is_main)) as bar:
+            for images in loader:
+                rows.append(teacher.embed_with_mirrors(images).float())
+                bar.update(len(images))
+                if partial is not None:
+                    partial.update(rows)
+        local = torch.cat(rows) if rows else torch.zeros((0, 2, teacher.embedding_size))
+    return torch.cat(all_gather_rows(local.float(), dist))

@@ -1,0 +1,116 @@
+"""``teacher.kind: dlib`` — dlib's ResNet face model (the model behind ``face_recognition``).
+
+128-d embeddings, 99.38 % on LFW with dlib's own pipeline.  Installed from PyPI without a
+compiler: ``pip install -e .[dlib]`` (``dlib-bin`` and ``face-recognition-models``, whose
+``models/dlib_face_recognition_resnet_model_v1.dat`` is the default ``teacher.path``).
+
+Framing: dlib's 150x150 chip (``get_face_chip`` with padding 0.25), warped from the
+student's 112 px arcface crop by the similarity between the two templates
+(:data:`facekd.teachers.framing.DLIB_CHIP_150`).  Measured on LFW View 2 folds 1-4: 98.6 %
+this way, 86.3 % on the 112 px crops merely resized to 150 px.
+
+dlib releases the GIL while it computes, so batches are split over ``threads`` threads.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from facekd.errors import ConfigError, DataError
+from facekd.teachers.base import TEACHERS, Teacher, existing_file, file_digest
+from facekd.teachers.framing import Framing, framing_from_config
+
+MODEL_FILE = "dlib_face_recognition_resnet_model_v1.dat"
+DLIB_FRAMING = Framing(input_size=150, template="dlib", channel_order="RGB", mean=0.0, std=1.0)
+INSTALL_HINT = "pip install dlib-bin face-recognition-models  (or: pip install -e .[dlib])"
+
+
+def import_dlib():
+    """The ``dlib`` module, or a :class:`ConfigError` saying how to install it."""
+    try:
+        import dlib
+    except ImportError:
+        raise ConfigError(f"teacher.kind=dlib needs dlib: {INSTALL_HINT}") from None
+    return dlib
+
+
+def default_model_path() -> str:
+    """dlib's face model inside the installed ``face_recognition_models`` package (not imported:
+    its ``__init__`` needs setuptools' ``pkg_resources``)."""
+    spec = importlib.util.find_spec("face_recognition_models")
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(f"teacher.kind=dlib: no teacher.path given and face-recognition-models is not "
+                          f"installed: {INSTALL_HINT}")
+    path = os.path.join(list(spec.submodule_search_locations)[0], "models", MODEL_FILE)
+    if not os.path.isfile(path):
+        raise DataError(path, "dlib's face model is missing from the face_recognition_models package")
+    return path
+
+
+def default_threads() -> int:
+    """The cores this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:      # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class DlibTeacher(Teacher):
+    """dlib's ``face_recognition_model_v1`` on 150x150 chips (:data:`DLIB_FRAMING`).
+
+    Args:
+        path: the ``.dat`` model (default: :func:`default_model_path`).
+        framing: normally :data:`DLIB_FRAMING`; the model needs 150 px uint8 RGB chips.
+        threads: parallel dlib calls per batch (default: the available cores).
+    """
+
+    kind = "dlib"
+
+    def __init__(self, path: Optional[str] = None, framing: Framing = DLIB_FRAMING,
+                 threads: Optional[int] = None) -> None:
+        dlib = import_dlib()
+        path = existing_file(path, "teacher.kind=dlib: the model file") if path else default_model_path()
+        if framing.input_size != 150:
+            raise ConfigError(f"teacher.kind=dlib: dlib's model takes 150x150 chips, framing says "
+                              f"{framing.input_size}")
+        try:
+            self.model = dlib.face_recognition_model_v1(path)
+        except RuntimeError as error:
+            raise DataError(path, f"not a dlib face recognition model ({error})") from None
+        super().__init__(framing, 128, path)
+        self.threads = int(threads or default_threads())
+        self._digest: Optional[str] = None
+
+    def weights_digest(self) -> str:
+        if self._digest is None:
+            self._digest = file_digest(self.source)
+        return self._digest
+
+    def fingerprint(self) -> str:
+        return f"{super().fingerprint()}|num_jitters=0"
+
+    def _descriptors(self, chips: np.ndarray) -> np.ndarray:
+        chips = [np.ascontiguousarray(chip[..., ::-1] if self.framing.channel_order == "BGR" else chip)
+                 for chip in chips]
+        return np.asarray(self.model.compute_face_descriptor(chips), dtype=np.float32).reshape(len(chips), -1)
+
+    def embed_frames(self, frames: np.ndarray) -> torch.Tensor:
+        frames = np.asarray(frames, dtype=np.uint8)
+        parts = [part for part in np.array_split(frames, min(self.threads, len(frames))) if len(part)]
+        if len(parts) == 1:
+            return torch.from_numpy(self._descriptors(parts[0]))
+        with ThreadPoolExecutor(len(parts)) as pool:
+            return torch.from_numpy(np.concatenate(list(pool.map(self._descriptors, parts))))
+
+
+@TEACHERS.register("dlib")
+def build_dlib_teacher(teacher_cfg: Any, device: torch.device = torch.device("cpu"),
+                       amp: str = "none") -> DlibTeacher:
+    """The :class:`DlibTeacher` of ``teacher.path`` (default: face-recognition-models' file); CPU only."""
+    framing = framing_from_config(getattr(teacher_cfg, "framing", None), DLIB_FRAMING)
+    return DlibTeacher(teacher_cfg.path or teacher_cfg.checkpoint, framing, getattr(teacher_cfg, "threads", None))
