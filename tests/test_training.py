@@ -498,3 +498,24 @@ def summary_dataset_labels(cfg: ExperimentConfig):
     from facekd.data import build_train_dataset
 
     return build_train_dataset(cfg.data).labels
+
+
+def test_background_checkpoint_writer_copies_state_and_reraises_errors():
+    from facekd.training.trainer import CheckpointWriter, host_copy
+
+    weight = torch.ones(3)
+    state = host_copy({"model": {"w": weight}, "steps": [torch.tensor(1)], "name": "x"})
+    weight.add_(1.0)                                     # training goes on in place
+    assert torch.equal(state["model"]["w"], torch.ones(3)) and state["name"] == "x"
+    writer, written = CheckpointWriter(background=True), []
+    writer.submit(lambda: written.append(state["model"]["w"].sum().item()))
+    writer.wait()
+    assert written == [3.0] and not writer.busy
+
+    def fail():
+        raise OSError("disk full")
+
+    writer.submit(fail)
+    with pytest.raises(OSError, match="disk full"):
+        writer.submit(lambda: None)                      # the next submit (or wait) reports it
+    writer.wait()

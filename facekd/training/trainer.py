@@ -443,7 +443,9 @@ class Trainer:
         path = None
         if self.dist.is_main:
             path = self.output_dir / "last.pt"
-            state = host_copy(self.checkpoint_state())
+            state = self.checkpoint_state()
+            if self.checkpoints.background:    # training goes on updating the tensors in place
+                state = host_copy(state)
             step_name = f"step_{self.step:07d}.pt" if step_file and self.cfg.train.keep_step_checkpoints > 0 else None
             best, self._best_pending = self._best_pending, False
             self.checkpoints.submit(lambda: self._write_checkpoint(state, step_name, best))
