@@ -24,6 +24,9 @@ class VerifyCommand(Command):
                             help="add the mirror images' embeddings (default: as the model's threshold "
                                  "was fitted)")
         parser.add_argument("--threads", type=int, default=None, help="onnxruntime threads")
+        parser.add_argument("--int8", action="store_true",
+                            help="run the INT8 model written next to MODEL by 'facekd export --int8' "
+                                 "(MODEL_int8.onnx), with its own stored threshold")
 
     def run(self, args: argparse.Namespace) -> int:
         import numpy as np
@@ -31,16 +34,19 @@ class VerifyCommand(Command):
         from facekd.data.image_io import read_image
         from facekd.export import FaceEmbedder
 
-        embedder = FaceEmbedder(args.model, threads=args.threads, flip=args.flip, threshold=args.threshold)
+        embedder = FaceEmbedder(args.model, threads=args.threads, flip=args.flip, threshold=args.threshold,
+                                precision="int8" if args.int8 else "fp32")
         paths = [args.image1, args.image2]
         if args.aligned:
             embeddings = np.concatenate([embedder.embed_aligned(read_image(path)) for path in paths])
         else:
             embeddings = embedder.embed_photos(paths)
         score, same = embedder.verify(embeddings[0], embeddings[1])
+        print(f"model:      {embedder.path} ({embedder.precision})")
         print(f"similarity: {score:.4f} (cosine)")
         if same is None:
-            print("threshold:  none stored in the model (pass --threshold)")
+            print("threshold:  none stored in the model (pass --threshold, or fit one with "
+                  "'facekd export ... --val KIND:PATH')")
             print("decision:   unknown")
         else:
             source = "--threshold" if args.threshold is not None else (

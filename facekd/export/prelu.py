@@ -156,9 +156,11 @@ def _constant_tensors(graph) -> Dict[str, np.ndarray]:
     from onnx import numpy_helper
 
     values = {init.name: init for init in graph.initializer}
-    for node in graph.node:
+    for node in graph.node:     # topological order: an Identity of a constant (shared weights) follows it
         if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
             values[node.output[0]] = node.attribute[0].t
+        elif node.op_type == "Identity" and node.input[0] in values:
+            values[node.output[0]] = values[node.input[0]]
     return {name: numpy_helper.to_array(tensor) for name, tensor in values.items()}
 
 

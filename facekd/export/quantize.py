@@ -31,13 +31,14 @@ from facekd.errors import ConfigError
 from facekd.export.prelu import DEFAULT_PRELU_REWRITE, PRELU_REWRITES, rewrite_prelu_file
 from facekd.export.protos import load_onnx_proto
 from facekd.export.runtime import OnnxEmbedder, resize_faces, row_cosine
+from facekd.export.threshold import threshold_from_result, verification_results
 from facekd.fileio import PathLike
 
 #: operators that carry weights; "first"/"last" in ``keep_float`` refer to these
 WEIGHT_OPS = ("Conv", "Gemm", "MatMul")
 #: operators quantised by default (Relu and Clip fold into the preceding QLinearConv; the
-#: input normalisation and Flatten stay float)
-DEFAULT_OPS = ("Conv", "Gemm", "MatMul", "Add", "Mul", "Relu", "Clip")
+#: uint8 input's normalisation, a Mul and a Sub on the 3-channel input, stays float)
+DEFAULT_OPS = ("Conv", "Gemm", "MatMul", "Add", "Relu", "Clip")
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 #: ``quant_format`` names -> onnxruntime ``QuantFormat`` member names
 QUANT_FORMATS = {"qdq": "QDQ", "qoperator": "QOperator"}
@@ -174,24 +175,19 @@ def measure_drift(fp32: OnnxEmbedder, int8: OnnxEmbedder, faces: np.ndarray, bat
     return Drift(len(faces), float(cosine.mean()), float(cosine.min()), float(np.abs(a - b).max()))
 
 
-def verification_accuracy(embedder: Any, pair_set: Any, batch_size: int = 64) -> Dict[str, float]:
-    """``{"accuracy", "flip_accuracy"}`` of ``embedder`` on ``pair_set`` (insightface protocol)."""
-    from facekd.evaluation import evaluate, extract_embeddings, pair_embeddings
-
-    embeddings = extract_embeddings(embedder, pair_set, batch_size=batch_size, progress=False)
-    return {"accuracy": evaluate(pair_embeddings(pair_set.pairs, embeddings.plain), pair_set.issame).accuracy_mean,
-            "flip_accuracy": evaluate(pair_embeddings(pair_set.pairs, embeddings.flip),
-                                      pair_set.issame).accuracy_mean}
-
-
 def compare_verification(fp32: OnnxEmbedder, int8: OnnxEmbedder, pair_set: Any,
                          batch_size: int = 64) -> Dict[str, float]:
-    """fp32 and int8 verification accuracy on ``pair_set`` and the drop (fp32 - int8)."""
-    a = verification_accuracy(fp32, pair_set, batch_size)
-    b = verification_accuracy(int8, pair_set, batch_size)
-    return {"fp32_accuracy": a["accuracy"], "int8_accuracy": b["accuracy"],
-            "drop": a["accuracy"] - b["accuracy"], "fp32_flip_accuracy": a["flip_accuracy"],
-            "int8_flip_accuracy": b["flip_accuracy"], "flip_drop": a["flip_accuracy"] - b["flip_accuracy"]}
+    """fp32 and int8 verification accuracy on ``pair_set``, the drop (fp32 - int8) and each
+    model's own fitted cosine threshold (``fp32_threshold`` / ``int8_threshold``, flip embeddings)."""
+    metrics: Dict[str, float] = {}
+    for precision, embedder in (("fp32", fp32), ("int8", int8)):
+        plain, flip = verification_results(embedder, pair_set, batch_size)
+        metrics[f"{precision}_accuracy"] = plain.accuracy_mean
+        metrics[f"{precision}_flip_accuracy"] = flip.accuracy_mean
+        metrics[f"{precision}_threshold"] = threshold_from_result(flip, pair_set).threshold
+    metrics["drop"] = metrics["fp32_accuracy"] - metrics["int8_accuracy"]
+    metrics["flip_drop"] = metrics["fp32_flip_accuracy"] - metrics["int8_flip_accuracy"]
+    return metrics
 
 
 def _preprocess(source: str, target: str) -> bool:

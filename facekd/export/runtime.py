@@ -22,7 +22,7 @@ import numpy as np
 from facekd.errors import DataError, FaceKDError
 from facekd.export.formats import InputFormat, input_format as get_input_format
 from facekd.export.metadata import ExportMetadata
-from facekd.export.protos import load_onnx_proto
+from facekd.export.protos import load_onnx_proto, model_for_precision
 from facekd.fileio import PathLike
 
 Photo = Union[PathLike, np.ndarray]
@@ -205,17 +205,22 @@ class FaceEmbedder:
         flip: add the embedding of each face's mirror image (insightface's test-time flip);
             default: as the stored threshold was fitted (``facekd.threshold_flip``), else off.
         threshold: cosine-similarity threshold overriding the one stored in the model.
+        precision: ``"fp32"`` runs ``onnx_path``; ``"int8"`` runs its INT8 sibling
+            (``student.onnx`` -> ``student_int8.onnx``, written by ``facekd export --int8``)
+            with the threshold stored in that file.
 
     Example::
 
         embedder = FaceEmbedder("student.onnx")
         a, b = embedder.embed_photos(["alice1.jpg", "alice2.jpg"])
         score, same = embedder.verify(a, b)
+        fast = FaceEmbedder("student.onnx", precision="int8")
     """
 
     def __init__(self, onnx_path: PathLike, aligner: Any = None, threads: Optional[int] = None,
-                 flip: Optional[bool] = None, threshold: Optional[float] = None) -> None:
-        self.model = OnnxEmbedder(onnx_path, threads=threads)
+                 flip: Optional[bool] = None, threshold: Optional[float] = None,
+                 precision: str = "fp32") -> None:
+        self.model = OnnxEmbedder(model_for_precision(onnx_path, precision), threads=threads)
         self._aligner = aligner
         self.flip = bool(self.model.metadata.threshold_flip) if flip is None else flip
         self._threshold = threshold
@@ -224,6 +229,11 @@ class FaceEmbedder:
     def path(self) -> str:
         """The model file."""
         return self.model.path
+
+    @property
+    def precision(self) -> str:
+        """``int8`` when the model file is quantised (``facekd.quantization``), else ``fp32``."""
+        return "int8" if self.model.metadata.quantization.startswith("int8") else "fp32"
 
     @property
     def metadata(self) -> ExportMetadata:

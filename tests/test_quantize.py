@@ -1,0 +1,272 @@
+"""PReLU graph rewrites, INT8 options, thresholds fitted at export, INT8 model selection.
+
+A 56x56 MobileFaceNet with randomised BatchNorm statistics (tests/test_export.py's helper)
+and a hand-made PReLU graph with known slopes keep this fast.
+"""
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+from facekd.cli import main
+from facekd.config import ExperimentConfig, to_dict
+from facekd.errors import ConfigError, DataError
+from facekd.export import FaceEmbedder, OnnxEmbedder, export_onnx, quantize_int8, read_metadata, synthetic_faces
+from facekd.export.prelu import PRELU_REWRITES, rewrite_prelu, rewrite_prelu_file
+from facekd.export.protos import int8_sibling, model_for_precision
+from facekd.export.threshold import fit_threshold, store_threshold
+
+from test_export import EMBEDDING, SIZE, small_student
+
+REPO = Path(__file__).resolve().parents[1]
+EXACT = [name for name in PRELU_REWRITES if PRELU_REWRITES.get(name).exact]
+#: slopes a trained PReLU has: mostly in (0, 1), some negative, some above 1
+SLOPES = np.array([0.25, 0.0, 1.0, -0.3, 1.7, 0.01], np.float32)
+
+
+def prelu_graph(path: Path, slopes: np.ndarray = SLOPES) -> Path:
+    """``y = PRelu(Conv1x1(x), slopes)``: a one-PReLU model with known per-channel slopes."""
+    channels = len(slopes)
+    rng = np.random.default_rng(0)
+    weight = rng.standard_normal((channels, 3, 1, 1)).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["y"], name="conv"),
+             helper.make_node("PRelu", ["y", "slope"], ["out"], name="prelu")]
+    graph = helper.make_graph(
+        nodes, "prelu", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, 5, 5])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["batch", channels, 5, 5])],
+        [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(slopes.reshape(-1, 1, 1), "slope")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, path)
+    return path
+
+
+def run(path, x: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: x})[0]
+
+
+def ops(path) -> list:
+    return [node.op_type for node in onnx.load(str(path)).graph.node]
+
+
+@pytest.fixture(scope="module")
+def student():
+    return small_student()
+
+
+@pytest.fixture(scope="module")
+def plain_onnx(tmp_path_factory, student):
+    """The student exported with its PRelu nodes (prelu=None), uint8 input."""
+    path = tmp_path_factory.mktemp("plain") / "student.onnx"
+    export_onnx(student, path, input_format="uint8", prelu=None)
+    return path
+
+
+# --------------------------------------------------------------------------- PReLU rewrites
+
+@pytest.mark.parametrize("strategy", EXACT)
+def test_rewrite_equals_prelu_on_known_slopes(tmp_path, strategy):
+    source = prelu_graph(tmp_path / "prelu.onnx")
+    target = tmp_path / f"{strategy}.onnx"
+    report = rewrite_prelu_file(source, target, strategy)
+    x = np.random.default_rng(1).standard_normal((4, 3, 5, 5)).astype(np.float32) * 3
+    y = run(source, x)
+    conv = np.einsum("oc,nchw->nohw", numpy_helper.to_array(onnx.load(str(source)).graph.initializer[0])[:, :, 0, 0], x)
+    reference = np.where(conv > 0, conv, SLOPES.reshape(1, -1, 1, 1) * conv)   # PReLU by definition
+    np.testing.assert_allclose(y, reference, atol=1e-5)
+    np.testing.assert_allclose(run(target, x), y, atol=1e-5, rtol=0)
+    assert "PRelu" not in ops(target)
+    # 'max' is exact only for slopes in [0, 1]: this graph has -0.3 and 1.7, so it falls back
+    assert (report.rewritten, report.fallback) == ((0, 1) if strategy == "max" else (1, 0))
+    assert read_metadata(target).prelu_rewrite == strategy
+
+
+def test_max_rewrite_applies_to_slopes_in_unit_interval(tmp_path):
+    slopes = np.array([0.0, 0.25, 1.0], np.float32)
+    source = prelu_graph(tmp_path / "prelu.onnx", slopes)
+    report = rewrite_prelu_file(source, tmp_path / "max.onnx", "max")
+    assert (report.rewritten, report.fallback) == (1, 0) and sorted(ops(tmp_path / "max.onnx")) == ["Conv", "Max", "Mul"]
+    x = np.random.default_rng(2).standard_normal((2, 3, 5, 5)).astype(np.float32)
+    np.testing.assert_array_equal(run(tmp_path / "max.onnx", x), run(source, x))
+
+
+def test_inexact_rewrite_is_refused_unless_asked(tmp_path):
+    model = onnx.load(str(prelu_graph(tmp_path / "prelu.onnx")))
+    with pytest.raises(ConfigError, match="changes the model's outputs"):
+        rewrite_prelu(model, "relu")
+    assert rewrite_prelu(model, "relu", exact=False).rewritten == 1
+    with pytest.raises(KeyError):
+        rewrite_prelu(model, "no-such-rewrite")
+
+
+@pytest.mark.parametrize("fmt", ["float", "uint8"])
+def test_export_rewrites_all_mobilefacenet_prelus_and_stays_equal(tmp_path, student, fmt):
+    plain, rewritten = tmp_path / "plain.onnx", tmp_path / "dwconv.onnx"
+    export_onnx(student, plain, input_format=fmt, prelu=None)
+    meta = export_onnx(student, rewritten, input_format=fmt)             # default: dwconv
+    assert ops(plain).count("PRelu") == 33 and "PRelu" not in ops(rewritten)
+    assert meta.prelu_rewrite == "dwconv" and read_metadata(rewritten).prelu_rewrite == "dwconv"
+    assert read_metadata(plain).prelu_rewrite == "none"
+    faces = synthetic_faces(8, seed=4)[:, ::2, ::2]
+    a, b = OnnxEmbedder(plain).embed_uint8(faces), OnnxEmbedder(rewritten).embed_uint8(faces)
+    assert np.abs(a - b).max() <= 1e-5 * np.abs(a).max()
+    with torch.no_grad():
+        from facekd.preprocess import normalize_uint8
+        expected = student(normalize_uint8(faces)).numpy()
+    assert np.abs(b - expected).max() <= 1e-4 * np.abs(expected).max()
+
+
+# --------------------------------------------------------------------------- INT8
+
+def test_int8_with_rewrite_leaves_no_float_compute(tmp_path, plain_onnx):
+    calibration, held_out = synthetic_faces(16, seed=1), synthetic_faces(16, seed=2)
+    chained = quantize_int8(plain_onnx, tmp_path / "chained.onnx", calibration, eval_faces=held_out, keep_float=())
+    assert chained.prelu_rewrite == "dwconv" and chained.prelu_rewritten == 33
+    assert chained.rewrite_max_abs_diff <= 1e-5
+    # every conv, relu and add runs in int8; only the uint8 input's normalisation stays float
+    assert chained.float_nodes == {"Mul": 1, "Sub": 1}
+    assert "PRelu" not in ops(tmp_path / "chained.onnx")
+    assert chained.drift.mean_cosine >= 0.9
+    old = quantize_int8(plain_onnx, tmp_path / "old.onnx", calibration, prelu=None, keep_float=("first", "last"))
+    assert old.float_nodes == {"PRelu": 33, "Conv": 2, "Mul": 1, "Sub": 1}     # what issue 13 measured
+    last = quantize_int8(plain_onnx, tmp_path / "last.onnx", calibration)    # default: keep the final layer
+    assert last.float_nodes == {"Conv": 1, "Mul": 1, "Sub": 1} and last.kept_float == ["/model/linear/Conv"]
+    meta = read_metadata(tmp_path / "chained.onnx")
+    assert (meta.quantization, meta.prelu_rewrite) == ("int8-qdq", "dwconv")
+
+
+def test_int8_qoperator_u8u8_and_option_errors(tmp_path, plain_onnx):
+    calibration = synthetic_faces(8, seed=1)
+    report = quantize_int8(plain_onnx, tmp_path / "qop.onnx", calibration, quant_format="qoperator",
+                           weight_type="u8", reduce_range=True, keep_float=())
+    graph_ops = ops(tmp_path / "qop.onnx")
+    assert graph_ops.count("QLinearConv") == 50 + 66 and "PRelu" not in graph_ops
+    assert report.float_nodes == {"Mul": 1, "Sub": 1} and read_metadata(tmp_path / "qop.onnx").quantization == "int8-qoperator"
+    assert "QOperator, U8U8" in str(report)
+    for option, value, message in (("quant_format", "qint4", "quantisation format"),
+                                   ("weight_type", "s4", "weight type"), ("prelu", "relu6", "PReLU rewrite")):
+        with pytest.raises(ConfigError, match=message):
+            quantize_int8(plain_onnx, tmp_path / "x.onnx", calibration, **{option: value})
+
+
+# --------------------------------------------------------------------------- thresholds and precision
+
+def test_int8_sibling_and_model_for_precision(tmp_path, plain_onnx):
+    assert int8_sibling("runs/student.onnx") == "runs/student_int8.onnx"
+    assert model_for_precision(plain_onnx, "fp32") == str(plain_onnx)
+    with pytest.raises(DataError) as info:
+        model_for_precision(plain_onnx, "int8")
+    assert str(info.value).startswith(int8_sibling(plain_onnx)) and "--int8" in str(info.value)
+    with pytest.raises(ConfigError, match="precision"):
+        model_for_precision(plain_onnx, "fp16")
+
+
+def test_fit_and_store_threshold(tmp_path, plain_onnx):
+    from facekd.data.synthetic import synthetic_pair_set
+    from facekd.evaluation import evaluate, extract_embeddings, pair_embeddings
+
+    path = tmp_path / "student.onnx"
+    path.write_bytes(Path(plain_onnx).read_bytes())
+    pair_set = synthetic_pair_set(num_pairs=40, num_folds=2, cache=True)
+    fit = fit_threshold(OnnxEmbedder(path, resize=True), pair_set)
+    embeddings = extract_embeddings(OnnxEmbedder(path, resize=True), pair_set, progress=False)
+    result = evaluate(pair_embeddings(pair_set.pairs, embeddings.flip), pair_set.issame)
+    assert fit.threshold == pytest.approx(1 - result.threshold_mean / 2)
+    assert fit.accuracy == pytest.approx(result.accuracy_mean) and "synthetic" in fit.source
+    store_threshold(path, fit)
+    meta = read_metadata(path)
+    assert meta.threshold == pytest.approx(fit.threshold) and meta.threshold_flip is True
+    assert meta.threshold_source == fit.source and meta.embedding_size == EMBEDDING
+    assert np.array_equal(OnnxEmbedder(path).embed_uint8(synthetic_faces(2)[:, ::2, ::2]),
+                          OnnxEmbedder(plain_onnx).embed_uint8(synthetic_faces(2)[:, ::2, ::2]))
+
+
+@pytest.fixture(scope="module")
+def untrained_checkpoint(tmp_path_factory, student):
+    """A checkpoint without any verification threshold (trained without validation)."""
+    path = tmp_path_factory.mktemp("ckpt") / "last.pt"
+    torch.save({"model_config": {"name": "mobilefacenet", "embedding_size": EMBEDDING, "input_size": SIZE,
+                                 "params": {}},
+                "state_dict": student.state_dict(), "config": to_dict(ExperimentConfig())}, path)
+    return path
+
+
+def test_export_val_fits_thresholds_and_verify_int8_decides(tmp_path, untrained_checkpoint, capsys):
+    from facekd.data.image_io import write_image
+
+    out, report = tmp_path / "student.onnx", tmp_path / "report.json"
+    code = main(["export", str(untrained_checkpoint), "--out", str(out), "--int8", "--calib-count", "16",
+                 "--val", "synthetic:,num_pairs=40,num_folds=2", "--keep-float", "first,last",
+                 # random weights drift far more under INT8 than trained ones: this test is about thresholds
+                 "--int8-min-cosine", "0.3",
+                 "--report", str(report)])
+    assert code == 0
+    int8 = tmp_path / "student_int8.onnx"
+    fp32_meta, int8_meta = read_metadata(out), read_metadata(int8)
+    data = json.loads(report.read_text())
+    metrics = data["int8"]["verification"]["synthetic"]
+    assert fp32_meta.threshold == pytest.approx(metrics["fp32_threshold"])
+    assert int8_meta.threshold == pytest.approx(metrics["int8_threshold"])
+    assert "fitted on synthetic (40 pairs, flip)" == fp32_meta.threshold_source == int8_meta.threshold_source
+    assert int8_meta.quantization == "int8-qdq" and fp32_meta.quantization == "none"
+    assert set(data["thresholds"]) == {str(out), str(int8)}
+    capsys.readouterr()
+
+    face = synthetic_faces(1)[0]
+    a = tmp_path / "a.png"
+    write_image(a, face)
+    assert main(["verify", str(out), str(a), str(a), "--aligned", "--int8"]) == 0
+    printed = capsys.readouterr().out
+    assert f"{int8} (int8)" in printed and "decision:   same person" in printed
+    assert f"{int8_meta.threshold:.4f}" in printed
+    embedder = FaceEmbedder(out, precision="int8")
+    assert embedder.path == str(int8) and embedder.threshold == pytest.approx(int8_meta.threshold)
+    assert embedder.flip is True and FaceEmbedder(out).precision == "fp32"
+
+
+def test_export_val_without_int8_fits_the_fp32_threshold(tmp_path, untrained_checkpoint, capsys):
+    out = tmp_path / "student.onnx"
+    assert main(["export", str(untrained_checkpoint), "--out", str(out),
+                 "--val", "synthetic:,num_pairs=40,num_folds=2"]) == 0
+    assert "threshold of" in capsys.readouterr().out
+    meta = read_metadata(out)
+    assert meta.threshold is not None and -1 <= meta.threshold <= 1 and "synthetic" in meta.threshold_source
+    assert not Path(int8_sibling(out)).exists()
+
+
+# --------------------------------------------------------------------------- import graph
+
+def test_export_package_has_no_import_circles():
+    """Every ``facekd.export.*`` import (module level or inside functions) forms an acyclic graph."""
+    root = REPO / "facekd" / "export"
+    graph = {}
+    for path in root.glob("*.py"):
+        name = f"facekd.export.{path.stem}"
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("facekd.export."):
+                targets.add(node.module)
+        graph[name] = targets - {name}
+    state = {}
+
+    def visit(module, trail):
+        if state.get(module) == "done":
+            return
+        assert state.get(module) != "open", f"import circle: {' -> '.join(trail + [module])}"
+        state[module] = "open"
+        for target in sorted(graph.get(module, ())):
+            visit(target, trail + [module])
+        state[module] = "done"
+
+    for module in sorted(graph):
+        visit(module, [])
+    assert "facekd.export.runtime" not in graph["facekd.export.metadata"]
