@@ -7,18 +7,19 @@ backbone with the weighted losses of ``cfg.losses`` (:func:`facekd.losses.build_
 * :class:`TeacherTask` (``facekd train-teacher``) — a backbone + margin head
   (``arcface``/``cosface``, s=64, m=0.5 by default); losses that need a teacher are refused.
 * :class:`StudentTask` (``facekd train-student``) — adds the frozen teacher of ``cfg.teacher``
-  (a facekd checkpoint, or an insightface ``backbone.pth`` for the architecture in
-  ``teacher.model``), the low-resolution student view of ``cfg.degrade`` and the teacher
-  embedding cache (:mod:`facekd.training.teacher_cache`).  Any combination of student
-  ArcFace, triplet distillation, plain triplet, HR->LR feature distillation and Hinton KD
-  can be switched on and weighted in ``cfg.losses``.
+  (any :mod:`facekd.teachers` source: a facekd checkpoint or insightface ``backbone.pth``, an
+  ONNX embedder, dlib's ResNet, precomputed embeddings), the low-resolution student view of
+  ``cfg.degrade`` and the teacher embedding cache (:mod:`facekd.training.teacher_cache`).
+  Any combination of student ArcFace, triplet distillation, plain triplet, HR->LR feature
+  distillation, neuron selection and Hinton KD can be switched on and weighted in ``cfg.losses``.
 
 Where the teacher's outputs come from:
 
 * embeddings: the cache (``teacher.cache: true``, default), looked up by sample index and
   flip — no teacher forward pass during training;
 * margin-free logits (Hinton KD): the teacher checkpoint's margin head applied to the
-  cached embedding (one matrix product; teacher and student must share the identity set);
+  cached embedding (one matrix product) when it covers the run's identities, else the
+  class-centre logits of :class:`~facekd.teachers.base.ClassCentreHead`;
 * feature maps (a loss with ``needs_feature_maps``): the teacher runs online on the clean
   view of each batch (``forward_features``), and then provides the embedding too — the
   cache is not used in that case.
@@ -339,7 +340,6 @@ class StudentTask(Task):
         LOG.info("hinton_kd: teacher logits = %.1f * cos(teacher embedding, centre of its identity's teacher "
                  "embeddings) over %d identities", scale, self.dataset.num_classes)
         centres = class_centres(clean_embeddings, self.dataset.labels, self.dataset.num_classes)
-        self.teacher.classes = list(self.dataset.classes)
         return ClassCentreHead(centres, scale).to(self.device)
 
     def teacher_outputs(self, batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
