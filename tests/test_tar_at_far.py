@@ -85,3 +85,14 @@ def test_report_and_markdown_mark_unreached_tar():
 def test_results_without_the_reached_field_still_show_the_tar():
     assert tar_cell({"far_target": 0.01, "tar_mean": 0.987, "far_mean": 0.011}) == "98.70"
     assert tar_cell(None) == "–"
+
+
+def test_resolution_curve_json_keeps_unreached_tar_out():
+    from facekd.evaluation.resolution import ResolutionCurve
+
+    embeddings, issame = degenerate_embeddings()
+    flat = evaluate(embeddings, issame)
+    good = evaluate(*separable_embeddings())
+    curve = ResolutionCurve(side="both", sizes=[112, 28], flip=[good, flat], plain=[good, flat]).to_dict()
+    assert curve["tar_at_far"]["0.01"] == [good.tar_at_far[1e-2].tar, None]
+    assert curve["tar_at_far"]["0.01"][0] is not None

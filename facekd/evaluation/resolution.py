@@ -58,7 +58,7 @@ class ResolutionCurve:
             "accuracy_std": [r.accuracy_std for r in self.flip],
             "plain_accuracy_mean": [r.accuracy_mean for r in self.plain],
             "plain_accuracy_std": [r.accuracy_std for r in self.plain],
-            "tar_at_far": {far_key(f): [r.tar_at_far[f].tar_mean for r in self.flip] for f in fars},
+            "tar_at_far": {far_key(f): [r.tar_at_far[f].tar for r in self.flip] for f in fars},   # None: not reached
             "auc": [r.auc for r in self.flip],
             "eer": [r.eer for r in self.flip],
         }
