@@ -41,10 +41,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from facekd.export import (OnnxEmbedder, check_export, export_onnx, load_checkpoint_model, quantize_int8,
-                           synthetic_faces)
+from facekd.export import (OnnxEmbedder, check_export, export_onnx, load_checkpoint_model, load_faces,
+                           quantize_int8, synthetic_faces)
 from facekd.export.check import take_faces
 from facekd.export.metadata import ExportMetadata
+from facekd.export.prelu import DEFAULT_PRELU_REWRITE
+from facekd.export.profiling import measure_memory_bandwidth, profile_layer_types
 from facekd.export.runtime import resize_faces
 from facekd.models import MODELS, count_macs, count_parameters
 from facekd.preprocess import normalize_uint8
@@ -61,7 +63,9 @@ MIN_RUNS = 3
 TORCH = "torch"
 ORT_FP32 = "ort-fp32"
 ORT_INT8 = "ort-int8"
-BACKEND_LABELS = {TORCH: "PyTorch eager", ORT_FP32: "ORT fp32", ORT_INT8: "ORT INT8"}
+ORT_FP32_PRELU = "ort-fp32-prelu"
+BACKEND_LABELS = {TORCH: "PyTorch eager", ORT_FP32: "ORT fp32", ORT_INT8: "ORT INT8",
+                  ORT_FP32_PRELU: "ORT fp32 PRelu"}
 
 
 # --------------------------------------------------------------------------- settings and models
@@ -80,8 +84,16 @@ class BenchSettings:
         matmul_size: side of the square fp32 ``torch.mm`` that measures the machine's peak.
         matmul_repeats: timed matmuls at the start and at the end of the run (the fastest counts).
         faces: synthetic faces the batches are cycled from (also BatchNorm/drift faces).
-        calibration_faces: synthetic faces for the INT8 calibration.
+        calibration_faces: faces for the INT8 calibration.
         input_format: ONNX input, ``float`` (normalised NCHW, what PyTorch gets) or ``uint8``.
+        calibration: where the calibration faces come from: ``synthetic`` or a folder of
+            (aligned) real faces (:func:`facekd.export.load_faces`).
+        prelu: the PReLU rewrite of the ONNX exports (``None``: keep ``PRelu`` nodes).
+        prelu_baseline: also time the student's fp32 export with its ``PRelu`` nodes.
+        profile: profile the student's ONNX models per layer type (roofline table).
+        profile_runs: profiled calls at the largest batch size.
+        statistic: ``median`` (default) or ``min``: which per-batch time gives the throughput
+            (and the ratios); ``min`` suits a machine other processes load.
     """
     batch_sizes: Tuple[int, ...] = (1, 64)
     threads: int = 2
@@ -93,12 +105,18 @@ class BenchSettings:
     faces: int = 32
     calibration_faces: int = 128
     input_format: str = "float"
+    calibration: str = "synthetic"
+    prelu: Optional[str] = DEFAULT_PRELU_REWRITE
+    prelu_baseline: bool = False
+    profile: bool = True
+    profile_runs: int = 3
+    statistic: str = "median"
 
     @classmethod
     def quick(cls, **overrides: Any) -> "BenchSettings":
         """Tiny settings for a smoke test (numbers are noisy): batch 1 and 8, 3 runs, 1024 matmul."""
         settings = cls(batch_sizes=(1, 8), runs=3, warmup=1, max_seconds=5.0, matmul_size=1024,
-                       matmul_repeats=5, faces=8, calibration_faces=16)
+                       matmul_repeats=5, faces=8, calibration_faces=16, profile_runs=1)
         return replace(settings, **overrides)
 
 
@@ -235,7 +253,7 @@ class Measurement:
     runs: int
     median_ms: float           # per batch
     min_ms: float
-    images_per_s: float        # batch_size / median
+    images_per_s: float        # batch_size / median (or / min with ``statistic="min"``)
     macs: int                  # per image
     gflops: float              # 2 * macs * images_per_s / 1e9
     pct_peak: Optional[float] = None   # gflops / fp32 matmul peak * 100 (set by run_benchmark)
@@ -251,7 +269,7 @@ def measure(model: str, backend: str, fn: Callable[[], Any], batch_size: int, ma
     """Time ``fn`` (one batch of ``batch_size`` images of ``macs`` MACs each) and derive the throughput."""
     times = time_calls(fn, settings.runs, settings.warmup, settings.max_seconds)
     median = statistics.median(times)
-    images_per_s = batch_size / median
+    images_per_s = batch_size / (min(times) if settings.statistic == "min" else median)
     gflops = 2.0 * macs * images_per_s / 1e9
     return Measurement(model, backend, int(batch_size), len(times), median * 1e3, min(times) * 1e3,
                        images_per_s, int(macs), gflops)
@@ -267,6 +285,8 @@ RATIO_SPECS = (
     ("student ORT fp32 / teacher ORT fp32", "student/ort-fp32", "teacher/ort-fp32"),
     ("student ORT INT8 / student ORT fp32", "student/ort-int8", "student/ort-fp32"),
     ("student ORT fp32 / student eager", "student/ort-fp32", "student/torch"),
+    ("student ORT fp32 / ORT fp32 PRelu", "student/ort-fp32", "student/ort-fp32-prelu"),
+    ("student ORT INT8 / ORT fp32 PRelu", "student/ort-int8", "student/ort-fp32-prelu"),
     ("teacher ORT fp32 / teacher eager", "teacher/ort-fp32", "teacher/torch"),
 )
 
@@ -324,10 +344,11 @@ def evaluate_targets(ratios: Sequence[Dict[str, Any]], verification: Optional[Di
 
 # --------------------------------------------------------------------------- the benchmark
 
-def export_model(bench_model: BenchModel, path: Path, faces: np.ndarray, settings: BenchSettings) -> Dict[str, Any]:
-    """Export ``bench_model`` to ONNX fp32 at ``path`` (BatchNorm folded) and check it at batch 2."""
+def export_model(bench_model: BenchModel, path: Path, faces: np.ndarray, settings: BenchSettings,
+                 prelu: Optional[str] = DEFAULT_PRELU_REWRITE) -> Dict[str, Any]:
+    """Export ``bench_model`` to ONNX fp32 at ``path`` (BatchNorm folded, PReLU rewritten) and check it at batch 2."""
     description = bench_model.describe()
-    export_onnx(bench_model.model, path, input_format=settings.input_format,
+    export_onnx(bench_model.model, path, input_format=settings.input_format, prelu=prelu,
                 metadata=ExportMetadata(model_name=bench_model.name, params=description["params"],
                                         macs=description["macs"]))
     check = check_export(path, bench_model.model, faces, batch_sizes=(2,), threads=settings.threads)
@@ -344,7 +365,7 @@ def time_model(bench_model: BenchModel, onnx_paths: Dict[str, Path], faces: np.n
     role, macs = bench_model.role, bench_model.describe()["macs"]
     runners: List[Tuple[str, Callable[[int], Callable[[], Any]]]] = [
         (TORCH, lambda batch_size: torch_batch_runner(bench_model.model, faces, batch_size))]
-    for backend in (ORT_FP32, ORT_INT8):
+    for backend in (ORT_FP32, ORT_FP32_PRELU, ORT_INT8):
         path = onnx_paths.get(f"{role}/{backend}")
         if path is not None:
             runners.append((backend, lambda batch_size, path=path: onnx_batch_runner(
@@ -394,20 +415,32 @@ def run_benchmark(student: BenchModel, teacher: Optional[BenchModel] = None,
         descriptions = {m.role: m.describe() for m in models}
 
         log(f"exporting the student to ONNX fp32 and INT8 in {workdir}")
-        onnx_info = {"student/ort-fp32": export_model(student, workdir / "student_fp32.onnx", faces, settings)}
-        calibration = synthetic_faces(settings.calibration_faces, seed=1)
+        onnx_info = {"student/ort-fp32": export_model(student, workdir / "student_fp32.onnx", faces, settings,
+                                                      settings.prelu)}
+        if settings.prelu_baseline:
+            onnx_info["student/ort-fp32-prelu"] = export_model(student, workdir / "student_fp32_prelu.onnx",
+                                                               faces, settings, prelu=None)
+        calibration = load_faces(settings.calibration, settings.calibration_faces, seed=1)
         quant = quantize_int8(workdir / "student_fp32.onnx", workdir / "student_int8.onnx", calibration,
-                              eval_faces=faces, pair_sets=pair_sets, threads=settings.threads)
+                              eval_faces=faces, pair_sets=pair_sets, threads=settings.threads,
+                              prelu=settings.prelu, calibration_source=settings.calibration)
         onnx_info["student/ort-int8"] = {"path": quant.int8_path, "mb": quant.int8_mb}
         if teacher is not None and teacher_onnx:
             log("exporting the teacher to ONNX fp32")
-            onnx_info["teacher/ort-fp32"] = export_model(teacher, workdir / "teacher_fp32.onnx", faces, settings)
+            onnx_info["teacher/ort-fp32"] = export_model(teacher, workdir / "teacher_fp32.onnx", faces, settings,
+                                                         settings.prelu)
         paths = {key: Path(info["path"]) for key, info in onnx_info.items()}
 
-        log(f"fp32 matmul peak ({settings.matmul_size}x{settings.matmul_size}, {settings.threads} threads)")
+        log(f"fp32 matmul peak ({settings.matmul_size}x{settings.matmul_size}, {settings.threads} threads) "
+            "and memory bandwidth")
         peak_start = measure_matmul_peak(settings.matmul_size, settings.matmul_repeats)
+        bandwidth_start = measure_memory_bandwidth()
         measurements = [m for bench_model in models for m in time_model(bench_model, paths, faces, settings, log)]
+        layers = {}
+        if settings.profile:
+            layers = profile_student(student, paths, faces, settings, log)
         peak_end = measure_matmul_peak(settings.matmul_size, settings.matmul_repeats)
+        bandwidth_end = measure_memory_bandwidth()
     finally:
         torch.set_num_threads(previous_threads)
 
@@ -415,8 +448,12 @@ def run_benchmark(student: BenchModel, teacher: Optional[BenchModel] = None,
     peak = {"size": settings.matmul_size, "repeats": settings.matmul_repeats,
             "gflops": max(peak_start["gflops"], peak_end["gflops"]),
             "start": peak_start, "end": peak_end}
+    bandwidth = {"gbps": max(bandwidth_start, bandwidth_end), "start": bandwidth_start, "end": bandwidth_end}
     for m in measurements:
         m.pct_peak = 100.0 * m.gflops / peak["gflops"]
+    for stats in layers.values():
+        for stat in stats:
+            add_roofline(stat, peak["gflops"], bandwidth["gbps"])
     ratios = compute_ratios(measurements)
     accuracy_note = ("random-init student: the accuracy numbers are meaningless (pass --student CKPT)"
                      if quant.verification and student.random_init else None)
@@ -427,13 +464,45 @@ def run_benchmark(student: BenchModel, teacher: Optional[BenchModel] = None,
                         "loadavg_1min_before": loadavg},
         "models": descriptions,
         "matmul_peak": peak,
+        "memory_bandwidth": bandwidth,
         "results": [{**asdict(m), "key": m.key} for m in measurements],
         "ratios": ratios,
         "targets": evaluate_targets(ratios, quant.verification, accuracy_note),
         "onnx": onnx_info,
         "quantization": quant.to_dict(),
+        "layers": layers,
     }
     return report
+
+
+def profile_student(student: BenchModel, paths: Dict[str, Path], faces: np.ndarray, settings: BenchSettings,
+                    log: Callable[[str], None] = lambda text: None) -> Dict[str, List[Dict[str, Any]]]:
+    """Per-layer-type profile (:func:`facekd.export.profiling.profile_layer_types`) of the student's
+    ONNX models at the largest batch size: ``{"student/ort-fp32": [stat dict, ...], ...}``.
+
+    The int8 model's FLOPs come from the fp32 graph it was quantised from (same node names).
+    """
+    batch_size = max(settings.batch_sizes)
+    out = {}
+    for backend, element_bytes in ((ORT_FP32, 4), (ORT_FP32_PRELU, 4), (ORT_INT8, 1)):
+        key = f"student/{backend}"
+        if key not in paths:
+            continue
+        log(f"profiling {key} per layer type at batch {batch_size}")
+        embedder = OnnxEmbedder(paths[key], threads=settings.threads)
+        feed = embedder.input_format.from_uint8(take_faces(resize_faces(faces, embedder.input_size), batch_size))
+        cost_model = paths["student/ort-fp32"] if backend == ORT_INT8 else paths[key]
+        stats = profile_layer_types(paths[key], feed, runs=settings.profile_runs, threads=settings.threads,
+                                    element_bytes=element_bytes, cost_model=cost_model)
+        out[key] = [{**stat.to_dict(), "batch_size": batch_size} for stat in stats]
+    return out
+
+
+def add_roofline(stat: Dict[str, Any], peak_gflops: float, bandwidth_gbps: float) -> None:
+    """Set a layer-type stat's ``roofline_gflops`` = min(peak, intensity x bandwidth) and ``pct_roofline``."""
+    if stat["gflops"] and stat["intensity"]:
+        stat["roofline_gflops"] = min(peak_gflops, stat["intensity"] * bandwidth_gbps)
+        stat["pct_roofline"] = 100.0 * stat["gflops"] / stat["roofline_gflops"]
 
 
 def _onnxruntime_version() -> str:
@@ -457,6 +526,10 @@ def format_report(report: Dict[str, Any]) -> str:
              f"fp32 matmul peak ({peak['size']}x{peak['size']} torch.mm, best of {peak['repeats']} at start and end): "
              f"{peak['gflops']:.1f} GFLOP/s (start {peak['start']['gflops']:.1f}, end {peak['end']['gflops']:.1f}; "
              f"medians {peak['start']['gflops_median']:.1f}, {peak['end']['gflops_median']:.1f})"]
+    if report.get("memory_bandwidth"):
+        bandwidth = report["memory_bandwidth"]
+        lines.append(f"memory bandwidth (128 MB copy, best of start and end): {bandwidth['gbps']:.1f} GB/s "
+                     f"(ridge point {peak['gflops'] / bandwidth['gbps']:.1f} FLOP/byte)")
     for role, d in report["models"].items():
         lines.append(f"{role}: {d['name']} {d['input_size']}px {d['embedding_size']}-d, "
                      f"{d['params'] / 1e6:.2f}M params, {d['macs'] / 1e9:.3f} GMACs/image, {d['source']}")
@@ -466,11 +539,12 @@ def format_report(report: Dict[str, Any]) -> str:
         lines.append(f"  note: load average {env['loadavg_1min_before']:.1f} on {env['cpu_count']} cores: other processes "
                      "compete for the CPU; absolute numbers are low and PyTorch eager (OpenMP) suffers most")
 
-    lines += ["", f"{'model':<8} {'backend':<14} {'batch':>5} {'runs':>4} {'median ms':>10} "
-                  f"{'images/s':>10} {'GFLOP/s':>8} {'% peak':>7}"]
+    lines += ["", f"{'model':<8} {'backend':<14} {'batch':>5} {'runs':>4} {'median ms':>10} {'min ms':>8} "
+                  f"{'images/s':>10} {'GFLOP/s':>8} {'% peak':>7}"
+              + ("   (images/s from the min)" if report["settings"].get("statistic") == "min" else "")]
     for r in report["results"]:
         lines.append(f"{r['model']:<8} {BACKEND_LABELS[r['backend']]:<14} {r['batch_size']:>5} {r['runs']:>4} "
-                     f"{r['median_ms']:>10.2f} {r['images_per_s']:>10.1f} {r['gflops']:>8.2f} {r['pct_peak']:>6.1f}%")
+                     f"{r['median_ms']:>10.2f} {r['min_ms']:>8.2f} {r['images_per_s']:>10.1f} {r['gflops']:>8.2f} {r['pct_peak']:>6.1f}%")
 
     batch_sizes = sorted({r["batch_size"] for r in report["results"]})
     names = list(dict.fromkeys(r["name"] for r in report["ratios"]))
@@ -481,6 +555,8 @@ def format_report(report: Dict[str, Any]) -> str:
             lines.append(f"{name:<38}" + "".join(f"{_fmt(values.get((name, b)), '.2f') + 'x':>10}"
                                                  for b in batch_sizes))
 
+    lines += format_speedup_vs_accuracy(report)
+    lines += format_layers(report)
     lines += ["", "targets"]
     for t in report["targets"]:
         where = f" (batch {t['batch_size']})" if t["batch_size"] is not None else ""
@@ -492,6 +568,41 @@ def format_report(report: Dict[str, Any]) -> str:
         lines.append(f"  INT8 drift vs fp32 on {quant['drift']['faces']} faces: cosine mean "
                      f"{quant['drift']['mean_cosine']:.4f}, min {quant['drift']['min_cosine']:.4f}")
     return "\n".join(lines)
+
+
+def format_speedup_vs_accuracy(report: Dict[str, Any]) -> List[str]:
+    """INT8 / fp32 throughput at each batch size beside the INT8 accuracy change on each pair set."""
+    speedups = [r for r in report["ratios"] if r["name"] == "student ORT INT8 / student ORT fp32"]
+    if not speedups:
+        return []
+    quant = report["quantization"]
+    speed = ", ".join(f"{r['value']:.2f}x at batch {r['batch_size']}" for r in speedups)
+    lines = ["", f"INT8 (calibrated on {quant['calibration_faces']} {quant.get('calibration_source', '')} faces, "
+                 f"PReLU rewrite {quant.get('prelu_rewrite')}): {speed} the fp32 throughput"]
+    for name, m in quant.get("verification", {}).items():
+        lines.append(f"  accuracy on {name}: fp32 {100 * m['fp32_accuracy']:.2f}% -> INT8 "
+                     f"{100 * m['int8_accuracy']:.2f}% ({-100 * m['drop']:+.2f} pt; flip "
+                     f"{100 * m['fp32_flip_accuracy']:.2f}% -> {100 * m['int8_flip_accuracy']:.2f}%)")
+    if not quant.get("verification"):
+        lines.append("  accuracy: not measured (pass --val KIND:PATH with a trained --student)")
+    return lines
+
+
+def format_layers(report: Dict[str, Any]) -> List[str]:
+    """The per-layer-type profile tables (time share, GFLOP/s, GB/s, roofline)."""
+    lines: List[str] = []
+    for key, stats in (report.get("layers") or {}).items():
+        model, backend = key.split("/")
+        batch = stats[0]["batch_size"] if stats else "-"
+        lines += ["", f"{model} {BACKEND_LABELS[backend]} per layer type (onnxruntime profile, batch {batch}; "
+                      "GB/s = minimum traffic; roofline = min(peak, FLOP/byte x bandwidth))",
+                  f"  {'layer type':<12} {'nodes':>5} {'ms':>8} {'share':>6} {'GFLOP/s':>8} {'GB/s':>6} "
+                  f"{'FLOP/B':>7} {'roofline':>9} {'% roof':>7}"]
+        for st in stats:
+            lines.append(f"  {st['layer_type']:<12} {st['nodes']:>5} {st['ms']:>8.2f} {100 * st['share']:>5.1f}% "
+                         f"{st['gflops']:>8.2f} {st['gbps']:>6.2f} {st['intensity']:>7.2f} "
+                         f"{_fmt(st.get('roofline_gflops'), '9.1f'):>9} {_fmt(st.get('pct_roofline'), '6.1f'):>6}%")
+    return lines
 
 
 # --------------------------------------------------------------------------- command line
@@ -515,7 +626,18 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--input-format", choices=("float", "uint8"), default="float",
                         help="ONNX input: float (normalised NCHW, like PyTorch; default) or uint8 "
                              "(normalisation in the graph)")
-    parser.add_argument("--calib-count", type=int, help="synthetic INT8 calibration faces (default 128; 16 with --quick)")
+    parser.add_argument("--calib", default="synthetic",
+                        help="INT8 calibration faces: a folder of aligned real faces (e.g. runs/cpu_scale/aligned/"
+                             "celeba) or 'synthetic' (default)")
+    parser.add_argument("--calib-count", type=int, help="INT8 calibration faces (default 128; 16 with --quick)")
+    parser.add_argument("--prelu", default=DEFAULT_PRELU_REWRITE,
+                        help=f"PReLU rewrite of the ONNX exports (default {DEFAULT_PRELU_REWRITE}; 'none' keeps PRelu)")
+    parser.add_argument("--prelu-baseline", action="store_true",
+                        help="also time the student's fp32 export with its PRelu nodes (what was exported before)")
+    parser.add_argument("--no-profile", action="store_true", help="skip the per-layer-type profile")
+    parser.add_argument("--statistic", choices=("median", "min"), default="median",
+                        help="per-batch time behind throughputs and ratios: median (default) or min "
+                             "(the fastest run: least affected by other processes on a shared machine)")
     parser.add_argument("--val", action="append", default=[], metavar="KIND:PATH",
                         help="verification set for the fp32-vs-INT8 accuracy drop (lfw:PATH, bin:PATH, ...); "
                              "repeatable; meaningful with a trained --student")
@@ -528,7 +650,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 def settings_from_args(args: argparse.Namespace) -> BenchSettings:
     """:class:`BenchSettings` for the options (``--quick`` first, explicit options override it)."""
     settings = BenchSettings.quick() if args.quick else BenchSettings()
-    overrides: Dict[str, Any] = {"threads": args.threads, "input_format": args.input_format}
+    overrides: Dict[str, Any] = {"threads": args.threads, "input_format": args.input_format,
+                                 "calibration": args.calib, "prelu": None if args.prelu == "none" else args.prelu,
+                                 "prelu_baseline": args.prelu_baseline, "profile": not args.no_profile,
+                                 "statistic": args.statistic}
     if args.batch_sizes:
         overrides["batch_sizes"] = tuple(int(b) for b in args.batch_sizes.split(",") if b.strip())
     for option, name in (("runs", "runs"), ("warmup", "warmup"), ("max_seconds", "max_seconds"),

@@ -40,28 +40,29 @@ def report_and_dir(tmp_path_factory):
     student, teacher = tiny_models()
     # one thread: quick, and immune to OpenMP stalls when other processes load the cores
     settings = bench.BenchSettings.quick(batch_sizes=(1, 3), runs=2, warmup=1, matmul_size=128,
-                                         matmul_repeats=3, faces=4, calibration_faces=8, threads=1)
+                                         matmul_repeats=3, faces=4, calibration_faces=8, threads=1,
+                                         prelu_baseline=True)
     report = bench.run_benchmark(student, teacher, settings, workdir=workdir, teacher_onnx=True)
     return report, workdir
 
 
 def test_report_structure(report_and_dir):
     report, workdir = report_and_dir
-    assert set(report) == {"settings", "environment", "models", "matmul_peak", "results", "ratios", "targets",
-                           "onnx", "quantization"}
+    assert set(report) == {"settings", "environment", "models", "matmul_peak", "memory_bandwidth", "results",
+                           "ratios", "targets", "onnx", "quantization", "layers"}
     # the report is JSON as it is
     assert json.loads(json.dumps(report)) == report
     assert list(report["settings"]["batch_sizes"]) == [1, 3]
     assert report["environment"]["threads"] == report["settings"]["threads"] == 1
     assert set(report["models"]) == {"student", "teacher"}
     assert report["models"]["teacher"]["input_size"] == SIZE and report["models"]["teacher"]["embedding_size"] == 64
-    for name in ("student_fp32.onnx", "student_int8.onnx", "teacher_fp32.onnx"):
+    for name in ("student_fp32.onnx", "student_fp32_prelu.onnx", "student_int8.onnx", "teacher_fp32.onnx"):
         assert (workdir / name).is_file()          # --keep: the ONNX files stay
     assert report["onnx"]["student/ort-fp32"]["min_cosine_vs_torch"] > 0.9999
     keys = {(r["key"], r["batch_size"]) for r in report["results"]}
     assert keys == {(f"{model}/{backend}", b) for model, backend in
-                    [("student", "torch"), ("student", "ort-fp32"), ("student", "ort-int8"),
-                     ("teacher", "torch"), ("teacher", "ort-fp32")] for b in (1, 3)}
+                    [("student", "torch"), ("student", "ort-fp32"), ("student", "ort-fp32-prelu"),
+                     ("student", "ort-int8"), ("teacher", "torch"), ("teacher", "ort-fp32")] for b in (1, 3)}
     assert torch.get_num_threads() == THREADS_BEFORE   # restored afterwards
 
 
@@ -101,6 +102,31 @@ def test_ratios_are_throughput_quotients(report_and_dir):
     assert [t["status"] for t in accuracy] == ["not measured"]
     text = bench.format_report(report)
     assert "images/s" in text and "% peak" in text and "not measured" in text
+    assert "per layer type" in text and "INT8 (calibrated on 8 synthetic faces" in text
+
+
+def test_layer_profile_accounts_for_every_mac(report_and_dir):
+    """The per-layer-type profile's FLOPs add up to 2 x MACs x batch, split by the kinds of layer."""
+    report, _ = report_and_dir
+    macs = report["models"]["student"]["macs"]
+    assert set(report["layers"]) == {"student/ort-fp32", "student/ort-fp32-prelu", "student/ort-int8"}
+    bandwidth, peak = report["memory_bandwidth"]["gbps"], report["matmul_peak"]["gflops"]
+    for key, stats in report["layers"].items():
+        by_type = {s["layer_type"]: s for s in stats}
+        assert {"depthwise", "pointwise", "dense", "prelu"} <= set(by_type)
+        assert by_type["depthwise"]["nodes"] == 17 and by_type["pointwise"]["nodes"] == 31
+        conv_flops = sum(s["gflops"] * s["ms"] / 1e3 * 1e9 for t, s in by_type.items()
+                         if t in ("depthwise", "pointwise", "dense"))
+        assert conv_flops == pytest.approx(2 * macs * 3, rel=1e-6)          # batch 3, the largest
+        assert sum(s["share"] for s in stats) == pytest.approx(1.0)
+        for s in stats:
+            if s.get("roofline_gflops"):
+                assert s["roofline_gflops"] == pytest.approx(min(peak, s["intensity"] * bandwidth))
+                assert s["pct_roofline"] == pytest.approx(100 * s["gflops"] / s["roofline_gflops"])
+    prelu_nodes = {key: next(s["nodes"] for s in stats if s["layer_type"] == "prelu")
+                   for key, stats in report["layers"].items()}
+    assert prelu_nodes["student/ort-fp32-prelu"] == 33                  # the PRelu nodes themselves
+    assert prelu_nodes["student/ort-fp32"] >= 66 and prelu_nodes["student/ort-int8"] >= 66   # the rewrite
 
 
 def test_compute_ratios_and_targets_on_known_numbers():
@@ -152,5 +178,6 @@ def test_command_line_student_only(tmp_path, capsys):
     teacher_target = next(t for t in report["targets"] if t["name"].startswith("student ORT fp32 >= 25x"))
     assert teacher_target["status"] == "not measured"
     assert sorted(p.name for p in keep.iterdir()) == ["student_fp32.onnx", "student_int8.onnx"]
+    assert report["settings"]["calibration"] == "synthetic" and report["settings"]["prelu"] == "dwconv"
     printed = capsys.readouterr().out
     assert "student  ORT INT8" in printed and f"JSON: {out}" in printed
