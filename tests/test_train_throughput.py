@@ -88,3 +88,16 @@ def test_command_line_writes_the_json(tmp_path, monkeypatch, capsys):
     assert set(data["models"]) == {"student"} and data["device"].startswith("cpu")
     assert {"model_img_s", "data_img_s", "end_to_end_img_s"} <= set(data["models"]["student"])
     assert "| student | mobilefacenet | 8 |" in capsys.readouterr().out
+
+
+def test_partial_fc_teacher_counts_only_the_sampled_centres():
+    from facekd.models import MODELS, count_macs
+
+    report = bench.run_benchmark(tiny_settings(teacher_loss="partial_fc", sample_rate=0.25, num_identities=40,
+                                               models=("teacher",)))
+    m = report["models"]["teacher"]
+    assert set(report["models"]) == {"teacher"} and m["losses"] == ["partial_fc"] and m["num_classes"] == 40
+    teacher = MODELS.build("iresnet18", embedding_size=32, input_size=32, width=(8, 16, 32, 64))
+    sampled = max(10, 8)                                     # ceil(0.25 * 40) centres, batch of 8
+    assert m["train_gflop_per_img"] == pytest.approx(6 * (count_macs(teacher, 32) + sampled * 32) / 1e9)
+    assert m["model_img_s"] > 0 and m["end_to_end_img_s"] > 0
