@@ -19,6 +19,12 @@ The targets of the export issue are printed as PASS/MISS (they are not asserted)
 ORT fp32 >= 25x the teacher's throughput, INT8 >= 1.5x fp32 throughput, and an LFW
 accuracy drop of INT8 vs fp32 <= 0.2 pt (only with ``--val``).
 
+The ONNX exports have their PReLUs rewritten (:mod:`facekd.export.prelu`, exact;
+``--prelu-baseline`` also times the export with ``PRelu`` nodes), INT8 is calibrated on
+``--calib`` faces (synthetic, or a folder of real aligned faces), and the student's ONNX
+models are profiled per layer type (depthwise / pointwise / dense / prelu: GFLOP/s, GB/s and
+the share of the roofline, ``min(peak, FLOP/byte x memory bandwidth)``).
+
 Random-init weights (the default without checkpoints) are fine for speed; their BatchNorm
 statistics are first set from one train-mode pass over synthetic faces so activations (and
 the INT8 calibration ranges) have realistic scales -- a freshly initialised IResNet-100
