@@ -16,10 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "facekd"
 
 #: edges that still close a circle, each removed by the engineer who owns the importing file
 #: (teacher_cache -> trainer and export metadata <-> runtime are gone: they may not come back)
-KNOWN_EDGES = {
-    # Hook comes from facekd.training.hooks now; tasks.py switches its import there
-    ("facekd.training.tasks", "facekd.training.trainer"),
-}
+KNOWN_EDGES: set = set()
 
 
 def module_name(path: Path) -> str:

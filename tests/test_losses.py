@@ -383,7 +383,7 @@ def test_build_losses_total_is_weighted_sum_of_terms():
     filled = LossInputs(student, labels, teacher_embedding=teacher, teacher_logits=batch.teacher_logits,
                         student_logits=loss.terms["arcface"].logits(student))
     for key, module in loss.terms.items():
-        assert terms[key] == pytest.approx(module(filled).item(), rel=1e-5)
+        assert float(terms[key]) == pytest.approx(module(filled).item(), rel=1e-5)
     total.backward()
     assert loss.terms["arcface"].weight.grad is not None and student.grad is not None
 

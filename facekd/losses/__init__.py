@@ -49,8 +49,8 @@ class WeightedLoss(nn.Module):
     """``total = sum_i weight_i * loss_i`` over the configured terms.
 
     ``forward(inputs)`` returns ``(total, terms)`` where ``terms`` maps each term's key to its
-    *unweighted* value as a float (for logging).  Keys are the loss names; a name used twice
-    gets ``_2``, ``_3``... suffixes.  The terms live in the ``terms`` ``ModuleDict`` (so the
+    *unweighted* value as a detached 0-d tensor (the trainer logs it at log steps only: no host
+    sync per term).  Keys are the loss names; a name used twice gets ``_2``, ``_3``... suffixes.  The terms live in the ``terms`` ``ModuleDict`` (so the
     state dict is keyed by name: ``terms.arcface.weight``), and their learnable parameters
     (class centres, projections, adapters) are ``self.parameters()`` — give them to the
     optimiser.
@@ -106,15 +106,15 @@ class WeightedLoss(nn.Module):
         """The key of :attr:`margin_head` in :attr:`terms` (its config entry: ``specs[key]``)."""
         return next((k for k, t in self.terms.items() if isinstance(t, MarginHead)), None)
 
-    def forward(self, inputs: LossInputs) -> Tuple[torch.Tensor, Dict[str, float]]:
+    def forward(self, inputs: LossInputs) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         if inputs.student_logits is None and self.needs_student_logits and self.margin_head is not None:
             inputs = dataclasses.replace(
                 inputs, student_logits=self.margin_head.logits(inputs.student_embedding))
         total: Optional[torch.Tensor] = None
-        values: Dict[str, float] = {}
+        values: Dict[str, torch.Tensor] = {}
         for key, term in self.terms.items():
             value = term(inputs)
-            values[key] = float(value.detach())
+            values[key] = value.detach()          # stays on the device: no host sync per term
             weighted = self.weights[key] * value
             total = weighted if total is None else total + weighted
         assert total is not None  # build_losses refuses an empty list

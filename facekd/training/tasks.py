@@ -39,7 +39,7 @@ from facekd.preprocess import InputResize
 from facekd.registry import Registry
 from facekd.teachers import FrozenTeacher, Teacher, build_teacher, load_teacher  # noqa: F401 (re-exported)
 from facekd.training.data import TrainView, batch_to_input, keep_uint8
-from facekd.training.trainer import Hook
+from facekd.training.hooks import Hook
 
 LOG = logging.getLogger(__name__)
 
@@ -106,6 +106,7 @@ class Task(Hook):
         cfg = self.cfg
         self.device = trainer.device
         self.dataset = build_train_dataset(cfg.data, transform=keep_uint8)
+        self.dataset_fingerprint = self.dataset.fingerprint()    # stats every file: once, not per checkpoint
         self.backbone = build_model(cfg.model)
         self.prepare_teacher(trainer)
         self.criterion = build_losses(cfg.losses, **self.loss_context())
@@ -183,7 +184,7 @@ class Task(Hook):
         """The task's part of a checkpoint: backbone, its config, loss modules, margin head, classes."""
         state = {"model_config": to_dict(self.cfg.model), "state_dict": self.backbone.state_dict(),
                  "losses": self.criterion.state_dict(), "classes": list(self.dataset.classes),
-                 "dataset_fingerprint": self.dataset.fingerprint(), "head": None}
+                 "dataset_fingerprint": self.dataset_fingerprint, "head": None}
         head = self.criterion.margin_head
         if head is not None:
             spec = self.criterion.specs[self.criterion.margin_head_key]

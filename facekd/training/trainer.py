@@ -368,7 +368,7 @@ class Trainer:
         self.checkpoints.wait(raise_errors=False)
         last = self.output_dir / "last.pt"
         kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written yet"
-        # terms: WeightedLoss gives plain floats; float() also takes 0-d tensors
+        # terms: detached 0-d tensors from WeightedLoss (plain floats from custom tasks)
         values = {"loss": float(loss),
                   **{k: float(v.detach() if torch.is_tensor(v) else v) for k, v in terms.items()}}
         detail = ", ".join(f"{k}={v:.4g}" for k, v in values.items() if k != "loss")
