@@ -33,7 +33,7 @@ if [[ $TEACHER == dlib ]]; then
     # dlib takes ~60 ms a chip on one core: its resolution curve is off unless TEACHER_RESOLUTION=true
     TEACHER_SPEC="kind=dlib,role=teacher,label=teacher dlib ResNet 150px chips,resolution=${TEACHER_RESOLUTION:-false}"
     VALS="--val lfw:$DATA/lfw-view1/pairsDevTest.txt,root=$ALIGNED/lfw,align=none
-          --val cfp_fp:$DATA/cfp,root=$ALIGNED/cfp,align=none"
+          --val cfp_fp:$DATA/cfp,root=$ALIGNED/cfp_test,align=none"
 else
     OUT=runs/cpu_scale
     CONFIG_PREFIX=configs/cpu_student_
@@ -67,6 +67,11 @@ if stage align; then
     timed align_orl facekd align "$DATA/orl" "$ALIGNED/orl" --workers 2 --no-progress
     timed align_celeba facekd align "$DATA/celeba-subset" "$ALIGNED/celeba" --workers 2 --no-progress
     timed align_cfp facekd align "$DATA/cfp/Data/Images" "$ALIGNED/cfp" --workers 2 --no-progress
+    if [[ $TEACHER == dlib ]]; then   # CFP as a test set: every protocol image, a centre crop where MTCNN finds no face
+        [[ -d $ALIGNED/cfp_test ]] || { cp -al "$ALIGNED/cfp" "$ALIGNED/cfp_test" && rm -f "$ALIGNED/cfp_test/align_log.txt"; }
+        timed align_cfp_test facekd align "$DATA/cfp/Data/Images" "$ALIGNED/cfp_test" --workers 2 --no-face center \
+            --no-progress
+    fi
 fi
 
 # The training tree: one identity folder per person, prefixed by dataset (no LFW: it is only evaluated).

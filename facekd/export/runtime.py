@@ -33,10 +33,15 @@ class ModelInputError(FaceKDError, ValueError):
 
 
 def session_options(threads: Optional[int] = None):
-    """onnxruntime ``SessionOptions``: ``threads`` intra-op threads, one inter-op thread, full graph optimisation."""
+    """onnxruntime ``SessionOptions``: ``threads`` intra-op threads (default: this process's share of
+    the machine, :func:`facekd.evaluation.embed.thread_budget`), one inter-op thread, full graph
+    optimisation."""
     import onnxruntime as ort
 
+    from facekd.evaluation.embed import thread_budget
+
     options = ort.SessionOptions()
+    threads = threads or thread_budget()
     if threads:
         options.intra_op_num_threads = int(threads)
         options.inter_op_num_threads = 1

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from facekd.errors import ConfigError, DataError
+from facekd.evaluation.embed import thread_budget
 from facekd.teachers.base import TEACHERS, Teacher, existing_file, file_digest
 from facekd.teachers.framing import Framing, framing_from_config
 
@@ -52,21 +53,14 @@ def default_model_path() -> str:
     return path
 
 
-def default_threads() -> int:
-    """The cores this process may use."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:      # not Linux
-        return max(1, os.cpu_count() or 1)
-
-
 class DlibTeacher(Teacher):
     """dlib's ``face_recognition_model_v1`` on 150x150 chips (:data:`DLIB_FRAMING`).
 
     Args:
         path: the ``.dat`` model (default: :func:`default_model_path`).
         framing: normally :data:`DLIB_FRAMING`; the model needs 150 px uint8 RGB chips.
-        threads: parallel dlib calls per batch (default: the available cores).
+        threads: parallel dlib calls per batch (default: this process's share of the cores,
+            :func:`facekd.evaluation.embed.thread_budget`).
     """
 
     kind = "dlib"
@@ -83,7 +77,7 @@ class DlibTeacher(Teacher):
         except RuntimeError as error:
             raise DataError(path, f"not a dlib face recognition model ({error})") from None
         super().__init__(framing, 128, path)
-        self.threads = int(threads or default_threads())
+        self.threads = int(threads or thread_budget())
         self._digest: Optional[str] = None
 
     def weights_digest(self) -> str:
