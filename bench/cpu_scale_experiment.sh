@@ -99,7 +99,7 @@ fi
 
 EVAL_MODELS=${EVAL_MODELS:-"teacher $STUDENTS"}
 EVAL_TAG=${EVAL_TAG:-all}     # results_$EVAL_TAG.json; the report merges every results_*.json
-EVAL_AMP=${EVAL_AMP:-bf16}    # bf16 autocast: ~3x faster embedding on AMX CPUs
+EVAL_AMP=${EVAL_AMP:-bf16}    # bf16 autocast: ~3x faster embedding on AMX CPUs (none elsewhere)
 if stage eval; then
     models=()
     for m in $EVAL_MODELS; do
@@ -112,7 +112,7 @@ if stage eval; then
             done
         fi
     done
-    timed "eval_$EVAL_TAG" facekd eval "${models[@]}" $VALS --sizes 112,56,28,14 --amp "$EVAL_AMP" \
+    timed "eval_$EVAL_TAG" facekd eval "${models[@]}" $VALS --sizes "${SIZES:-112,56,28,14}" --amp "$EVAL_AMP" \
         --out "$OUT/results_$EVAL_TAG.json" --no-progress
 fi
 
