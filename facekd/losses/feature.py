@@ -38,6 +38,21 @@ def squared_l2_distance(student: torch.Tensor, teacher: torch.Tensor) -> torch.T
     return (student - teacher).pow(2).sum(dim=1)
 
 
+def projected_distance(loss_name: str, student: torch.Tensor, teacher: torch.Tensor,
+                       projection: Optional[nn.Module], distance, sizes_hint: str) -> torch.Tensor:
+    """Mean ``distance`` between the L2-normalised (projected) student and teacher embeddings.
+
+    ``projection`` (or None) maps the student to the teacher's size; a shape mismatch left
+    after it raises a ``ValueError`` naming ``loss_name`` and the sizes to build it with.
+    """
+    if projection is not None:
+        student = projection(student)
+    if student.shape != teacher.shape:
+        raise ValueError(f"{loss_name}: student embeddings {tuple(student.shape)} vs teacher "
+                         f"{tuple(teacher.shape)}; build the loss with {sizes_hint} so it adds a projection")
+    return distance(F.normalize(student.float()), F.normalize(teacher)).mean()
+
+
 @LOSSES.register("feature_distill")
 class FeatureDistillLoss(Loss):
     """Embedding distillation: student(degraded face) vs teacher(clean face).
@@ -74,13 +89,8 @@ class FeatureDistillLoss(Loss):
     def forward(self, inputs: LossInputs) -> torch.Tensor:
         student = inputs.student_embedding
         teacher = self.require(inputs, "teacher_embedding").detach().float()
-        if self.projection is not None:
-            student = self.projection(student)
-        if student.shape != teacher.shape:
-            raise ValueError(f"feature_distill: student embeddings {tuple(student.shape)} vs teacher "
-                             f"{tuple(teacher.shape)}; build the loss with embedding_size and "
-                             f"teacher_embedding_size so it adds a projection")
-        return self.distance(F.normalize(student.float()), F.normalize(teacher)).mean()
+        return projected_distance("feature_distill", student, teacher, self.projection, self.distance,
+                                  "embedding_size and teacher_embedding_size")
 
     def extra_repr(self) -> str:
         return f"metric={self.metric!r}, projection={self.projection is not None}"

@@ -23,12 +23,11 @@ from typing import Optional, Tuple, Union
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from facekd.errors import ConfigError
 from facekd.losses.base import LOSSES, Loss, LossInputs, check_choice
-from facekd.losses.feature import EMBEDDING_METRICS
+from facekd.losses.feature import EMBEDDING_METRICS, projected_distance
 
 #: rows per chunk when accumulating statistics (keeps float64 copies of large caches small)
 CHUNK_ROWS = 65536
@@ -297,14 +296,8 @@ class NeuronSelectDistillLoss(Loss):
             raise ValueError(f"neuron_select_distill: teacher embeddings {tuple(teacher.shape)}, expected "
                              f"{self.teacher_embedding_size} columns")
         teacher = teacher.index_select(1, self.selected)
-        student = inputs.student_embedding
-        if self.projection is not None:
-            student = self.projection(student)
-        if student.shape != teacher.shape:
-            raise ValueError(f"neuron_select_distill: student embeddings {tuple(student.shape)} vs "
-                             f"{tuple(teacher.shape)} selected teacher neurons; build the loss with "
-                             f"embedding_size so it adds a projection")
-        return self.distance(F.normalize(student.float()), F.normalize(teacher)).mean()
+        return projected_distance("neuron_select_distill", inputs.student_embedding, teacher, self.projection,
+                                  self.distance, "embedding_size")
 
     def extra_repr(self) -> str:
         return (f"num_neurons={self.num_neurons}, teacher_embedding_size={self.teacher_embedding_size}, "
