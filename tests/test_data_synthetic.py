@@ -1,8 +1,11 @@
-"""Synthetic faces: determinism, alignment, separability, speed, dataset and pair-set contracts."""
+"""Synthetic faces: determinism, alignment, separability, dataset and pair-set contracts.
+
+Rendering speed is a benchmark, not a test: ``bench/train_throughput.py --synthetic generator``
+reports it as the data pipeline's rate over the model step's, measured in one run.
+"""
 from __future__ import annotations
 
 import json
-import time
 
 import cv2
 import numpy as np
@@ -49,16 +52,6 @@ def test_identities_are_separable_but_not_trivially():
     np.fill_diagonal(distance, np.inf)
     nearest = (labels[distance.argmin(1)] == labels).mean()
     assert 3 / identities < nearest < 0.8, nearest      # well above chance on raw pixels, far from solved
-
-
-def test_rendering_speed():
-    generator = SyntheticFaceGenerator(0)
-    generator(0, 0)
-    start = time.process_time()                          # CPU time: independent of other load
-    for i in range(300):
-        generator(i % 30, i)
-    rate = 300 / (time.process_time() - start)
-    assert rate > 500, f"{rate:.0f} images per CPU second"
 
 
 def test_dataset_contract(tmp_path):
