@@ -149,6 +149,12 @@ class TeacherConfig:
     # over the mean normalised teacher embedding c_k of each training identity; null: the
     # student's margin-head scale
     class_centre_scale: Optional[float] = None
+    # Distil the teacher's embeddings centred on the training set: t -> t/|t| - mu, mu the mean
+    # unit teacher embedding of the clean training faces (needs the cache).  For teachers whose
+    # embeddings share one dominant direction (dlib: |mu| = 0.91, random pairs cos 0.84), where a
+    # cosine target is otherwise learnt by matching mu alone.  Stored in the student checkpoint
+    # (teacher_center) so cross-model verification centres the teacher's gallery the same way.
+    center: bool = False
     cache: bool = True                 # cache teacher embeddings/logits per dataset
     cache_dir: Optional[str] = None    # default: <output_dir>/../teacher_cache
     # added for facekd.training: storage dtype of cached teacher embeddings (float32 | float16)

@@ -303,6 +303,34 @@ def test_eval_takes_precomputed_embeddings_and_reports_cross_model_verification(
         evaluate_models(specs[:1], [pair_set], EvalOptions(latency_runs=0, progress=False), log=lambda line: None)
 
 
+def test_cross_model_centres_the_teacher_gallery_for_a_centred_student():
+    """A student trained on t/|t| - mu is matched against the teacher's gallery centred by mu."""
+    from facekd.evaluation.embed import ImageEmbeddings
+    from facekd.evaluation.runner import EvalOptions, cross_model_results
+    from facekd.evaluation.verification import evaluate, pair_embeddings
+
+    pair_set, _, identity = keyed_pair_set()
+    rng = np.random.default_rng(2)
+    unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)        # noqa: E731
+    mu = np.zeros(16); mu[0] = 12.0                                      # one dominant direction, like dlib's
+    teacher = unit(mu + identity + 0.3 * rng.normal(size=identity.shape))
+    center = teacher.mean(0)
+    student = unit(teacher - center + 0.05 * rng.normal(size=identity.shape))
+    entries = [{"label": "T", "role": "teacher", "embedding_size": 16, "results": {"keyed": {}}},
+               {"label": "S", "role": "distilled", "embedding_size": 16, "results": {"keyed": {}}}]
+    embeddings = {(0, "keyed"): ImageEmbeddings(teacher, teacher), (1, "keyed"): ImageEmbeddings(student, student)}
+    options = EvalOptions(latency_runs=0, progress=False)
+    cross_model_results(entries, embeddings, [pair_set], options, {1: center})
+    cross = entries[1]["results"]["keyed"]["cross"]
+    expected = evaluate(pair_embeddings(pair_set.pairs, student, unit(teacher - center)), pair_set.issame,
+                        options.nrof_folds, options.far_targets)
+    assert cross["teacher_centred"] and cross["flip"]["accuracy_mean"] == expected.to_dict()["accuracy_mean"]
+    assert cross["flip"]["accuracy_mean"] > 0.95
+    cross_model_results(entries, embeddings, [pair_set], options)          # uncentred gallery: worse
+    assert not entries[1]["results"]["keyed"]["cross"]["teacher_centred"]
+    assert entries[1]["results"]["keyed"]["cross"]["flip"]["auc"] < cross["flip"]["auc"]
+
+
 def test_eval_runs_a_framed_onnx_teacher_and_skips_its_resolution_curve_on_request(tmp_path):
     from facekd.evaluation.runner import EvalOptions, ModelSpec, evaluate_models
     from facekd.export import export_onnx

@@ -255,6 +255,43 @@ def test_insightface_style_teacher_and_hinton_from_class_centres(tmp_path, teach
         Trainer(cfg, StudentTask(cfg)).build()
 
 
+def test_centred_teacher_embeddings_reach_the_losses_and_the_checkpoint(tmp_path, teacher_ckpt, caplog):
+    """teacher.center: the losses see t/|t| - mu (mu = mean unit clean embedding of the training
+    set), class centres and the checkpoint use the same mu; with the cache off it is refused."""
+    losses = ALL_STUDENT_LOSSES[:3] + [ALL_STUDENT_LOSSES[3]]
+    cfg = tiny_config(tmp_path, "centred", **student_overrides(teacher_ckpt, tmp_path / "cache", losses=losses,
+                                                               teacher={"center": True}))
+    trainer = Trainer(cfg, StudentTask(cfg))
+    trainer.build()
+    task = trainer.task
+    task.on_train_start(trainer)
+    unit = torch.nn.functional.normalize(task.cache.embeddings[:, 0].float(), dim=1)
+    mu = unit.mean(0)
+    assert torch.allclose(task.teacher_center, mu, atol=1e-6)
+    batch = {"index": torch.tensor([0, 5]), "flipped": torch.tensor([False, True])}
+    seen = task.teacher_outputs(batch)["teacher_embedding"]
+    raw = torch.nn.functional.normalize(task.cache.lookup(batch["index"], batch["flipped"]).float(), dim=1)
+    assert torch.allclose(seen, raw - mu, atol=1e-6)
+    assert abs(float((unit - mu).mean(0).norm())) < 1e-5                   # centred on the training set
+    assert torch.equal(task.state_dict()["teacher_center"], mu)
+    own_head = task.teacher.head.logits(task.cache.lookup(batch["index"], batch["flipped"]).float())
+    assert torch.allclose(task.teacher_outputs(batch)["teacher_logits"], own_head)   # its head: raw input
+
+    cfg = tiny_config(tmp_path, "plain_target", **student_overrides(teacher_ckpt, tmp_path / "cache",
+                                                                    losses=losses[:3]))
+    trainer = Trainer(cfg, StudentTask(cfg))
+    trainer.build()
+    trainer.task.on_train_start(trainer)
+    assert trainer.task.teacher_center is None and trainer.task.state_dict()["teacher_center"] is None
+    assert torch.equal(trainer.task.teacher_outputs(batch)["teacher_embedding"],
+                       trainer.task.cache.lookup(batch["index"], batch["flipped"]))
+
+    cfg = tiny_config(tmp_path, "centred_online", **student_overrides(
+        teacher_ckpt, tmp_path / "cache", losses=losses[:3], teacher={"center": True, "cache": False}))
+    with pytest.raises(ConfigError, match="teacher.center: true centres on the teacher's embeddings"):
+        Trainer(cfg, StudentTask(cfg)).build()
+
+
 def test_teacher_task_refuses_distillation_losses(tmp_path):
     cfg = tiny_config(tmp_path, "bad", losses=ALL_STUDENT_LOSSES[:2])
     with pytest.raises(ConfigError, match="needs a teacher"):

@@ -196,6 +196,9 @@ class LoadedModel:
     #: a teacher of precomputed vectors: looked up by image key instead of embedding pixels
     keyed: Any = None
     framing: Optional[str] = None
+    #: a student distilled with ``teacher.center``: the mean unit teacher embedding it was trained
+    #: against, subtracted from the teacher's gallery embeddings in cross-model verification
+    teacher_center: Optional[np.ndarray] = None
 
     def describe(self) -> Dict[str, Any]:
         """The JSON fields describing the model (without results)."""
@@ -277,7 +280,8 @@ def load_torch_model(spec: ModelSpec, device: str = "cpu", batch_size: Optional[
     from facekd.models import build_model, count_macs, count_parameters, load_pretrained, read_checkpoint
     from facekd.preprocess import InputResize
 
-    config = _checkpoint_model_config(read_checkpoint(spec.path), spec)
+    checkpoint = read_checkpoint(spec.path)
+    config = _checkpoint_model_config(checkpoint, spec)
     known = {f.name for f in dataclasses.fields(ModelConfig)}
     model_cfg = ModelConfig(**{k: v for k, v in config.items() if k in known})
     try:
@@ -291,8 +295,9 @@ def load_torch_model(spec: ModelSpec, device: str = "cpu", batch_size: Optional[
     embedder = TorchEmbedder(InputResize(model, model_cfg.input_size), device=device, batch_size=batch_size, amp=amp)
     actual = measure_embedding_size(embedder, model_cfg.input_size)
     check_embedding_size(spec.path, actual, {"its model_config": model_cfg.embedding_size})
+    center = checkpoint.get("teacher_center") if isinstance(checkpoint, dict) else None
     return LoadedModel(spec, "torch", embedder, actual, int(model_cfg.input_size), model_cfg.name,
-                       params, macs)
+                       params, macs, teacher_center=None if center is None else np.asarray(center, np.float32))
 
 
 def _int_or_none(value: Any) -> Optional[int]:
@@ -446,14 +451,17 @@ def evaluate_on_pair_set(model: LoadedModel, pair_set: Any, options: EvalOptions
 
 
 def cross_model_results(entries: Sequence[Dict[str, Any]], embeddings: Dict[Tuple[int, str], ImageEmbeddings],
-                        pair_sets: Sequence[Any], options: EvalOptions) -> None:
+                        pair_sets: Sequence[Any], options: EvalOptions,
+                        centres: Optional[Dict[int, np.ndarray]] = None) -> None:
     """Add ``results[set]["cross"]`` to every model that shares the teacher's embedding size.
 
     Cross-model verification: the first image of each pair is embedded by the model, the
     second by the first ``role=teacher`` model (flip embeddings) — what a phone model
     matching a gallery enrolled with the server's teacher needs.  It is meaningful when the
     student was distilled into the teacher's embedding space (``feature_distill`` without a
-    projection).
+    projection).  ``centres[i]``, for a student distilled with ``teacher.center``, is the mean
+    unit teacher embedding of its training faces: the teacher's gallery embeddings are centred
+    by it (``t - mu``, renormalised) before they are compared with that student's probes.
     """
     teachers = [i for i, entry in enumerate(entries) if entry.get("role") == "teacher"]
     if not teachers:
@@ -462,11 +470,16 @@ def cross_model_results(entries: Sequence[Dict[str, Any]], embeddings: Dict[Tupl
     for i, entry in enumerate(entries):
         if i == t or entry["embedding_size"] != entries[t]["embedding_size"]:
             continue
+        center = (centres or {}).get(i)
         for pair_set in pair_sets:
-            result = evaluate(pair_embeddings(pair_set.pairs, embeddings[i, pair_set.name].flip,
-                                              embeddings[t, pair_set.name].flip),
+            gallery = embeddings[t, pair_set.name].flip
+            if center is not None:
+                gallery = gallery - center
+                gallery = gallery / np.maximum(np.linalg.norm(gallery, axis=1, keepdims=True), 1e-12)
+            result = evaluate(pair_embeddings(pair_set.pairs, embeddings[i, pair_set.name].flip, gallery),
                               pair_set.issame, options.nrof_folds, options.far_targets)
-            entry["results"][pair_set.name]["cross"] = {"teacher": entries[t]["label"], "flip": result.to_dict()}
+            entry["results"][pair_set.name]["cross"] = {"teacher": entries[t]["label"], "flip": result.to_dict(),
+                                                        "teacher_centred": center is not None}
 
 
 def evaluate_models(models: Sequence[ModelSpec], val_sets: Sequence[Union[ValSpec, Any]],
@@ -518,7 +531,8 @@ def evaluate_models(models: Sequence[ModelSpec], val_sets: Sequence[Union[ValSpe
             log(f"{entry['label']} on {pair_set.name}: accuracy {100 * flip['accuracy_mean']:.2f} "
                 f"± {100 * flip['accuracy_std']:.2f}%  AUC {flip['auc']:.4f}  EER {100 * flip['eer']:.2f}%")
         output["models"].append(entry)
-    cross_model_results(output["models"], embeddings, pair_sets, options)
+    centres = {i: model.teacher_center for i, model in enumerate(loaded) if model.teacher_center is not None}
+    cross_model_results(output["models"], embeddings, pair_sets, options, centres)
     return output
 
 

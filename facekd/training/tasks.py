@@ -237,6 +237,8 @@ class StudentTask(Task):
         super().__init__(cfg)
         self.teacher: Optional[Teacher] = None
         self.cache = None
+        #: mean unit teacher embedding of the clean training faces when ``teacher.center`` is on
+        self.teacher_center: Optional[torch.Tensor] = None
 
     def _loss_class_flag(self, flag: str) -> bool:
         from facekd.losses import LOSSES
@@ -297,6 +299,10 @@ class StudentTask(Task):
             raise ConfigError(f"hinton_kd: the teacher ({self.teacher.source}) has no margin head over this run's "
                               "identities, and its class-centre logits need the teacher cache, which is off here "
                               "(teacher.cache: false or a feature-map loss): turn the cache on or remove hinton_kd")
+        if self.teacher_online and self.cfg.teacher.center:
+            raise ConfigError("teacher.center: true centres on the teacher's embeddings of the whole training "
+                              "set, which need the teacher cache (off here: teacher.cache: false or a feature-map "
+                              "loss)")
         if self.teacher_online and self.statistics_terms():
             raise ConfigError(f"{[t.loss_name for t in self.statistics_terms()]} fit on the teacher's embeddings of "
                               "the whole training set, which need the teacher cache (off here: teacher.cache: "
@@ -323,11 +329,40 @@ class StudentTask(Task):
             self.teacher, self.dataset, cache_dir, dist=trainer.dist, batch_size=self.cfg.val.batch_size,
             dtype=self.cfg.teacher.cache_dtype, num_workers=self.cfg.data.num_workers,
             progress=self.cfg.train.progress)
-        clean = self.cache.embeddings[:, 0].float()
+        clean = self.center_statistics(self.cache.embeddings[:, 0].float())
         if loss_flag(self.criterion, "needs_teacher_logits") and not self.teacher_head_fits:
             self.teacher.head = self.class_centre_head(clean)
         for term in self.statistics_terms():
             term.fit_selection(clean.to(self.device), self.dataset.labels)
+
+    def state_dict(self) -> Dict[str, Any]:
+        """The base task's checkpoint part plus ``teacher_center`` (None unless ``teacher.center``)."""
+        center = None if self.teacher_center is None else self.teacher_center.cpu()
+        return {**super().state_dict(), "teacher_center": center}
+
+    def center_statistics(self, clean: torch.Tensor) -> torch.Tensor:
+        """Fit ``teacher_center`` when ``teacher.center`` is on; returns the embeddings the losses see.
+
+        Warns when the teacher's unit embeddings share a dominant direction (mean norm > 0.5)
+        and centring is off: a cosine target is then mostly reached by matching that direction.
+        """
+        mean = nn.functional.normalize(clean, dim=1).mean(0)
+        if not self.cfg.teacher.center:
+            if float(mean.norm()) > 0.5:
+                LOG.warning("the teacher's unit embeddings of the training faces have a mean of norm %.2f (one "
+                            "dominant direction): distillation targets are mostly that direction; consider "
+                            "teacher.center: true", float(mean.norm()))
+            return clean
+        self.teacher_center = mean.to(self.device)
+        LOG.info("teacher embeddings centred: t/|t| - mu, |mu| = %.3f over %d training faces",
+                 float(mean.norm()), len(clean))
+        return self.centred(clean.to(self.device))
+
+    def centred(self, embedding: torch.Tensor) -> torch.Tensor:
+        """``embedding`` as the losses see it: unchanged, or ``e/|e| - mu`` when centring is on."""
+        if self.teacher_center is None:
+            return embedding
+        return nn.functional.normalize(embedding.float(), dim=1) - self.teacher_center
 
     def statistics_terms(self) -> list:
         """Loss terms fitted once on the teacher's embeddings of the training set (neuron selection)."""
@@ -355,7 +390,10 @@ class StudentTask(Task):
                 embedding = self.teacher.embed(batch["teacher_image"]).to(self.device, non_blocking=True)
             else:
                 embedding = self.cache.lookup(batch["index"], batch["flipped"]).to(self.device, non_blocking=True)
-            out["teacher_embedding"] = embedding
+            out["teacher_embedding"] = self.centred(embedding)
             if self.teacher.head is not None and loss_flag(self.criterion, "needs_teacher_logits"):
-                out["teacher_logits"] = self.teacher.head.logits(embedding.float())
+                # the teacher's own margin head reads its raw embedding; class centres were fitted centred
+                fitted_here = not self.teacher_head_fits
+                out["teacher_logits"] = self.teacher.head.logits(
+                    (out["teacher_embedding"] if fitted_here else embedding).float())
         return out
