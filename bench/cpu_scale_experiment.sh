@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Real faces at CPU scale: align -> teacher -> five students -> LFW View 1 eval -> report.
+# Real faces at CPU scale: align -> teacher -> students -> LFW View 1 eval -> report.
 #
 #     bash bench/cpu_scale_experiment.sh            # everything, from scratch (resumable)
 #     STAGES="eval report" bash bench/cpu_scale_experiment.sh
@@ -40,7 +40,8 @@ else
     CONFIG_PREFIX=configs/cpu_student_
     TRAIN_SETS="celeba cfp orl"
     STAGES=${STAGES:-"align teacher students eval report"}
-    STUDENTS=${STUDENTS:-"plain hinton triplet hrlr all"}
+    # transfer (issue 15): the teacher's own architecture at low resolution, from its weights
+    STUDENTS=${STUDENTS:-"plain degrade hinton triplet hrlr neuron transfer all"}
     TEACHER_SPEC="path=$OUT/teacher/best.pt,role=teacher,label=teacher IResNet-18/2 56px"
     VALS="--val lfw:$DATA/lfw-view1/pairsDevTrain.txt,root=$ALIGNED/lfw,align=none
           --val lfw:$DATA/lfw-view1/pairsDevTest.txt,root=$ALIGNED/lfw,align=none"
@@ -108,8 +109,9 @@ if stage eval; then
             models+=(--model "$TEACHER_SPEC")
         else
             role=distilled; [[ $m == plain || $m == degrade ]] && role=baseline
+            arch=MobileFaceNet; [[ $m == transfer ]] && arch="IResNet-18/2"
             for seed in $SEEDS; do
-                models+=(--model "path=$(student_dir "$m" "$seed")/best.pt,role=$role,label=MobileFaceNet $m seed $seed")
+                models+=(--model "path=$(student_dir "$m" "$seed")/best.pt,role=$role,label=$arch $m seed $seed")
             done
         fi
     done
