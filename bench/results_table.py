@@ -31,18 +31,19 @@ def seed_means(results: Dict[str, Any]) -> Dict[str, Any]:
 
     The averaged model's resolution curve holds, per probe size, the mean and the standard
     deviation (n-1; none for a single run) of the seeds' fold-mean accuracies.  Only sizes every
-    seed was probed at are kept; sets a seed was not evaluated on are left out.
+    seed was probed at are kept; sets a seed was not evaluated on are left out.  A model without
+    a seed suffix (the teacher) is kept as it is.
     """
     groups: Dict[str, List[Dict[str, Any]]] = {}
     for model in results["models"]:
         groups.setdefault(SEED_SUFFIX.sub("", model["label"]), []).append(model)
     models = []
     for label, members in groups.items():
-        if len(members) == 1 and members[0]["label"] == label:     # not a seeded run (the teacher)
-            averaged = {**members[0], "results": {}}
-        else:
-            averaged = {**members[0], "label": f"{label} ({len(members)} seed{'s' * (len(members) > 1)})",
-                        "results": {}}
+        if len(members) == 1 and members[0]["label"] == label:     # not a seeded run (the teacher): as is
+            models.append(members[0])
+            continue
+        averaged = {**members[0], "label": f"{label} ({len(members)} seed{'s' * (len(members) > 1)})",
+                    "results": {}}
         for val_set in results["val_sets"]:
             curves = [m.get("results", {}).get(val_set["name"], {}).get("resolution") for m in members]
             if not all(curves):

@@ -112,6 +112,19 @@ def test_resolution_table_numbers_and_baseline_differences(results):
             assert cell == expected
 
 
+def test_resolution_table_shows_a_model_without_curve_at_the_native_size(results):
+    results = json.loads(json.dumps(results))
+    teacher = next(m for m in results["models"] if m["role"] == "teacher")["results"]["fake"]
+    teacher["resolution"] = None                                    # e.g. resolution=false
+    header, rows = resolution_table(results, "fake")
+    row = next(r for r in rows if r[1] == "teacher")
+    base = next(m for m in results["models"] if m["role"] == "baseline")["results"]["fake"]["resolution"]
+    flip = teacher["flip"]
+    assert row[2] == (f"{100 * flip['accuracy_mean']:.2f} ± {100 * flip['accuracy_std']:.2f} "
+                      f"({100 * (flip['accuracy_mean'] - base['accuracy_mean'][0]):+.1f})")
+    assert header[2] == "112 px" and row[3:] == ["–"] * 3
+
+
 @pytest.mark.skipif(find_chromium() is None, reason="Chromium is not installed")
 def test_report_renders_in_chromium(results, tmp_path):
     files = write_report(results, tmp_path / "report")

@@ -104,19 +104,27 @@ def summary_table(results: Dict[str, Any], val_name: str) -> Tuple[List[str], Li
     return header, rows
 
 
+#: side of the aligned faces of every pair set: a probe at this size is the undegraded face
+NATIVE_SIZE = 112
+
+
 def resolution_table(results: Dict[str, Any], val_name: str) -> Tuple[List[str], List[List[str]]]:
     """Header and rows of flip accuracy at every probe size on ``val_name``.
 
     Cells read ``mean ± std`` over the folds, followed for every model but the baseline
     (the first model with role ``baseline``) by the difference to it in points, e.g.
-    ``84.70 ± 2.53 (+2.9)``.  Models without a resolution curve are left out; sizes a
-    model was not probed at show a dash.
+    ``84.70 ± 2.53 (+2.9)``.  A model evaluated without a resolution curve (e.g. a slow
+    teacher with ``resolution=false``) shows its accuracy on the undegraded faces in the
+    :data:`NATIVE_SIZE` column; sizes a model was not probed at show a dash.
     """
     curves = []      # (model, {size: (mean, std)}) in report order
     for model in ordered_models(results):
-        curve = model.get("results", {}).get(val_name, {}).get("resolution")
+        result = model.get("results", {}).get(val_name, {})
+        curve = result.get("resolution")
         if curve:
             curves.append((model, dict(zip(curve["sizes"], zip(curve["accuracy_mean"], curve["accuracy_std"])))))
+        elif result.get("flip"):
+            curves.append((model, {NATIVE_SIZE: (result["flip"]["accuracy_mean"], result["flip"]["accuracy_std"])}))
     sizes = sorted({size for _, by_size in curves for size in by_size}, reverse=True)
     baseline = next((by_size for m, by_size in curves if m.get("role") == "baseline"), None)
 
