@@ -191,3 +191,23 @@ def test_results_table_script_merges_files(results, tmp_path, capsys):
     (tmp_path / "broken.json").write_text("{")
     assert script.main([str(tmp_path / "broken.json")]) == 2
     assert "broken.json" in capsys.readouterr().err
+
+
+def test_results_table_seed_means_average_seeds_and_keep_the_teacher(results):
+    script = load_script("bench/results_table.py")
+    results = json.loads(json.dumps(results))
+    teacher = next(m for m in results["models"] if m["role"] == "teacher")
+    teacher["results"]["fake"]["resolution"] = None
+    kd = next(m for m in results["models"] if m["role"] == "distilled")
+    other = json.loads(json.dumps(kd))
+    kd["label"], other["label"] = "kd seed 0", "kd seed 1"
+    other["results"]["fake"]["resolution"]["accuracy_mean"] = [a - 0.02 for a in
+                                                              kd["results"]["fake"]["resolution"]["accuracy_mean"]]
+    results["models"].append(other)
+    means = script.seed_means(results)
+    by_label = {m["label"]: m for m in means["models"]}
+    assert by_label[teacher["label"]] is teacher                       # unseeded: kept as it is
+    curve = by_label["kd (2 seeds)"]["results"]["fake"]["resolution"]
+    first = kd["results"]["fake"]["resolution"]["accuracy_mean"]
+    assert curve["accuracy_mean"] == pytest.approx([a - 0.01 for a in first])
+    assert curve["accuracy_std"] == pytest.approx([0.02 / 2 ** 0.5] * len(first))
