@@ -283,6 +283,10 @@ def test_centred_teacher_embeddings_reach_the_losses_and_the_checkpoint(tmp_path
     trainer.build()
     trainer.task.on_train_start(trainer)
     assert trainer.task.teacher_center is None and trainer.task.state_dict()["teacher_center"] is None
+    cone = torch.nn.functional.normalize(torch.randn(50, 32), dim=1) * 0.3 + torch.eye(32)[0]   # one direction
+    with caplog.at_level("WARNING", logger="facekd.training.tasks"):
+        assert torch.equal(trainer.task.center_statistics(cone), cone)          # off: unchanged, but warned
+    assert "consider teacher.center: true" in caplog.text
     assert torch.equal(trainer.task.teacher_outputs(batch)["teacher_embedding"],
                        trainer.task.cache.lookup(batch["index"], batch["flipped"]))
 
