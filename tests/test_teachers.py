@@ -232,6 +232,26 @@ def lfw_pairs(shared_data):
     return pairs, aligned, np.array([True] * 20 + [False] * 20)
 
 
+def test_dlib_worker_processes_give_the_in_process_descriptors(lfw_pairs):
+    """threads=2 splits a large batch over two worker processes (dlib holds the GIL); same numbers."""
+    pytest.importorskip("dlib")
+    from facekd.teachers.dlib_teacher import MIN_CHIPS_PER_WORKER
+
+    _, aligned, _ = lfw_pairs
+    faces = np.stack(list(aligned.values())[:2 * MIN_CHIPS_PER_WORKER + 3])
+    single = build_teacher(TeacherConfig(kind="dlib", threads=1))
+    parallel = build_teacher(TeacherConfig(kind="dlib", threads=2))
+    try:
+        expected = single.embed(faces)
+        got = parallel.embed(faces)
+        assert parallel._pool is not None and single._pool is None
+        assert torch.equal(got, expected) and got.shape == (len(faces), 128)
+        assert torch.equal(parallel.embed(faces[:3]), expected[:3])     # small batches stay in-process
+    finally:
+        parallel.close()
+    assert parallel._pool is None
+
+
 def test_dlib_teacher_separates_real_lfw_pairs(lfw_pairs):
     pytest.importorskip("dlib")
     from facekd.teachers.dlib_teacher import default_model_path

@@ -9,14 +9,18 @@ student's 112 px arcface crop by the similarity between the two templates
 (:data:`facekd.teachers.framing.DLIB_CHIP_150`).  Measured on LFW View 2 folds 1-4: 98.6 %
 this way, 86.3 % on the 112 px crops merely resized to 150 px.
 
-dlib releases the GIL while it computes, so batches are split over ``threads`` threads.
+dlib's Python binding holds the GIL while it computes (dlib-bin 20.0.1: a pure-Python
+counter in another thread ran at 1 % of its rate during a descriptor call), so threads run one
+at a time.  Large batches are therefore split over ``threads`` worker *processes*, each with
+its own copy of the model (started once, with ``spawn``, on the first large batch).
 """
 from __future__ import annotations
 
 import importlib.util
 import os
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Optional
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any, List, Optional
 
 import numpy as np
 import torch
@@ -53,14 +57,35 @@ def default_model_path() -> str:
     return path
 
 
+#: a batch is split over worker processes only when each gets at least this many chips
+MIN_CHIPS_PER_WORKER = 8
+
+_WORKER_MODEL: Any = None      # the model of a worker process (set by _start_worker)
+
+
+def _start_worker(path: str) -> None:
+    global _WORKER_MODEL
+    _WORKER_MODEL = import_dlib().face_recognition_model_v1(path)
+
+
+def _worker_descriptors(chips: List[np.ndarray]) -> np.ndarray:
+    return descriptors(_WORKER_MODEL, chips)
+
+
+def descriptors(model: Any, chips: List[np.ndarray]) -> np.ndarray:
+    """``[N, 128]`` float32 descriptors of contiguous uint8 RGB 150 px chips."""
+    return np.asarray(model.compute_face_descriptor(chips), dtype=np.float32).reshape(len(chips), -1)
+
+
 class DlibTeacher(Teacher):
     """dlib's ``face_recognition_model_v1`` on 150x150 chips (:data:`DLIB_FRAMING`).
 
     Args:
         path: the ``.dat`` model (default: :func:`default_model_path`).
         framing: normally :data:`DLIB_FRAMING`; the model needs 150 px uint8 RGB chips.
-        threads: parallel dlib calls per batch (default: this process's share of the cores,
-            :func:`facekd.evaluation.embed.thread_budget`).
+        threads: worker processes for large batches (default: this process's share of the
+            cores, :func:`facekd.evaluation.embed.thread_budget`); 1 computes in this process.
+            Results do not depend on it.  :meth:`close` stops the workers (they also stop at exit).
     """
 
     kind = "dlib"
@@ -79,6 +104,7 @@ class DlibTeacher(Teacher):
         super().__init__(framing, 128, path)
         self.threads = int(threads or thread_budget())
         self._digest: Optional[str] = None
+        self._pool: Optional[ProcessPoolExecutor] = None
 
     def weights_digest(self) -> str:
         if self._digest is None:
@@ -88,18 +114,25 @@ class DlibTeacher(Teacher):
     def fingerprint(self) -> str:
         return f"{super().fingerprint()}|num_jitters=0"
 
-    def _descriptors(self, chips: np.ndarray) -> np.ndarray:
-        chips = [np.ascontiguousarray(chip[..., ::-1] if self.framing.channel_order == "BGR" else chip)
-                 for chip in chips]
-        return np.asarray(self.model.compute_face_descriptor(chips), dtype=np.float32).reshape(len(chips), -1)
-
     def embed_frames(self, frames: np.ndarray) -> torch.Tensor:
         frames = np.asarray(frames, dtype=np.uint8)
-        parts = [part for part in np.array_split(frames, min(self.threads, len(frames))) if len(part)]
-        if len(parts) == 1:
-            return torch.from_numpy(self._descriptors(parts[0]))
-        with ThreadPoolExecutor(len(parts)) as pool:
-            return torch.from_numpy(np.concatenate(list(pool.map(self._descriptors, parts))))
+        chips = [np.ascontiguousarray(chip[..., ::-1] if self.framing.channel_order == "BGR" else chip)
+                 for chip in frames]
+        workers = min(self.threads, len(chips) // MIN_CHIPS_PER_WORKER)
+        if workers <= 1:
+            return torch.from_numpy(descriptors(self.model, chips))
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(self.threads, mp_context=multiprocessing.get_context("spawn"),
+                                             initializer=_start_worker, initargs=(self.source,))
+        bounds = np.linspace(0, len(chips), workers + 1).astype(int)
+        parts = [chips[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+        return torch.from_numpy(np.concatenate(list(self._pool.map(_worker_descriptors, parts))))
+
+    def close(self) -> None:
+        """Stop the worker processes (a later large batch starts them again)."""
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
 
 
 @TEACHERS.register("dlib")
