@@ -294,6 +294,21 @@ def test_export_command_writes_checked_fp32_and_int8(tmp_path, checkpoint, capsy
     assert (tmp_path / "student_int8.onnx").is_file()
 
 
+def test_a_centred_students_teacher_center_reaches_the_onnx_metadata(tmp_path, student):
+    from facekd.export.onnx_export import load_checkpoint_model
+
+    center = torch.nn.functional.normalize(torch.arange(1.0, EMBEDDING + 1), dim=0) * 0.9
+    path = tmp_path / "centred.pt"
+    torch.save({"model_config": {"name": "mobilefacenet", "embedding_size": EMBEDDING, "input_size": SIZE,
+                                 "params": {}}, "state_dict": student.state_dict(), "teacher_center": center}, path)
+    model, info = load_checkpoint_model(path)
+    assert info.teacher_center == pytest.approx(center.tolist())
+    out = tmp_path / "centred.onnx"
+    export_onnx(model, out, metadata=info.metadata(model))
+    assert read_metadata(out).teacher_center == pytest.approx(center.tolist())
+    assert ExportMetadata.from_props(ExportMetadata().to_props()).teacher_center is None
+
+
 def test_verify_command_prints_similarity_and_decision(tmp_path, exported, faces, capsys):
     from facekd.data.image_io import write_image
 

@@ -28,6 +28,11 @@ Every key starts with ``facekd.``; values are strings (ONNX's only metadata type
 ``facekd.bn_folded``                  ``true`` when BatchNorm was folded before export
 ``facekd.prelu_rewrite``              how ``PRelu`` was rewritten (:mod:`facekd.export.prelu`), or ``none``
 ``facekd.quantization``               ``none``, ``int8-qdq`` or ``int8-qoperator``
+``facekd.teacher_center``             for a student distilled on centred teacher embeddings
+                                      (``teacher.center``): the mean unit teacher embedding,
+                                      comma separated; to match this model against a gallery
+                                      enrolled with that teacher, use ``t/|t| - teacher_center``
+                                      (renormalised) for the gallery's vectors
 ====================================  ==========================================================
 """
 from __future__ import annotations
@@ -95,6 +100,7 @@ class ExportMetadata:
     bn_folded: bool = False
     prelu_rewrite: str = "none"
     quantization: str = "none"
+    teacher_center: Optional[Tuple[float, ...]] = None
     format_version: int = FORMAT_VERSION
     extra: Dict[str, str] = field(default_factory=dict)   # other facekd.* keys, kept verbatim
 

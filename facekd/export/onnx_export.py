@@ -202,6 +202,8 @@ class CheckpointModelInfo:
     config_digest: Optional[str]
     threshold: Optional[float]           # cosine similarity
     threshold_source: Optional[str]
+    #: mean unit teacher embedding a ``teacher.center`` student was distilled against
+    teacher_center: Optional[Tuple[float, ...]] = None
 
     def metadata(self, model: Optional[nn.Module] = None) -> ExportMetadata:
         """Export metadata for this checkpoint (with params/MACs when ``model`` is given)."""
@@ -213,7 +215,7 @@ class CheckpointModelInfo:
         return ExportMetadata(model_name=str(self.model_config.get("name")), config_digest=self.config_digest,
                               threshold=self.threshold, threshold_source=self.threshold_source,
                               threshold_flip=None if self.threshold is None else True,
-                              params=params, macs=macs)
+                              params=params, macs=macs, teacher_center=self.teacher_center)
 
 
 def load_checkpoint_model(path: PathLike, arch: Optional[str] = None,
@@ -248,6 +250,8 @@ def load_checkpoint_model(path: PathLike, arch: Optional[str] = None,
     load_pretrained(model, path, strict=True)
     model.eval()
     threshold, source = threshold_from_checkpoint(checkpoint)
+    center = checkpoint.get("teacher_center")
     info = CheckpointModelInfo(path, dataclasses.asdict(model_cfg), digest_of(checkpoint.get("config")),
-                               threshold, source)
+                               threshold, source,
+                               None if center is None else tuple(torch.as_tensor(center).flatten().tolist()))
     return model, info
