@@ -474,8 +474,7 @@ def cross_model_results(entries: Sequence[Dict[str, Any]], embeddings: Dict[Tupl
         for pair_set in pair_sets:
             gallery = embeddings[t, pair_set.name].flip
             if center is not None:
-                gallery = gallery - center
-                gallery = gallery / np.maximum(np.linalg.norm(gallery, axis=1, keepdims=True), 1e-12)
+                gallery = l2_normalize(gallery - center)
             result = evaluate(pair_embeddings(pair_set.pairs, embeddings[i, pair_set.name].flip, gallery),
                               pair_set.issame, options.nrof_folds, options.far_targets)
             entry["results"][pair_set.name]["cross"] = {"teacher": entries[t]["label"], "flip": result.to_dict(),

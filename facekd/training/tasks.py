@@ -38,6 +38,7 @@ from facekd.errors import CheckpointError, ConfigError
 from facekd.preprocess import InputResize
 from facekd.registry import Registry
 from facekd.teachers import FrozenTeacher, Teacher, build_teacher, load_teacher  # noqa: F401 (re-exported)
+from facekd.teachers.base import ClassCentreHead, class_centres
 from facekd.training.data import TrainView, batch_to_input, keep_uint8
 from facekd.training.hooks import Hook
 
@@ -370,8 +371,6 @@ class StudentTask(Task):
 
     def class_centre_head(self, clean_embeddings: torch.Tensor) -> nn.Module:
         """Hinton KD's teacher logits for a head-less teacher: scaled cosine to the identities' centres."""
-        from facekd.teachers.base import ClassCentreHead, class_centres
-
         scale = self.cfg.teacher.class_centre_scale or self.criterion.margin_head.scale
         LOG.info("hinton_kd: teacher logits = %.1f * cos(teacher embedding, centre of its identity's teacher "
                  "embeddings) over %d identities", scale, self.dataset.num_classes)
@@ -393,7 +392,7 @@ class StudentTask(Task):
             out["teacher_embedding"] = self.centred(embedding)
             if self.teacher.head is not None and loss_flag(self.criterion, "needs_teacher_logits"):
                 # the teacher's own margin head reads its raw embedding; class centres were fitted centred
-                fitted_here = not self.teacher_head_fits
+                centre_head = isinstance(self.teacher.head, ClassCentreHead)
                 out["teacher_logits"] = self.teacher.head.logits(
-                    (out["teacher_embedding"] if fitted_here else embedding).float())
+                    (out["teacher_embedding"] if centre_head else embedding).float())
         return out
