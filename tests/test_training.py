@@ -508,6 +508,8 @@ def test_student_initialised_from_the_teacher_starts_as_the_teacher(tmp_path, te
     student_state = trainer.task.backbone.state_dict()
     assert set(student_state) == set(teacher_state)
     assert all(torch.equal(student_state[k], teacher_state[k]) for k in teacher_state)
+    teacher_head = load_checkpoint(teacher_ckpt)["head"]["state_dict"]["weight"]
+    assert torch.equal(trainer.task.criterion.margin_head.weight.detach(), teacher_head)    # same identities
     cfg = tiny_config(tmp_path, "transfer_bad", **{**over, "model": {**TINY_MODEL, "embedding_size": 16}})
     with pytest.raises(ConfigError, match="embedding_size: student 16, teacher 32"):
         Trainer(cfg, StudentTask(cfg)).build()

@@ -316,8 +316,30 @@ class StudentTask(Task):
 
     def build(self, trainer: Any) -> None:
         super().build(trainer)
+        if self.cfg.init_from == "teacher":
+            self.init_head_from_teacher()
         if self.teacher_online:
             self.train_set = self.build_view(teacher_images=True)
+
+    def init_head_from_teacher(self) -> None:
+        """With ``init_from: teacher``, start the student's margin head from the teacher's class centres.
+
+        Only when the teacher's head covers exactly this run's identities and has the same
+        shape (the margin and scale may differ: the centres are unit directions either way).
+        Otherwise the head starts fresh, which is logged: a random head's first gradients
+        then pull the transferred backbone away from the teacher's function.
+        """
+        head = self.criterion.margin_head
+        source = self.teacher.head if self.teacher_head_fits else None
+        if head is None:
+            return
+        if source is None or getattr(source, "weight", None) is None or source.weight.shape != head.weight.shape:
+            LOG.warning("init_from: teacher: the teacher has no margin head over this run's %d identities with "
+                        "the student's shape; the student's %s head starts fresh", head.num_classes, head.loss_name)
+            return
+        with torch.no_grad():
+            head.weight.copy_(source.weight.to(head.weight.device))
+        LOG.info("student's %s head initialised from the teacher's class centres", head.loss_name)
 
     def on_train_start(self, trainer: Any) -> None:
         """Load or build the teacher-embedding cache; fit what depends on the teacher's statistics."""
