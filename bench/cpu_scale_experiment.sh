@@ -10,8 +10,9 @@
 # eight students (plain, degrade = the plain student on HR->LR's degraded views, hinton, triplet,
 # hrlr, neuron = neuron-selection distillation, distill = HR->LR without ArcFace, all) trained on
 # the CelebA subset + ORL only, with dlib's embeddings centred (teacher.center), so CFP-FP
-# (official protocol) is a second test set beside LFW View 1 DevTest.  Outputs: runs/cpu_scale_dlib/ (the aligned faces are
-# shared with runs/cpu_scale/aligned); configs: configs/cpu_dlib_student_<method>.yaml.
+# (official protocol) is a second test set beside LFW View 1 DevTest.  Outputs:
+# runs/cpu_scale_dlib/ (the aligned faces are shared with runs/cpu_scale/aligned); configs:
+# configs/cpu_dlib_student_<method>.yaml.
 #
 # Data comes from ../shared/data (read-only; see its README).  Outputs go to runs/cpu_scale/
 # (git-ignored): aligned faces, the training tree of symlinks, one run directory per model,
