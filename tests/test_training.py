@@ -504,11 +504,12 @@ def test_student_initialised_from_the_teacher_starts_as_the_teacher(tmp_path, te
     cfg = tiny_config(tmp_path, "transfer", **over)
     trainer = Trainer(cfg, StudentTask(cfg))
     trainer.build()
-    teacher_state = load_checkpoint(teacher_ckpt)["state_dict"]
+    teacher_checkpoint = load_checkpoint(teacher_ckpt)
+    teacher_state = teacher_checkpoint["state_dict"]
     student_state = trainer.task.backbone.state_dict()
     assert set(student_state) == set(teacher_state)
     assert all(torch.equal(student_state[k], teacher_state[k]) for k in teacher_state)
-    teacher_head = load_checkpoint(teacher_ckpt)["head"]["state_dict"]["weight"]
+    teacher_head = teacher_checkpoint["head"]["state_dict"]["weight"]
     assert torch.equal(trainer.task.criterion.margin_head.weight.detach(), teacher_head)    # same identities
     cfg = tiny_config(tmp_path, "transfer_bad", **{**over, "model": {**TINY_MODEL, "embedding_size": 16}})
     with pytest.raises(ConfigError, match="embedding_size: student 16, teacher 32"):

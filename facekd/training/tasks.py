@@ -330,9 +330,9 @@ class StudentTask(Task):
         then pull the transferred backbone away from the teacher's function.
         """
         head = self.criterion.margin_head
-        source = self.teacher.head if self.teacher_head_fits else None
         if head is None:
             return
+        source = self.teacher.head if self.teacher_head_fits else None
         if source is None or getattr(source, "weight", None) is None or source.weight.shape != head.weight.shape:
             LOG.warning("init_from: teacher: the teacher has no margin head over this run's %d identities with "
                         "the student's shape; the student's %s head starts fresh", head.num_classes, head.loss_name)
