@@ -158,6 +158,31 @@ def test_int8_qoperator_u8u8_and_option_errors(tmp_path, plain_onnx):
             quantize_int8(plain_onnx, tmp_path / "x.onnx", calibration, **{option: value})
 
 
+def test_equal_batch_size_divides_the_face_count():
+    from facekd.export.quantize import equal_batch_size
+
+    assert [equal_batch_size(n, 16) for n in (1, 7, 16, 20, 200, 17, 256)] == [1, 7, 16, 10, 10, 1, 16]
+    with pytest.raises(ConfigError, match="at least one face"):
+        equal_batch_size(0, 16)
+
+
+@pytest.mark.parametrize("method", ["entropy", "percentile"])
+@pytest.mark.parametrize("count", [1, 20])
+def test_histogram_calibration_works_on_any_face_count(tmp_path, plain_onnx, method, count):
+    """20 faces in batches of 16 left a ragged last batch: onnxruntime's histogram collector
+    failed with 'inhomogeneous shape' (issue 21); every batch now has one size."""
+    from facekd.export.quantize import FaceCalibrationReader
+
+    calibration, held_out = synthetic_faces(count, seed=1), synthetic_faces(8, seed=2)
+    reader = FaceCalibrationReader(OnnxEmbedder(plain_onnx, resize=True), calibration, 16)
+    assert len({batch.shape for batch in reader.batches}) == 1
+    assert sum(len(batch) for batch in reader.batches) == count
+    report = quantize_int8(plain_onnx, tmp_path / "q.onnx", calibration, eval_faces=held_out,
+                           calibrate_method=method)
+    assert report.calibration_faces == count and report.calibrate_method == method
+    assert report.drift.faces == 8 and 0.3 <= report.drift.mean_cosine <= 1.0
+
+
 # --------------------------------------------------------------------------- thresholds and precision
 
 def test_int8_sibling_and_model_for_precision(tmp_path, plain_onnx):
@@ -270,3 +295,17 @@ def test_export_package_has_no_import_circles():
     for module in sorted(graph):
         visit(module, [])
     assert "facekd.export.runtime" not in graph["facekd.export.metadata"]
+
+
+def test_export_command_percentile_calibration_from_a_face_directory(tmp_path, untrained_checkpoint, capsys):
+    from facekd.data.image_io import write_image
+
+    calib = tmp_path / "aligned"
+    for i, face in enumerate(synthetic_faces(20, seed=3)):
+        write_image(calib / f"p{i // 4}" / f"{i}.png", face)
+    out = tmp_path / "student.onnx"
+    code = main(["export", str(untrained_checkpoint), "--out", str(out), "--int8", "--calib", str(calib),
+                 "--calib-method", "percentile", "--int8-min-cosine", "0.3"])
+    assert code == 0
+    assert "percentile on 20" in capsys.readouterr().out
+    assert read_metadata(tmp_path / "student_int8.onnx").quantization == "int8-qdq"

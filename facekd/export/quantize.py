@@ -48,17 +48,34 @@ WEIGHT_TYPES = {"s8": "QInt8", "u8": "QUInt8"}
 MAX_REWRITE_DIFF = 1e-5
 
 
+def equal_batch_size(count: int, batch_size: int) -> int:
+    """The largest batch size ``<= batch_size`` that divides ``count`` (1 when none larger does).
+
+    onnxruntime's histogram calibrators (``entropy``, ``percentile``) stack every batch's
+    activations with ``np.asarray(list_of_batches)``, which fails on a shorter last batch
+    (``inhomogeneous shape``); batches of one size avoid that without repeating or dropping a face.
+    """
+    if count < 1 or batch_size < 1:
+        raise ConfigError(f"INT8 calibration needs at least one face and a batch of at least one, "
+                          f"got {count} faces and batch size {batch_size}")
+    return next(size for size in range(min(batch_size, count), 0, -1) if count % size == 0)
+
+
 class FaceCalibrationReader:
     """An onnxruntime ``CalibrationDataReader`` over aligned faces in a model's input format.
+
+    Every batch has the same size (:func:`equal_batch_size`), so all calibration methods work
+    on any number of faces; min/max ranges do not depend on the batching.
 
     Args:
         embedder: the fp32 model (gives the input name, format and size).
         faces: aligned uint8 RGB faces ``N x H x H x 3``.
-        batch_size: faces per calibration batch.
+        batch_size: at most this many faces per calibration batch.
     """
 
     def __init__(self, embedder: OnnxEmbedder, faces: np.ndarray, batch_size: int = 16) -> None:
         faces = resize_faces(np.asarray(faces), embedder.input_size)
+        batch_size = equal_batch_size(len(faces), batch_size)
         self.input_name = embedder.input.name
         self.batches = [embedder.input_format.from_uint8(faces[i:i + batch_size])
                         for i in range(0, len(faces), batch_size)]
