@@ -144,6 +144,7 @@ class TeacherConfig:
     checkpoint: Optional[str] = None   # kind torch: facekd checkpoint or insightface backbone.pth
     path: Optional[str] = None         # onnx: the .onnx; dlib: the .dat (default: packaged); embeddings: .npz
     framing: FramingConfig = field(default_factory=FramingConfig)
+    backend: Optional[str] = None      # dlib: torch (default; the torch port) | dlib-bin (dlib's binding)
     threads: Optional[int] = None      # dlib: worker processes (default: the thread budget, FACEKD_THREADS/JOBS)
     # Hinton KD without a teacher head (or with other identities): logits = scale * cos(e_t, c_k)
     # over the mean normalised teacher embedding c_k of each training identity; null: the

@@ -239,8 +239,8 @@ def test_dlib_worker_processes_give_the_in_process_descriptors(lfw_pairs):
 
     _, aligned, _ = lfw_pairs
     faces = np.stack(list(aligned.values())[:2 * MIN_CHIPS_PER_WORKER + 3])
-    single = build_teacher(TeacherConfig(kind="dlib", threads=1))
-    parallel = build_teacher(TeacherConfig(kind="dlib", threads=2))
+    single = build_teacher(TeacherConfig(kind="dlib", backend="dlib-bin", threads=1))
+    parallel = build_teacher(TeacherConfig(kind="dlib", backend="dlib-bin", threads=2))
     try:
         expected = single.embed(faces)
         got = parallel.embed(faces)

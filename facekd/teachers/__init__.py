@@ -13,16 +13,18 @@ import torch
 
 from facekd.errors import ConfigError
 from facekd.preprocess import denormalize_to_uint8
-from facekd.teachers import dlib_teacher, embeddings_teacher, onnx_teacher, torch_teacher  # noqa: F401 (register)
+from facekd.teachers import (dlib_teacher, dlib_torch, embeddings_teacher, onnx_teacher,  # noqa: F401 (register)
+                             torch_teacher)
 from facekd.teachers.base import TEACHERS, Teacher, file_digest, state_dict_digest
-from facekd.teachers.dlib_teacher import DLIB_FRAMING, DlibTeacher
+from facekd.teachers.dlib_teacher import DLIB_BACKENDS, DLIB_FRAMING, DlibTeacher
+from facekd.teachers.dlib_torch import DlibTorchTeacher
 from facekd.teachers.embeddings_teacher import EmbeddingsTeacher, save_embeddings
 from facekd.teachers.framing import DLIB_CHIP_150, TEMPLATES, Framing, framing_from_config
 from facekd.teachers.onnx_teacher import OnnxTeacher
 from facekd.teachers.torch_teacher import FrozenTeacher, TorchTeacher, load_teacher
 
-__all__ = ["TEACHERS", "Teacher", "TorchTeacher", "OnnxTeacher", "DlibTeacher", "EmbeddingsTeacher",
-           "FrozenTeacher", "Framing", "TEMPLATES", "DLIB_CHIP_150", "DLIB_FRAMING", "TeacherEmbedder",
+__all__ = ["TEACHERS", "Teacher", "TorchTeacher", "OnnxTeacher", "DlibTeacher", "DlibTorchTeacher", "DLIB_BACKENDS",
+           "EmbeddingsTeacher", "FrozenTeacher", "Framing", "TEMPLATES", "DLIB_CHIP_150", "DLIB_FRAMING", "TeacherEmbedder",
            "build_teacher", "load_teacher", "framing_from_config", "save_embeddings", "file_digest",
            "state_dict_digest"]
 

