@@ -167,7 +167,7 @@ def test_align_tree_counts_log_and_resume(tmp_path, photo_tree):
     assert all(read_image(dst / rel).shape == (112, 112, 3) for rel in outputs)
     log = read_align_log(report.log_path)
     assert log["counts"] == {"total": 5, "aligned": 3, "existing": 0, "center_fallback": 0, "no_face": 1,
-                             "unreadable": 1}
+                             "too_small": 0, "unreadable": 1}
     assert log["no_face"] == ["s3/blank.png"] and log["unreadable"] == ["s2/corrupt.jpg"]
 
     before = {p: p.stat().st_mtime_ns for p in dst.rglob("*.jpg")}
@@ -195,3 +195,58 @@ def test_align_command_with_process_workers(tmp_path, photo_tree, capsys):
     assert "aligned=3" in capsys.readouterr().out
     assert sorted(p.relative_to(dst).as_posix() for p in dst.rglob("*.jpg")) == ["s1/1.jpg", "s2/1.jpg", "s3/1.jpg"]
     assert read_align_log(dst / "align_log.txt")["counts"]["no_face"] == 1
+
+
+def _odd_mode_photos(face: np.ndarray) -> dict:
+    """``face`` (uint8 RGB) encoded in the modes and formats cameras and editors write."""
+    import io
+
+    from PIL import Image
+
+    image = Image.fromarray(face)
+
+    def encoded(img, fmt):
+        buffer = io.BytesIO()
+        img.save(buffer, fmt)
+        return buffer.getvalue()
+
+    grey16 = Image.fromarray((face.mean(-1) * 257).astype(np.uint16))
+    return {"grey.png": encoded(image.convert("L"), "PNG"), "rgba.png": encoded(image.convert("RGBA"), "PNG"),
+            "palette.gif": encoded(image.convert("P"), "GIF"), "grey16.png": encoded(grey16, "PNG"),
+            "cmyk.jpg": encoded(image.convert("CMYK"), "JPEG")}
+
+
+def test_align_skips_too_small_photos_and_finishes_the_tree(tmp_path, photo_tree, capsys):
+    """Issue 21: a 10x10 JPEG among real photos ended `facekd align` with MTCNN's
+    'torch.cat(): expected a non-empty list of Tensors'; a re-run hit it again."""
+    from facekd.cli import main
+    from facekd.data.image_io import encode_image
+
+    tiny = {"s1/tiny.jpg": (10, 10), "s1/pixel.jpg": (1, 1), "s2/row.png": (1, 300), "s2/column.jpg": (300, 1)}
+    for rel, (height, width) in tiny.items():
+        (photo_tree / rel).write_bytes(encode_image(np.full((height, width, 3), 120, np.uint8), rel[-4:]))
+    face = read_image(next(p for p in sorted((photo_tree / "s1").iterdir()) if p.stem == "1"))
+    for name, data in _odd_mode_photos(face).items():
+        (photo_tree / "s3" / name).write_bytes(data)
+    dst = tmp_path / "aligned"
+    for _ in range(2):    # the re-run skips the same files again, without failing
+        assert main(["align", str(photo_tree), str(dst), "--no-progress"]) == 0
+        log = read_align_log(dst / "align_log.txt")
+        assert sorted(log["too_small"]) == sorted(tiny)
+        assert log["unreadable"] == ["s2/corrupt.jpg"]
+        assert log["counts"]["total"] == 5 + len(tiny) + 5 and log["counts"]["too_small"] == 4
+    assert "too_small=4" in capsys.readouterr().out
+    assert "photo too small to hold a face: 300x1 px" in (dst / "align_log.txt").read_text()
+    # every odd-mode copy of a detectable face decodes and aligns like the original
+    assert log["counts"]["aligned"] + log["counts"]["existing"] - 3 + len(log["no_face"]) - 1 == 5
+    assert sum(rel.startswith("s3/") and rel != "s3/blank.png" for rel in log["no_face"]) <= 1
+    assert not any(dst.rglob("tiny.*")) and not any(dst.rglob("pixel.*"))
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (10, 10), (19, 400), (400, 19), (1, 2000), (20, 20), (21, 900)])
+def test_aligner_never_fails_on_any_photo_shape(shape):
+    aligner = FaceAligner()
+    image = np.full(shape + (3,), 90, np.uint8)
+    assert (aligner.unusable(image) is None) == (min(shape) >= 20)
+    assert aligner.detect(image) == [] and aligner.align(image) is None
+    assert "expected a uint8 RGB" in aligner.unusable(np.zeros(shape, np.uint8))

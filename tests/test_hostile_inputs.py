@@ -77,6 +77,9 @@ def write_checkpoints(root: Path) -> None:
     torch.manual_seed(0)
     model = MODELS.build(TINY_MODEL["name"], embedding_size=32, input_size=32, **TINY_MODEL["params"])
     torch.save({"model_config": TINY_MODEL, "state_dict": model.state_dict()}, root / "model.pt")
+    from facekd.export import export_onnx
+
+    export_onnx(model.eval(), root / "face_model.onnx", input_format="uint8")
     torch.save(model.state_dict(), root / "r18_backbone.pth")
     data = (root / "model.pt").read_bytes()
     (root / "truncated.pt").write_bytes(data[: len(data) // 2])
@@ -150,13 +153,16 @@ def build_inputs(root: Path) -> Path:
     jpeg = face_jpeg(1)
     for name, content in {"zero_byte": b"", "truncated_jpeg": jpeg[: len(jpeg) // 2],
                           "truncated_png": png[: len(png) // 2], "huge_header": png_claiming(30000, 30000),
-                          "not_an_image": b"#!/bin/sh\necho this is a shell script\n"}.items():
+                          "not_an_image": b"#!/bin/sh\necho this is a shell script\n",
+                          "tiny_photo": encode_image(np.full((10, 10, 3), 128, np.uint8), ".jpg")}.items():
         lfw_with(root, f"lfw_{name}", content)
     missing = root / "lfw_missing"
     shutil.copytree(root / "lfw", missing)
     (missing / "pairs.txt").write_text((missing / "pairs.txt").read_text().replace(f"{NAMES[3]}\t1\t2",
                                                                                    "Nobody_Here\t1\t2"))
     shutil.copyfile(root / "lfw" / "images" / NAMES[0] / f"{NAMES[0]}_0001.jpg", root / "face.jpg")
+    (root / "one_pixel.jpg").write_bytes(encode_image(np.full((1, 1, 3), 200, np.uint8), ".jpg"))
+    (root / "one_row.png").write_bytes(encode_image(np.full((1, 300, 3), 200, np.uint8), ".png"))
     return root
 
 
@@ -190,6 +196,14 @@ CASES = [
          ["900,000,000 pixels", "refused before decoding"]),
     Case("not_an_image", "shell script named .jpg", eval_on("lfw:{root}/lfw_not_an_image/pairs.txt"),
          LFW_IMAGE % "not_an_image", ["not an image"]),
+    Case("tiny_photo", "10x10 JPEG in an LFW tree (MTCNN alignment)", eval_on("lfw:{root}/lfw_tiny_photo/pairs.txt"),
+         LFW_IMAGE % "tiny_photo", ["photo too small to hold a face", "10x10 px"]),
+    Case("verify_one_pixel_photo", "1x1 JPEG photo", ["verify", "{root}/face_model.onnx", "{root}/one_pixel.jpg",
+                                                      "{root}/face.jpg"],
+         "{root}/one_pixel.jpg", ["photo too small to hold a face", "1x1 px"]),
+    Case("verify_aligned_not_square", "1x300 PNG given as an aligned face",
+         ["verify", "{root}/face_model.onnx", "{root}/face.jpg", "{root}/one_row.png", "--aligned"],
+         "{root}/one_row.png", ["square aligned face", "300x1 px"]),
     Case("pairs_missing_image", "pairs.txt naming a person without images", eval_on("lfw:{root}/lfw_missing/pairs.txt"),
          "{root}/lfw_missing/images/Nobody_Here/Nobody_Here_0001.jpg", ["does not exist"]),
     Case("bin_bad_image", "insightface .bin whose last image is not an image", eval_on("bin:{root}/bad_image.bin"),

@@ -6,6 +6,18 @@ import argparse
 from facekd.commands import COMMANDS, Command
 
 
+def read_aligned_face(path: str):
+    """The image at ``path`` as an aligned face: square uint8 RGB, else :class:`DataError` naming it."""
+    from facekd.data.image_io import read_image
+    from facekd.errors import DataError
+
+    image = read_image(path)
+    height, width = image.shape[:2]
+    if height != width:
+        raise DataError(path, f"--aligned expects a square aligned face (112x112), got {width}x{height} px")
+    return image
+
+
 @COMMANDS.register("verify")
 class VerifyCommand(Command):
     """Print the cosine similarity of two faces and the decision at the model's threshold."""
@@ -31,14 +43,13 @@ class VerifyCommand(Command):
     def run(self, args: argparse.Namespace) -> int:
         import numpy as np
 
-        from facekd.data.image_io import read_image
         from facekd.export import FaceEmbedder
 
         embedder = FaceEmbedder(args.model, threads=args.threads, flip=args.flip, threshold=args.threshold,
                                 precision="int8" if args.int8 else "fp32")
         paths = [args.image1, args.image2]
         if args.aligned:
-            embeddings = np.concatenate([embedder.embed_aligned(read_image(path)) for path in paths])
+            embeddings = np.concatenate([embedder.embed_aligned(read_aligned_face(path)) for path in paths])
         else:
             embeddings = embedder.embed_photos(paths)
         score, same = embedder.verify(embeddings[0], embeddings[1])

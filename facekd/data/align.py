@@ -183,10 +183,29 @@ class FaceAligner:
                                         thresholds=self.thresholds, post_process=False)
         return self._mtcnn
 
+    def unusable(self, image: np.ndarray) -> Optional[str]:
+        """Why no face can be searched for in ``image`` (``None`` when one can).
+
+        A photo whose shorter side is below ``min_face_size`` cannot hold a face MTCNN looks
+        for (and MTCNN itself fails on it: its image pyramid is empty); so is anything that is
+        not a non-empty uint8 RGB ``H x W x 3`` array.
+        """
+        image = np.asarray(image)
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3 or not image.size:
+            return f"expected a uint8 RGB HxWx3 photo, got {image.dtype} {list(image.shape)}"
+        height, width = image.shape[:2]
+        if min(height, width) < self.min_face_size:
+            return (f"photo too small to hold a face: {width}x{height} px, the smallest face searched "
+                    f"for is {self.min_face_size} px")
+        return None
+
     def detect(self, image: np.ndarray) -> List[Detection]:
-        """All faces in uint8 RGB ``image`` with score >= ``min_score``."""
+        """All faces in uint8 RGB ``image`` with score >= ``min_score`` (none in an
+        :meth:`unusable` image)."""
         import torch
 
+        if self.unusable(image) is not None:
+            return []
         border = int(round(self.pad * max(image.shape[:2])))
         padded = cv2.copyMakeBorder(image, border, border, border, border, cv2.BORDER_CONSTANT, value=0)
         previous = torch.get_num_threads()

@@ -4,7 +4,9 @@
 image extension replaced by ``ext``).  It is resumable: outputs that already exist are
 skipped, and every output is written atomically, so an interrupted run can simply be
 started again.  Images where MTCNN finds no face are skipped (or centre-cropped with
-``no_face='center'``) and listed, with the counts, in ``dst/align_log.txt``.
+``no_face='center'``); photos too small to hold a face (shorter side below ``min_face_size``)
+and unreadable files are skipped.  All of them are counted and listed in ``dst/align_log.txt``
+(and warned about); they never stop the run, and a re-run skips them again.
 """
 from __future__ import annotations
 
@@ -14,6 +16,8 @@ from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Tuple
+
+import cv2
 
 from facekd.data.align import FaceAligner, center_crop
 from facekd.data.image_io import is_image_file, read_image, write_image
@@ -36,6 +40,7 @@ class AlignReport:
     existing: int = 0
     center_fallback: List[str] = field(default_factory=list)
     no_face: List[str] = field(default_factory=list)
+    too_small: List[Tuple[str, str]] = field(default_factory=list)
     unreadable: List[Tuple[str, str]] = field(default_factory=list)
     log_path: Optional[Path] = None
 
@@ -43,7 +48,7 @@ class AlignReport:
         """One line of counts."""
         return (f"total={self.total} aligned={self.aligned} existing={self.existing} "
                 f"center_fallback={len(self.center_fallback)} no_face={len(self.no_face)} "
-                f"unreadable={len(self.unreadable)}")
+                f"too_small={len(self.too_small)} unreadable={len(self.unreadable)}")
 
 
 @dataclass(frozen=True)
@@ -64,13 +69,20 @@ def _init_worker(aligner_kwargs: Dict[str, Any], no_face: str, center_fraction: 
 
 
 def _align_one(job: _Job) -> Tuple[str, str, str]:
-    """Align one file; returns ``(rel, status, message)``, status in aligned/center/no_face/unreadable."""
+    """Align one file; returns ``(rel, status, message)``, status in
+    aligned/center/no_face/too_small/unreadable."""
     try:
         image = read_image(job.src)
     except DataError as error:
         return job.rel, "unreadable", error.problem
     aligner: FaceAligner = _WORKER["aligner"]
-    face = aligner.align(image)
+    problem = aligner.unusable(image)
+    if problem is not None:
+        return job.rel, "too_small", problem
+    try:
+        face = aligner.align(image)
+    except (RuntimeError, ValueError, cv2.error) as error:  # one odd photo must not end the run
+        return job.rel, "unreadable", f"alignment failed ({type(error).__name__}: {error})"
     status = "aligned"
     if face is None:
         if _WORKER["no_face"] != "center":
@@ -170,6 +182,8 @@ def align_tree(src, dst, workers: int = 1, size: int = 112, margin: float = 0.0,
     _write_log(report)
     for rel, problem in report.unreadable:
         LOG.warning("%s: skipped, unreadable (%s)", src / rel, problem)
+    for rel, problem in report.too_small:
+        LOG.warning("%s: skipped, %s", src / rel, problem)
     if report.no_face:
         LOG.warning("%d image(s) without a detectable face were %s; see %s", len(report.no_face),
                     "skipped", report.log_path)
@@ -187,6 +201,8 @@ def _collect(results: Iterable[Tuple[str, str, str]], report: AlignReport) -> No
             report.center_fallback.append(rel)
         elif status == "no_face":
             report.no_face.append(rel)
+        elif status == "too_small":
+            report.too_small.append((rel, message))
         else:
             report.unreadable.append((rel, message))
 
@@ -195,14 +211,16 @@ def _write_log(report: AlignReport) -> None:
     lines = [f"# facekd align: {report.summary()}"]
     lines += [f"no_face\t{rel}" for rel in sorted(report.no_face)]
     lines += [f"center_fallback\t{rel}" for rel in sorted(report.center_fallback)]
+    lines += [f"too_small\t{rel}\t{problem}" for rel, problem in sorted(report.too_small)]
     lines += [f"unreadable\t{rel}\t{problem}" for rel, problem in sorted(report.unreadable)]
     atomic_write_text(report.log_path, "\n".join(lines) + "\n")
 
 
 def read_align_log(path) -> Dict[str, Any]:
     """Parse an ``align_log.txt``: ``{'counts': {name: int}, 'no_face': [...], 'center_fallback': [...],
-    'unreadable': [...]}``."""
-    result: Dict[str, Any] = {"counts": {}, "no_face": [], "center_fallback": [], "unreadable": []}
+    'too_small': [...], 'unreadable': [...]}`` (relative paths)."""
+    result: Dict[str, Any] = {"counts": {}, "no_face": [], "center_fallback": [], "too_small": [],
+                              "unreadable": []}
     for line in Path(path).read_text().splitlines():
         if line.startswith("# facekd align:"):
             for item in line.split(":", 1)[1].split():

@@ -52,7 +52,8 @@ class PairSet:
 
     ``reader(key) -> uint8 RGB`` fetches an image.  Images that are not ``size`` x ``size``
     are prepared by ``align``: ``'mtcnn'`` (detect + arcface warp; when no face is found, a
-    centre crop, counted in :attr:`no_face` and warned about), ``'center'`` (centre crop of
+    centre crop, counted in :attr:`no_face` and warned about; a photo too small to hold a face
+    raises :class:`DataError`), ``'center'`` (centre crop of
     ``center_fraction`` moved by ``center_y_shift``, then resize; fast, deterministic),
     ``'resize'``, or ``'none'`` (raise :class:`DataError`).  ``cache=True`` keeps prepared
     images in memory.
@@ -109,6 +110,9 @@ class PairSet:
             return fit_to_size(image, self.size, key, self.align)
         if self.aligner is None:
             self.aligner = FaceAligner(size=self.size)
+        problem = self.aligner.unusable(image)
+        if problem is not None:
+            raise DataError(key, problem)
         face = self.aligner.align(image)
         if face is None:
             self.no_face.append(key)

@@ -283,7 +283,7 @@ class FaceEmbedder:
     def align_photos(self, photos: Sequence[Photo]) -> np.ndarray:
         """MTCNN-aligned 112x112 faces of ``photos`` (paths or uint8 RGB arrays).
 
-        A photo without a detectable face raises :class:`DataError` naming it.
+        A photo without a detectable face, or too small to hold one, raises :class:`DataError` naming it.
         """
         from facekd.data.image_io import read_image
 
@@ -291,8 +291,9 @@ class FaceEmbedder:
         for index, photo in enumerate(photos):
             name = os.fspath(photo) if isinstance(photo, (str, os.PathLike)) else f"<photo {index}>"
             image = read_image(photo) if isinstance(photo, (str, os.PathLike)) else np.asarray(photo)
-            if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
-                raise DataError(name, f"expected a uint8 RGB HxWx3 photo, got {_describe(image)}")
+            problem = self.aligner.unusable(image)
+            if problem is not None:
+                raise DataError(name, problem)
             face = self.aligner.align(image)
             if face is None:
                 raise DataError(name, "no face found by MTCNN (pass an aligned face instead?)")
