@@ -78,7 +78,27 @@ def descriptors(model: Any, chips: List[np.ndarray]) -> np.ndarray:
     return np.asarray(model.compute_face_descriptor(chips), dtype=np.float32).reshape(len(chips), -1)
 
 
-class DlibTeacher(Teacher):
+class DlibModelTeacher(Teacher):
+    """What every backend of dlib's face model shares: the model file (``path`` or the packaged
+    one), the 150 px framing check, 128-d output and the file's digest as the weights digest."""
+
+    kind = "dlib"
+
+    def __init__(self, path: Optional[str], framing: Framing, device: Any = "cpu") -> None:
+        path = existing_file(path, "teacher.kind=dlib: the model file") if path else default_model_path()
+        if framing.input_size != 150:
+            raise ConfigError(f"teacher.kind=dlib: dlib's model takes 150x150 chips, framing says "
+                              f"{framing.input_size}")
+        super().__init__(framing, 128, path, torch.device(device))
+        self._digest: Optional[str] = None
+
+    def weights_digest(self) -> str:
+        if self._digest is None:
+            self._digest = file_digest(self.source)
+        return self._digest
+
+
+class DlibTeacher(DlibModelTeacher):
     """dlib's ``face_recognition_model_v1`` on 150x150 chips (:data:`DLIB_FRAMING`).
 
     Args:
@@ -94,23 +114,13 @@ class DlibTeacher(Teacher):
     def __init__(self, path: Optional[str] = None, framing: Framing = DLIB_FRAMING,
                  threads: Optional[int] = None) -> None:
         dlib = import_dlib()
-        path = existing_file(path, "teacher.kind=dlib: the model file") if path else default_model_path()
-        if framing.input_size != 150:
-            raise ConfigError(f"teacher.kind=dlib: dlib's model takes 150x150 chips, framing says "
-                              f"{framing.input_size}")
+        super().__init__(path, framing)
         try:
-            self.model = dlib.face_recognition_model_v1(path)
+            self.model = dlib.face_recognition_model_v1(self.source)
         except RuntimeError as error:
-            raise DataError(path, f"not a dlib face recognition model ({error})") from None
-        super().__init__(framing, 128, path)
+            raise DataError(self.source, f"not a dlib face recognition model ({error})") from None
         self.threads = int(threads or thread_budget())
-        self._digest: Optional[str] = None
         self._pool: Optional[ProcessPoolExecutor] = None
-
-    def weights_digest(self) -> str:
-        if self._digest is None:
-            self._digest = file_digest(self.source)
-        return self._digest
 
     def fingerprint(self) -> str:
         return f"{super().fingerprint()}|num_jitters=0"

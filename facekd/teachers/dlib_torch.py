@@ -18,17 +18,15 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from facekd.errors import ConfigError
 from facekd.models.dlib_resnet import DlibFaceResNet
-from facekd.teachers.base import Teacher, existing_file, file_digest
-from facekd.teachers.dlib_teacher import DLIB_BACKENDS, DLIB_FRAMING, default_model_path
+from facekd.teachers.dlib_teacher import DLIB_BACKENDS, DLIB_FRAMING, DlibModelTeacher
 from facekd.teachers.framing import Framing
 
 #: chips per forward pass (bounds memory on large calls)
 BATCH_SIZE = 64
 
 
-class DlibTorchTeacher(Teacher):
+class DlibTorchTeacher(DlibModelTeacher):
     """dlib's face ResNet as a torch module: 128-d raw descriptors of 150 px dlib chips.
 
     Args:
@@ -38,25 +36,13 @@ class DlibTorchTeacher(Teacher):
         batch_size: chips per forward pass.
     """
 
-    kind = "dlib"
     backend = "torch"
 
     def __init__(self, path: Optional[str] = None, framing: Framing = DLIB_FRAMING,
                  device: Any = "cpu", batch_size: int = BATCH_SIZE) -> None:
-        path = existing_file(path, "teacher.kind=dlib: the model file") if path else default_model_path()
-        if framing.input_size != DlibFaceResNet.input_size:
-            raise ConfigError(f"teacher.kind=dlib: dlib's model takes 150x150 chips, framing says "
-                              f"{framing.input_size}")
-        super().__init__(framing, DlibFaceResNet.embedding_size, path, torch.device(device))
-        self.network = DlibFaceResNet.from_file(path).to(self.device)
-        self.backbone = None           # its feature maps are not the student-facing kind
+        super().__init__(path, framing, device)
+        self.network = DlibFaceResNet.from_file(self.source).to(self.device)
         self.batch_size = int(batch_size)
-        self._digest: Optional[str] = None
-
-    def weights_digest(self) -> str:
-        if self._digest is None:
-            self._digest = file_digest(self.source)
-        return self._digest
 
     def fingerprint(self) -> str:
         return f"{super().fingerprint()}|backend={self.backend}|precision=float32"
