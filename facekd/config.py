@@ -194,6 +194,8 @@ def _read_yaml(path: Path) -> Dict[str, Any]:
         raise ConfigError(f"{path}: config file not found") from None
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path}: cannot read the config file ({error})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a config file must be a mapping, got {type(data).__name__}")
     return data
@@ -212,8 +214,11 @@ def _deep_merge(base: Dict[str, Any], override: Dict[str, Any]) -> Dict[str, Any
 def resolve_config_path(path: Union[str, Path]) -> Path:
     """A config path as given, or a bare name looked up in the packaged ``configs/``."""
     candidate = Path(path)
-    if candidate.exists():
-        return candidate
+    try:
+        if candidate.exists():
+            return candidate
+    except (OSError, ValueError) as error:   # a name with a NUL byte, or too long
+        raise ConfigError(f"{path!r}: not a usable config file name ({error})") from None
     for name in (candidate, candidate.with_suffix(".yaml")):
         if (CONFIG_DIR / name).exists():
             return CONFIG_DIR / name
@@ -227,8 +232,11 @@ def load_yaml_with_bases(path: Union[str, Path], _seen: Sequence[Path] = ()) -> 
         raise ConfigError(f"{path}: _base_ chain loops back to itself")
     data = _read_yaml(path)
     bases = data.pop("_base_", [])
+    bases = [bases] if isinstance(bases, str) else bases
+    if not isinstance(bases, list) or not all(isinstance(base, str) and base for base in bases):
+        raise ConfigError(f"{path}: _base_ must be a file name or a list of file names, got {bases!r}")
     merged: Dict[str, Any] = {}
-    for base in [bases] if isinstance(bases, str) else bases:
+    for base in bases:
         merged = _deep_merge(merged, load_yaml_with_bases(path.parent / base, (*_seen, path)))
     return _deep_merge(merged, data)
 

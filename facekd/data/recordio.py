@@ -184,7 +184,11 @@ class RecordIOReader:
 
     def _read_index(self, idx_path: Path) -> Dict[int, int]:
         offsets: Dict[int, int] = {}
-        for number, line in enumerate(idx_path.read_text().splitlines(), 1):
+        try:
+            text = idx_path.read_text()
+        except (OSError, UnicodeDecodeError) as error:
+            raise DataError(idx_path, f"not a readable RecordIO index ({error})") from None
+        for number, line in enumerate(text.splitlines(), 1):
             if not line.strip():
                 continue
             try:
@@ -192,6 +196,8 @@ class RecordIOReader:
                 offsets[int(key)] = int(offset)
             except ValueError:
                 raise DataError(idx_path, f"line {number}: expected 'key<TAB>offset', got {line!r}") from None
+            if offsets[int(key)] < 0:
+                raise DataError(idx_path, f"line {number}: negative offset {offset}")
         if not offsets:
             raise DataError(idx_path, "index file is empty")
         return offsets
@@ -271,6 +277,18 @@ def _first_label(label) -> float:
     return float(label) if np.ndim(label) == 0 else float(np.asarray(label).ravel()[0])
 
 
+def _key_range(label, reader: RecordIOReader) -> Optional[Tuple[int, int]]:
+    """``(first, end)`` from a record's two-value label when both are integers and ``end`` does not
+    pass the last key + 1; else None (NaN, huge or fractional values never become a loop bound)."""
+    values = np.asarray(label, dtype=np.float64).ravel()
+    if len(values) < 2 or not np.isfinite(values[:2]).all() or (values[:2] != np.round(values[:2])).any():
+        return None
+    first, end = int(values[0]), int(values[1])
+    if not 0 <= first <= end <= max(reader.offsets) + 1 or end - first > len(reader.offsets):
+        return None
+    return first, end
+
+
 def _header_record(reader: RecordIOReader) -> Optional[Tuple[int, int]]:
     """``(first identity key, end)`` when record 0 is an insightface header record, else None."""
     if 0 not in reader.offsets:
@@ -278,10 +296,19 @@ def _header_record(reader: RecordIOReader) -> Optional[Tuple[int, int]]:
     header, body = unpack(reader.read(0), reader._name(0))
     if header.flag < 2 or len(body) > 0:
         return None
-    start, end = int(header.label[0]), int(header.label[1])
-    if not 1 <= start <= end or start - 1 > len(reader.offsets):
+    bounds = _key_range(header.label, reader)
+    if bounds is None or not 1 <= bounds[0] or bounds[0] - 1 > len(reader.offsets):
         return None
-    return start, end
+    return bounds
+
+
+def _integer_labels(raw: np.ndarray, path: Path) -> np.ndarray:
+    """``raw`` labels as int64; :class:`DataError` naming ``path`` for NaN, infinite or huge ones."""
+    raw = np.asarray(raw, dtype=np.float64)
+    bad = ~np.isfinite(raw) | (np.abs(raw) > 2 ** 53)
+    if bad.any():
+        raise DataError(path, f"{int(bad.sum())} record label(s) are not integers (first: {raw[bad][0]!r})")
+    return raw.astype(np.int64)
 
 
 class RecordIODataset(FaceDataset):
@@ -308,7 +335,7 @@ class RecordIODataset(FaceDataset):
         else:
             keys = np.asarray(self.reader.keys, dtype=np.int64)
             raw = np.array([_first_label(self.reader.read_header(int(k)).label) for k in keys])
-        values, labels = np.unique(raw.astype(np.int64), return_inverse=True)
+        values, labels = np.unique(_integer_labels(raw, self.reader.rec_path), return_inverse=True)
         keep = np.ones(len(keys), dtype=bool)
         if num_identities:
             keep &= labels < num_identities
@@ -331,8 +358,11 @@ class RecordIODataset(FaceDataset):
             if key not in available:
                 continue  # dropped tail (truncated file, skip_bad_images)
             header, _ = unpack(self.reader.read(key), self.reader._name(key))
-            first, stop = int(header.label[0]), int(header.label[1])
-            members = [k for k in range(first, stop) if k in available]
+            bounds = _key_range(header.label, self.reader)
+            if bounds is None:
+                raise DataError(self.reader._name(key), f"identity record label {header.label!r} is not a "
+                                                        "range of record keys")
+            members = [k for k in range(*bounds) if k in available]
             keys.extend(members)
             raw.extend([ordinal] * len(members))
         if not keys:  # identity records missing: fall back to the images' own labels

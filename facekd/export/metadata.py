@@ -43,6 +43,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple, Union
 
+from facekd.errors import DataError
 from facekd.export.protos import load_onnx_proto
 from facekd.preprocess import CHANNEL_ORDER, INPUT_SIZE, MEAN, STD
 
@@ -131,22 +132,36 @@ class ExportMetadata:
         return props
 
     @classmethod
-    def from_props(cls, props: Dict[str, str]) -> "ExportMetadata":
-        """Parse ``metadata_props`` written by :meth:`to_props` (unknown keys go to ``extra``)."""
+    def from_props(cls, props: Dict[str, str], source: str = "<metadata>") -> "ExportMetadata":
+        """Parse ``metadata_props`` written by :meth:`to_props` (unknown keys go to ``extra``).
+
+        A value that does not parse as its field's type raises :class:`DataError` naming
+        ``source`` (the model file) and the key.
+        """
         hints = typing.get_type_hints(cls)
         kwargs: Dict[str, Any] = {}
         extra: Dict[str, str] = {}
         for key, text in props.items():
-            if not key.startswith(PREFIX):
+            if not isinstance(key, str) or not key.startswith(PREFIX):
                 continue
             name = key[len(PREFIX):]
             if name in DERIVED_KEYS:
                 continue
             if name in hints and name != "extra":
-                kwargs[name] = _PARSERS[_base_type(hints[name])](text)
+                kind = _base_type(hints[name])
+                try:
+                    kwargs[name] = _PARSERS[kind](text)
+                except (ValueError, TypeError, OverflowError, AttributeError):
+                    raise DataError(source, f"metadata {key}={text!r} is not a valid "
+                                            f"{getattr(kind, '__name__', kind)}") from None
             else:
                 extra[name] = text
         return cls(**kwargs, extra=extra)
+
+    @classmethod
+    def from_proto(cls, proto: Any, source: str = "<model>") -> "ExportMetadata":
+        """The metadata of a loaded ONNX ``proto`` (errors name ``source``)."""
+        return cls.from_props({p.key: p.value for p in proto.metadata_props}, source)
 
 
 def read_metadata(path: Union[str, os.PathLike]) -> ExportMetadata:
@@ -155,4 +170,4 @@ def read_metadata(path: Union[str, os.PathLike]) -> ExportMetadata:
     Raises :class:`facekd.errors.DataError` naming the file when it is missing or not ONNX.
     """
     proto = load_onnx_proto(path, load_weights=False)
-    return ExportMetadata.from_props({p.key: p.value for p in proto.metadata_props})
+    return ExportMetadata.from_proto(proto, os.fspath(path))

@@ -101,7 +101,7 @@ class OnnxEmbedder:
 
         self.path = os.fspath(path)
         proto = load_onnx_proto(self.path, load_weights=False)
-        self.metadata = ExportMetadata.from_props({p.key: p.value for p in proto.metadata_props})
+        self.metadata = ExportMetadata.from_proto(proto, self.path)
         del proto
         try:
             self.session = ort.InferenceSession(self.path, sess_options=session_options(threads),
@@ -291,7 +291,9 @@ class FaceEmbedder:
         for index, photo in enumerate(photos):
             name = os.fspath(photo) if isinstance(photo, (str, os.PathLike)) else f"<photo {index}>"
             image = read_image(photo) if isinstance(photo, (str, os.PathLike)) else np.asarray(photo)
-            problem = self.aligner.unusable(image)
+            if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
+                raise DataError(name, f"expected a uint8 RGB HxWx3 photo, got {_describe(image)}")
+            problem = getattr(self.aligner, "unusable", lambda image: None)(image)
             if problem is not None:
                 raise DataError(name, problem)
             face = self.aligner.align(image)

@@ -64,7 +64,7 @@ def store_threshold(onnx_path: PathLike, fit: ThresholdFit) -> ExportMetadata:
 
     path = os.fspath(onnx_path)
     proto = load_onnx_proto(path)
-    meta = ExportMetadata.from_props({p.key: p.value for p in proto.metadata_props})
+    meta = ExportMetadata.from_proto(proto, path)
     meta = dataclasses.replace(meta, threshold=fit.threshold, threshold_source=fit.source, threshold_flip=True)
     others: Dict[str, str] = {p.key: p.value for p in proto.metadata_props if not p.key.startswith("facekd.")}
     del proto.metadata_props[:]
