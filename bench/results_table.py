@@ -20,7 +20,7 @@ import sys
 from typing import Any, Dict, List
 
 from facekd.errors import DataError
-from facekd.evaluation.report import markdown_table, resolution_table
+from facekd.evaluation.report import inheritance_table, markdown_table, resolution_table
 from facekd.evaluation.runner import load_results, merge_results
 
 SEED_SUFFIX = re.compile(r"\s+seed\s+\d+$")
@@ -59,8 +59,13 @@ def seed_means(results: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def print_tables(results: Dict[str, Any], caption: str) -> None:
-    """One Markdown resolution table per verification set."""
+    """Per verification set: the share of the teacher's lead each student inherits, then the
+    Markdown resolution table."""
     for val_set in results["val_sets"]:
+        header, rows = inheritance_table(results, val_set["name"])
+        if rows:
+            print(f"### {val_set['name']}: what the student inherits ({caption})\n")
+            print(markdown_table(header, rows) + "\n")
         print(f"### {val_set['name']} ({val_set.get('num_pairs')} pairs): {caption}\n")
         print(markdown_table(*resolution_table(results, val_set["name"])) + "\n")
 

@@ -52,6 +52,9 @@ class DataConfig:
     input_size: int = 112
     skip_bad_images: bool = True       # skip (count, warn) unreadable training images
     num_workers: int = 0
+    # folders of aligned faces without identities: only the distillation losses see them
+    # (train.unlabelled_per_batch of them beside each P x K batch); never a test set (LFW, CFP)
+    unlabelled: List[str] = field(default_factory=list)
 
 
 @dataclass
@@ -106,6 +109,8 @@ class TrainConfig:
     keep_step_checkpoints: int = 2
     # added for issue 12 (training speed): torch.compile the training module
     compile: bool = False
+    # unlabelled faces (data.unlabelled) added to each P x K batch
+    unlabelled_per_batch: int = 0
     # cuDNN autotuning (torch.backends.cudnn.benchmark) on CUDA
     cudnn_benchmark: bool = True
     # batches each loader worker prepares ahead (workers stay alive across epochs)
@@ -157,6 +162,11 @@ class TeacherConfig:
     # (teacher_center) so cross-model verification centres the teacher's gallery the same way.
     center: bool = False
     cache: bool = True                 # cache teacher embeddings/logits per dataset
+    # where the targets come from (facekd.training.teaching): clean_cache (the clean face's, whatever
+    # the student's view) | view_cache (teacher.views fixed augmented views per face, embedded once)
+    # | online (the teacher embeds every batch's own view)
+    targets: str = "clean_cache"
+    views: int = 0                     # view_cache: views per face
     cache_dir: Optional[str] = None    # default: <output_dir>/../teacher_cache
     # added for facekd.training: storage dtype of cached teacher embeddings (float32 | float16)
     cache_dtype: str = "float32"
@@ -181,6 +191,9 @@ class ExperimentConfig:
     # "teacher": start the student from the teacher's weights (same architecture; "transfer,
     # then distil", Karlekar et al. 2019); null: a fresh initialisation
     init_from: Optional[str] = None
+    # the training view's augmentations (facekd.data.augment), applied before degradation; the
+    # teacher sees the same view with teacher.targets view_cache or online
+    augment: List[Dict[str, Any]] = field(default_factory=list)
     losses: List[Dict[str, Any]] = field(
         default_factory=lambda: [{"name": "arcface", "weight": 1.0, "scale": 64.0, "margin": 0.5}])
 

@@ -9,7 +9,7 @@ import pytest
 from facekd.errors import DataError
 from facekd.evaluation import runner
 from facekd.evaluation.render_check import check_render, find_chromium
-from facekd.evaluation.report import resolution_table, write_report
+from facekd.evaluation.report import inheritance_table, render_markdown, resolution_table, write_report
 from facekd.evaluation.runner import EvalOptions, ModelSpec, evaluate_models, load_results, save_results
 
 from conftest import load_script
@@ -186,7 +186,7 @@ def test_results_table_script_merges_files(results, tmp_path, capsys):
     assert script.main([str(p) for p in paths]) == 0
     printed = capsys.readouterr().out
     header, rows = resolution_table(results, "fake")
-    assert printed.startswith("### fake (60 pairs)")
+    assert "### fake (60 pairs)" in printed
     assert all(" | ".join(row) in printed for row in rows)          # same rows as from one file
     (tmp_path / "broken.json").write_text("{")
     assert script.main([str(tmp_path / "broken.json")]) == 2
@@ -211,3 +211,20 @@ def test_results_table_seed_means_average_seeds_and_keep_the_teacher(results):
     first = kd["results"]["fake"]["resolution"]["accuracy_mean"]
     assert curve["accuracy_mean"] == pytest.approx([a - 0.01 for a in first])
     assert curve["accuracy_std"] == pytest.approx([0.02 / 2 ** 0.5] * len(first))
+
+
+def test_inheritance_table_gives_the_share_of_the_teachers_lead(results):
+    """(student - plain) / (teacher - plain) at the native size: teacher 90 %, plain 80 %, kd 86 % -> 60 %;
+    it leads the Markdown section of the set; no rows when the teacher does not lead."""
+    results = json.loads(json.dumps(results))
+    for model, accuracy in zip(results["models"], (0.86, 0.90, 0.80)):        # kd, teacher, baseline
+        curve = model["results"]["fake"]["resolution"]
+        curve["accuracy_mean"][curve["sizes"].index(112)] = accuracy
+    header, rows = inheritance_table(results, "fake")
+    assert header[-1] == "Share of the teacher's lead"
+    assert [row[0] for row in rows] == ["IResNet teacher", results["models"][2]["label"], "MobileFaceNet KD"]
+    assert rows[2][1:] == ["86.00", "+6.0", "60 %"] and rows[0][-1] == "100 %"
+    markdown = render_markdown(results)
+    assert markdown.index("What the student inherits") < markdown.index("| Model | Role | Accuracy % (flip)")
+    results["models"][1]["results"]["fake"]["resolution"]["accuracy_mean"][0] = 0.79
+    assert inheritance_table(results, "fake")[1] == []

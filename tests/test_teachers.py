@@ -152,11 +152,11 @@ class FailingTeacher(TorchTeacher):
         super().__init__(teacher.frozen, framing=teacher.framing)
         self.fail_after, self.batches = fail_after, 0
 
-    def embed_with_mirrors(self, faces):
+    def embed(self, faces):
         if self.batches == self.fail_after:
             raise KeyboardInterrupt("killed")
         self.batches += 1
-        return super().embed_with_mirrors(faces)
+        return super().embed(faces)
 
 
 def test_interrupted_cache_build_resumes_and_never_serves_a_partial_file(tmp_path):

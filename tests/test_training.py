@@ -249,10 +249,18 @@ def test_insightface_style_teacher_and_hinton_from_class_centres(tmp_path, teach
     assert logits.shape == (2, task.dataset.num_classes)
     assert torch.allclose(logits, 32.0 * e @ head.centres.t(), atol=1e-5)
 
+    # online teaching: the class centres still come from the clean cache; the logits from the live view
     cfg = tiny_config(tmp_path, "raw_hinton_online", **student_overrides(
-        str(raw), tmp_path / "cache", teacher={"cache": False}))
-    with pytest.raises(ConfigError, match="class-centre logits need the teacher cache"):
-        Trainer(cfg, StudentTask(cfg)).build()
+        str(raw), tmp_path / "cache", teacher={"targets": "online"}))
+    trainer = Trainer(cfg, StudentTask(cfg))
+    trainer.build()
+    online = trainer.task
+    online.on_train_start(trainer)
+    assert online.targets.name == "online" and torch.equal(online.teacher.head.centres, head.centres)
+    faces = torch.stack([online.train_set[i]["teacher_image"] for i in (0, 5)])
+    live = torch.nn.functional.normalize(online.teacher.embed(faces), dim=1)
+    assert torch.allclose(online.teacher_outputs({"teacher_image": faces})["teacher_logits"],
+                          32.0 * live @ head.centres.t(), atol=1e-4)
 
 
 def test_centred_teacher_embeddings_reach_the_losses_and_the_checkpoint(tmp_path, teacher_ckpt, caplog):
@@ -290,10 +298,17 @@ def test_centred_teacher_embeddings_reach_the_losses_and_the_checkpoint(tmp_path
     assert torch.equal(trainer.task.teacher_outputs(batch)["teacher_embedding"],
                        trainer.task.cache.lookup(batch["index"], batch["flipped"]))
 
+    # online: mu still comes from the clean cache of the training set; the live view is centred by it
     cfg = tiny_config(tmp_path, "centred_online", **student_overrides(
         teacher_ckpt, tmp_path / "cache", losses=losses[:3], teacher={"center": True, "cache": False}))
-    with pytest.raises(ConfigError, match="teacher.center: true centres on the teacher's embeddings"):
-        Trainer(cfg, StudentTask(cfg)).build()
+    trainer = Trainer(cfg, StudentTask(cfg))
+    trainer.build()
+    trainer.task.on_train_start(trainer)
+    assert trainer.task.targets.name == "online" and torch.allclose(trainer.task.teacher_center, mu, atol=1e-6)
+    faces = torch.stack([trainer.task.train_set[i]["teacher_image"] for i in (0, 5)])
+    live = torch.nn.functional.normalize(trainer.task.teacher.embed(faces), dim=1)
+    assert torch.allclose(trainer.task.teacher_outputs({"teacher_image": faces})["teacher_embedding"],
+                          live - mu, atol=1e-5)
 
 
 def test_teacher_task_refuses_distillation_losses(tmp_path):
@@ -533,9 +548,12 @@ def test_neuron_selection_is_fitted_on_the_teacher_cache(tmp_path, teacher_ckpt)
     assert torch.equal(selected, select_neurons(clean, dataset_labels, 8))
     online = student_overrides(teacher_ckpt, tmp_path / "cache", losses=[ALL_STUDENT_LOSSES[0], loss],
                                teacher={"cache": False})
-    with pytest.raises(ConfigError, match="need the teacher cache"):
-        cfg = tiny_config(tmp_path, "neurons_online", **online)
-        Trainer(cfg, StudentTask(cfg)).build()
+    cfg = tiny_config(tmp_path, "neurons_online", **online)      # online: fitted on the clean cache all the same
+    trainer = Trainer(cfg, StudentTask(cfg))
+    trainer.build()
+    trainer.task.on_train_start(trainer)
+    term = next(t for t in trainer.task.criterion.terms.values() if hasattr(t, "selected"))
+    assert trainer.task.targets.name == "online" and torch.equal(term.selected, selected)
 
 
 def summary_dataset_labels(cfg: ExperimentConfig):

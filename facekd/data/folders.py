@@ -15,7 +15,8 @@ from facekd.errors import DataError
 LOG = logging.getLogger(__name__)
 
 
-def _images_under(folder: Path) -> List[Path]:
+def images_under(folder: Path) -> List[Path]:
+    """Image files below `folder`, in sorted walk order."""
     found = []
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames.sort()
@@ -51,7 +52,7 @@ class FolderDataset(FaceDataset):
         for folder in folders:
             if num_identities and len(self.classes) >= num_identities:
                 break
-            images = _images_under(folder)
+            images = images_under(folder)
             if not images:
                 if not skip_bad_images:
                     raise DataError(folder, "identity folder contains no images")

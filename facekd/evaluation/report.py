@@ -32,6 +32,8 @@ from facekd.evaluation.verification import FAR_TOLERANCE_FACTOR, far_key
 ROLE_ORDER = {"teacher": 0, "baseline": 1, "distilled": 2}
 DASH = "–"
 RESOLUTION_CAPTION = "Accuracy % (flip) by probe size, in brackets the difference to the baseline in points"
+INHERITANCE_CAPTION = ("What the student inherits: (student - plain) / (teacher - plain), accuracy % (flip) on "
+                       "undegraded faces, the plain student trained on the same schedule and augmentation")
 CROSS_CAPTION = ("Cross-model verification: first image of each pair embedded by the model, second by the "
                  "teacher (flip embeddings)")
 
@@ -140,6 +142,43 @@ def resolution_table(results: Dict[str, Any], val_name: str) -> Tuple[List[str],
     header = ["Model", "Role"] + [f"{size} px" for size in sizes]
     rows = [[m["label"], m.get("role") or DASH] + [cell(by_size, size) for size in sizes]
             for m, by_size in curves]
+    return header, rows
+
+
+def _native_accuracy(model: Dict[str, Any], val_name: str) -> Optional[float]:
+    """Flip accuracy on the undegraded faces (the resolution curve's native size, else ``flip``)."""
+    result = model.get("results", {}).get(val_name) or {}
+    curve = result.get("resolution")
+    if curve and NATIVE_SIZE in curve["sizes"]:
+        return curve["accuracy_mean"][curve["sizes"].index(NATIVE_SIZE)]
+    return (result.get("flip") or {}).get("accuracy_mean")
+
+
+def inheritance_table(results: Dict[str, Any], val_name: str) -> Tuple[List[str], List[List[str]]]:
+    """The share of the teacher's lead each distilled model inherits on ``val_name``.
+
+    ``(student - plain) / (teacher - plain)`` at the native size, with ``plain`` the first
+    model of role ``baseline`` (trained on the same schedule and augmentation) and the
+    teacher the model of role ``teacher``.  No rows without both, or when the teacher does
+    not lead the plain student.
+    """
+    header = ["Model", f"Accuracy % ({NATIVE_SIZE} px)", "Gain over plain (pt)", "Share of the teacher's lead"]
+    models = ordered_models(results)
+    teacher = next((m for m in models if m.get("role") == "teacher"), None)
+    plain = next((m for m in models if m.get("role") == "baseline"), None)
+    if teacher is None or plain is None:
+        return header, []
+    top, base = _native_accuracy(teacher, val_name), _native_accuracy(plain, val_name)
+    if top is None or base is None or top <= base:
+        return header, []
+    rows = [[teacher["label"], _percent(top), f"{100 * (top - base):+.1f}", "100 %"],
+            [plain["label"], _percent(base), "+0.0", "0 %"]]
+    for model in models:
+        accuracy = _native_accuracy(model, val_name)
+        if model.get("role") != "distilled" or accuracy is None:
+            continue
+        rows.append([model["label"], _percent(accuracy), f"{100 * (accuracy - base):+.1f}",
+                     f"{100 * (accuracy - base) / (top - base):.0f} %"])
     return header, rows
 
 
@@ -276,6 +315,9 @@ def _val_set_section(results: Dict[str, Any], val_set: Dict[str, Any], plots: Di
              f"<p class='meta'>{val_set.get('num_pairs')} pairs ({val_set.get('num_same')} same), "
              f"{val_set.get('num_images')} images{'; ' if source else ''}{html.escape(source)}</p>",
              html_table(header, rows)]
+    inherit_header, inherit_rows = inheritance_table(results, name)
+    if inherit_rows:
+        parts[2:2] = [f"<h3>{INHERITANCE_CAPTION}</h3>", html_table(inherit_header, inherit_rows)]
     resolution_header, resolution_rows = resolution_table(results, name)
     if resolution_rows:
         parts += [f"<h3>{RESOLUTION_CAPTION}</h3>", html_table(resolution_header, resolution_rows)]
@@ -350,8 +392,11 @@ def render_markdown(results: Dict[str, Any], title: str = "Face verification rep
              _protocol_text(results), ""]
     for val_set in results["val_sets"]:
         name = val_set["name"]
-        lines += [f"## {name}", "", f"{val_set.get('num_pairs')} pairs ({val_set.get('num_same')} same).", "",
-                  markdown_table(*summary_table(results, name)), ""]
+        lines += [f"## {name}", "", f"{val_set.get('num_pairs')} pairs ({val_set.get('num_same')} same).", ""]
+        inherit_header, inherit_rows = inheritance_table(results, name)
+        if inherit_rows:
+            lines += [f"{INHERITANCE_CAPTION}:", "", markdown_table(inherit_header, inherit_rows), ""]
+        lines += [markdown_table(*summary_table(results, name)), ""]
         resolution_header, resolution_rows = resolution_table(results, name)
         if resolution_rows:
             lines += [f"{RESOLUTION_CAPTION}:", "", markdown_table(resolution_header, resolution_rows), ""]

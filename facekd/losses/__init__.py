@@ -56,7 +56,9 @@ class WeightedLoss(nn.Module):
     optimiser.
 
     If a term needs ``student_logits`` and the step did not supply them, they are computed
-    once from :attr:`margin_head` (margin-free ``logits(student_embedding)``).
+    once from :attr:`margin_head` (margin-free ``logits(student_embedding)``).  A term with
+    ``needs_labels`` sees only the labelled rows of a batch with unlabelled faces
+    (:meth:`LossInputs.labelled`); the distillation terms see every row.
 
     Attributes:
         terms: ``nn.ModuleDict`` key -> loss module.
@@ -112,8 +114,9 @@ class WeightedLoss(nn.Module):
                 inputs, student_logits=self.margin_head.logits(inputs.student_embedding))
         total: Optional[torch.Tensor] = None
         values: Dict[str, torch.Tensor] = {}
+        labelled = inputs.labelled()
         for key, term in self.terms.items():
-            value = term(inputs)
+            value = term(labelled if getattr(term, "needs_labels", False) else inputs)
             values[key] = value.detach()          # stays on the device: no host sync per term
             weighted = self.weights[key] * value
             total = weighted if total is None else total + weighted

@@ -2,7 +2,7 @@
 :class:`Loss` base class with its capability flags."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Dict, Optional
 
 import torch
@@ -37,6 +37,10 @@ class LossInputs:
             or None.
         teacher_feature_map: ``N x Ct x Ht x Wt`` intermediate teacher map, or None.
         extra: free-form per-step values for custom losses.
+        labelled_rows: when some faces of the batch have no identity (``data.unlabelled``),
+            the number of leading rows that have one (the rest have label -1); None: all.
+            :class:`~facekd.losses.WeightedLoss` gives a term with ``needs_labels`` only
+            the labelled rows (:meth:`labelled`).
     """
 
     student_embedding: torch.Tensor
@@ -47,6 +51,21 @@ class LossInputs:
     student_feature_map: Optional[torch.Tensor] = None
     teacher_feature_map: Optional[torch.Tensor] = None
     extra: Dict[str, Any] = field(default_factory=dict)
+    labelled_rows: Optional[int] = None
+
+    @property
+    def all_labelled(self) -> bool:
+        """Every row of the batch has an identity label."""
+        return self.labelled_rows is None or self.labelled_rows >= self.labels.shape[0]
+
+    def labelled(self) -> "LossInputs":
+        """The same inputs restricted to the labelled rows (every per-row tensor sliced)."""
+        if self.all_labelled:
+            return self
+        rows = int(self.labelled_rows)
+        cut = {f.name: getattr(self, f.name)[:rows] for f in fields(self)
+               if torch.is_tensor(getattr(self, f.name))}
+        return replace(self, labelled_rows=None, **cut)
 
 
 class Loss(nn.Module):
@@ -67,6 +86,8 @@ class Loss(nn.Module):
     needs_student_logits: bool = False
     #: reads ``student_feature_map`` / ``teacher_feature_map``
     needs_feature_maps: bool = False
+    #: reads ``labels``: gets only the labelled rows of a batch with unlabelled faces
+    needs_labels: bool = False
 
     def require(self, inputs: LossInputs, name: str) -> torch.Tensor:
         """``getattr(inputs, name)``, or a ``ValueError`` naming this loss when it is None."""

@@ -47,6 +47,7 @@ class HintonKDLoss(Loss):
             raise ConfigError(f"hinton_kd: alpha must be in [0, 1], got {alpha}")
         self.temperature = float(temperature)
         self.alpha = float(alpha)
+        self.needs_labels = self.alpha < 1.0      # the hard-label term reads labels
 
     def forward(self, inputs: LossInputs) -> torch.Tensor:
         student = self.require(inputs, "student_logits").float()

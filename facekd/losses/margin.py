@@ -39,6 +39,8 @@ class MarginHead(Loss):
         margin: the margin ``m`` (meaning depends on the subclass).
     """
 
+    needs_labels = True
+
     def __init__(self, num_classes: int, embedding_size: int, scale: float, margin: float) -> None:
         super().__init__()
         if num_classes < 1 or embedding_size < 1:

@@ -175,6 +175,8 @@ def _as_margin_fn(margin: Union[float, MarginFn]) -> MarginFn:
 class _TripletLoss(Loss):
     """Mining + ``relu(S(a,p) - S(a,n) + margin)`` averaged; subclasses supply the margins."""
 
+    needs_labels = True
+
     def __init__(self, mining: str) -> None:
         super().__init__()
         self.miner = check_choice(MINERS, mining)

@@ -13,21 +13,25 @@ backbone with the weighted losses of ``cfg.losses`` (:func:`facekd.losses.build_
   Any combination of student ArcFace, triplet distillation, plain triplet, HR->LR feature
   distillation, neuron selection and Hinton KD can be switched on and weighted in ``cfg.losses``.
 
-Where the teacher's outputs come from:
+Where the teacher's outputs come from (``teacher.targets``, :mod:`facekd.training.teaching`):
 
-* embeddings: the cache (``teacher.cache: true``, default), looked up by sample index and
-  flip — no teacher forward pass during training;
+* embeddings: the clean cache (default; looked up by sample index and flip), a view cache of
+  ``teacher.views`` fixed augmented views per face, or the teacher online on each batch's own
+  view — the last two give the teacher exactly the student's (augmented, mixed) view;
 * margin-free logits (Hinton KD): the teacher checkpoint's margin head applied to the
-  cached embedding (one matrix product) when it covers the run's identities, else the
+  target embedding (one matrix product) when it covers the run's identities, else the
   class-centre logits of :class:`~facekd.teachers.base.ClassCentreHead`;
 * feature maps (a loss with ``needs_feature_maps``): the teacher runs online on the clean
-  view of each batch (``forward_features``), and then provides the embedding too — the
-  cache is not used in that case.
+  view of each batch (``forward_features``), and then provides the embedding too.
+
+Whatever is fitted on the teacher's statistics of the training set (``teacher.center``,
+class centres, neuron selection) comes from the clean cache, built when needed.
+``data.unlabelled`` faces (label -1) follow the labelled ones in the dataset and in each
+batch; only the distillation losses see them.
 """
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
 import torch
@@ -62,7 +66,8 @@ class TrainModule(nn.Module):
     """The backbone and the loss modules (margin heads, adapters): the unit DDP wraps.
 
     ``forward`` embeds the batch (with ``forward_features`` when a loss reads feature maps)
-    and returns ``(total_loss, terms)`` of the weighted losses.
+    and returns ``(total_loss, terms)`` of the weighted losses; keyword arguments are
+    :class:`~facekd.losses.LossInputs` fields (teacher outputs, ``labelled_rows``).
     """
 
     def __init__(self, backbone: nn.Module, criterion: nn.Module, feature_maps: bool = False) -> None:
@@ -71,7 +76,7 @@ class TrainModule(nn.Module):
         self.criterion = criterion
         self.feature_maps = feature_maps
 
-    def forward(self, images: torch.Tensor, labels: torch.Tensor, **teacher: Optional[torch.Tensor]):
+    def forward(self, images: torch.Tensor, labels: torch.Tensor, **teacher: Any):
         from facekd.losses import LossInputs
 
         feature_map = None
@@ -107,6 +112,8 @@ class Task(Hook):
         cfg = self.cfg
         self.device = trainer.device
         self.dataset = build_train_dataset(cfg.data, transform=keep_uint8)
+        if cfg.data.unlabelled:
+            self.dataset = self.add_unlabelled(self.dataset)
         self.dataset_fingerprint = self.dataset.fingerprint()    # stats every file: once, not per checkpoint
         self.backbone = build_model(cfg.model)
         self.prepare_teacher(trainer)
@@ -114,6 +121,11 @@ class Task(Hook):
         self.check_losses()
         self.module = TrainModule(self.backbone, self.criterion, loss_flag(self.criterion, "needs_feature_maps"))
         self.train_set = self.build_view()
+
+    def add_unlabelled(self, dataset: Any) -> Any:
+        """Append ``data.unlabelled``'s faces (refused for a run without distillation)."""
+        raise ConfigError("data.unlabelled: faces without identities only teach through distillation "
+                          "losses; train-teacher has none")
 
     def loss_context(self) -> Dict[str, Any]:
         """The context arguments loss factories may take."""
@@ -129,8 +141,11 @@ class Task(Hook):
             raise ConfigError(f"model {self.cfg.model.name!r} has no forward_features; "
                               "feature-map distillation is not available for it")
 
-    def build_view(self, teacher_images: bool = False) -> TrainView:
-        """The :class:`TrainView` of the dataset (degraded per ``cfg.degrade`` when enabled)."""
+    def build_view(self, teacher_images: bool = False, views: int = 0) -> TrainView:
+        """The :class:`TrainView` of the dataset: flipped, augmented per ``cfg.augment``, degraded
+        per ``cfg.degrade`` when enabled (``teacher_images`` / ``views``: see :class:`TrainView`)."""
+        from facekd.data.augment import build_augment
+
         degrade, clean_prob = None, 0.0
         if self.cfg.degrade.enabled:
             from facekd.data import Degradation
@@ -140,12 +155,32 @@ class Task(Hook):
                                   blur_prob=d.blur_prob, jpeg_prob=d.jpeg_prob, noise_prob=d.noise_prob)
             clean_prob = d.clean_prob
         return TrainView(self.dataset, seed=self.cfg.seed, flip=self.cfg.train.flip, degrade=degrade,
-                         clean_prob=clean_prob, teacher_images=teacher_images)
+                         clean_prob=clean_prob, teacher_images=teacher_images,
+                         augment=build_augment(self.cfg.augment), views=views)
+
+    @property
+    def labelled_count(self) -> int:
+        """Samples with an identity: they come first in the dataset (then ``data.unlabelled``'s)."""
+        return getattr(self.dataset, "labelled_count", len(self.dataset))
 
     @property
     def train_labels(self):
-        """Labels of the training samples (for the P x K sampler)."""
-        return self.dataset.labels
+        """Labels of the labelled training samples (for the P x K sampler)."""
+        return self.dataset.labels[:self.labelled_count]
+
+    def wrap_sampler(self, sampler: Any) -> Any:
+        """The trainer's P x K sampler, with ``train.unlabelled_per_batch`` unlabelled faces added."""
+        unlabelled = len(self.dataset) - self.labelled_count
+        per_batch = self.cfg.train.unlabelled_per_batch
+        if not unlabelled:
+            if per_batch:
+                raise ConfigError("train.unlabelled_per_batch is set but data.unlabelled names no folder")
+            return sampler
+        if per_batch < 1:
+            raise ConfigError("data.unlabelled is set: train.unlabelled_per_batch must be >= 1")
+        from facekd.data.unlabelled import UnlabelledBatches
+
+        return UnlabelledBatches(sampler, self.labelled_count, unlabelled, per_batch, seed=self.cfg.seed)
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch of the per-sample random choices."""
@@ -159,8 +194,10 @@ class Task(Hook):
     def compute_loss(self, trainer: Any, batch: Dict[str, Any]) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         """``(total, terms)`` of ``batch`` through the (possibly DDP-wrapped) :class:`TrainModule`."""
         images = batch_to_input(batch["image"], self.cfg.model.input_size, self.device, self.cfg.train.channels_last)
+        labelled_rows = int((batch["label"] >= 0).sum())          # host tensor: no device sync
         labels = batch["label"].to(self.device, non_blocking=True)
-        return trainer.model(images, labels, **self.teacher_outputs(batch))
+        extra = {} if labelled_rows == len(batch["label"]) else {"labelled_rows": labelled_rows}
+        return trainer.model(images, labels, **extra, **self.teacher_outputs(batch))
 
     # ------------------------------------------------------------------ verification
     def verify(self, trainer: Any, pair_sets: list) -> Dict[str, Any]:
@@ -238,8 +275,19 @@ class StudentTask(Task):
         super().__init__(cfg)
         self.teacher: Optional[Teacher] = None
         self.cache = None
+        #: where the teacher's targets come from (:mod:`facekd.training.teaching`), set by build_view
+        self.targets = None
         #: mean unit teacher embedding of the clean training faces when ``teacher.center`` is on
         self.teacher_center: Optional[torch.Tensor] = None
+
+    def add_unlabelled(self, dataset: Any) -> Any:
+        """``dataset`` followed by ``data.unlabelled``'s faces (label -1, distillation losses only)."""
+        from facekd.data.unlabelled import WithUnlabelled
+
+        combined = WithUnlabelled(dataset, self.cfg.data.unlabelled)
+        LOG.info("data.unlabelled: %d faces without identity after %d labelled ones", combined.unlabelled_count,
+                 combined.labelled_count)
+        return combined
 
     def _loss_class_flag(self, flag: str) -> bool:
         from facekd.losses import LOSSES
@@ -283,9 +331,20 @@ class StudentTask(Task):
 
     @property
     def teacher_online(self) -> bool:
-        """True when the teacher runs on each batch (feature maps needed, or the cache is off)."""
-        return self.teacher is not None and (loss_flag(self.criterion, "needs_feature_maps")
-                                             or not self.cfg.teacher.cache)
+        """True when the teacher runs on each batch (``teacher.targets: online``, feature maps
+        needed, or the cache is off)."""
+        from facekd.training.teaching import targets_name
+
+        return self.teacher is not None and targets_name(
+            self.cfg.teacher, loss_flag(self.criterion, "needs_feature_maps")) == "online"
+
+    @property
+    def needs_statistics(self) -> bool:
+        """Something is fitted on the teacher's clean embeddings of the training set (centring,
+        class-centre logits, neuron selection): the clean cache is built for it."""
+        return self.teacher is not None and bool(
+            self.cfg.teacher.center or self.statistics_terms()
+            or (loss_flag(self.criterion, "needs_teacher_logits") and not self.teacher_head_fits))
 
     @property
     def teacher_head_fits(self) -> bool:
@@ -295,19 +354,6 @@ class StudentTask(Task):
 
     def check_losses(self) -> None:
         super().check_losses()
-        needs_logits = loss_flag(self.criterion, "needs_teacher_logits")
-        if needs_logits and not self.teacher_head_fits and self.teacher_online:
-            raise ConfigError(f"hinton_kd: the teacher ({self.teacher.source}) has no margin head over this run's "
-                              "identities, and its class-centre logits need the teacher cache, which is off here "
-                              "(teacher.cache: false or a feature-map loss): turn the cache on or remove hinton_kd")
-        if self.teacher_online and self.cfg.teacher.center:
-            raise ConfigError("teacher.center: true centres on the teacher's embeddings of the whole training "
-                              "set, which need the teacher cache (off here: teacher.cache: false or a feature-map "
-                              "loss)")
-        if self.teacher_online and self.statistics_terms():
-            raise ConfigError(f"{[t.loss_name for t in self.statistics_terms()]} fit on the teacher's embeddings of "
-                              "the whole training set, which need the teacher cache (off here: teacher.cache: "
-                              "false or a feature-map loss)")
         if loss_flag(self.criterion, "needs_student_logits") and self.criterion.margin_head is None:
             raise ConfigError("hinton_kd needs the student's own margin head: add arcface or cosface to losses")
         if self.teacher is not None and loss_flag(self.criterion, "needs_feature_maps") \
@@ -318,8 +364,18 @@ class StudentTask(Task):
         super().build(trainer)
         if self.cfg.init_from == "teacher":
             self.init_head_from_teacher()
-        if self.teacher_online:
-            self.train_set = self.build_view(teacher_images=True)
+
+    def build_view(self, teacher_images: bool = False, views: int = 0) -> TrainView:
+        """The training view the teacher's targets need (``teacher_image``, fixed views)."""
+        if self.teacher is None or not loss_flag(self.criterion, "needs_teacher") \
+                and not loss_flag(self.criterion, "needs_teacher_logits"):
+            return super().build_view(teacher_images, views)
+        from facekd.training.teaching import TEACHING, targets_name
+
+        self.targets = TEACHING.build(targets_name(self.cfg.teacher, loss_flag(self.criterion, "needs_feature_maps")),
+                                      task=self)
+        LOG.info("teacher targets: %s", self.targets.name)
+        return super().build_view(teacher_images or self.targets.teacher_images, views or self.targets.views)
 
     def init_head_from_teacher(self) -> None:
         """With ``init_from: teacher``, start the student's margin head from the teacher's class centres.
@@ -342,21 +398,21 @@ class StudentTask(Task):
         LOG.info("student's %s head initialised from the teacher's class centres", head.loss_name)
 
     def on_train_start(self, trainer: Any) -> None:
-        """Load or build the teacher-embedding cache; fit what depends on the teacher's statistics."""
-        if self.teacher is None or self.teacher_online:
+        """Build the teacher's targets (:mod:`facekd.training.teaching`) and, when something is
+        fitted on the teacher's statistics, the clean cache it is fitted on."""
+        if self.targets is None:
             return
-        from facekd.training.teacher_cache import TeacherCache
+        from facekd.training.teaching import load_cache
 
-        cache_dir = self.cfg.teacher.cache_dir or str(Path(trainer.output_dir).parent / "teacher_cache")
-        self.cache = TeacherCache.load_or_build(
-            self.teacher, self.dataset, cache_dir, dist=trainer.dist, batch_size=self.cfg.val.batch_size,
-            dtype=self.cfg.teacher.cache_dtype, num_workers=self.cfg.data.num_workers,
-            progress=self.cfg.train.progress)
-        clean = self.center_statistics(self.cache.embeddings[:, 0].float())
-        if loss_flag(self.criterion, "needs_teacher_logits") and not self.teacher_head_fits:
-            self.teacher.head = self.class_centre_head(clean)
-        for term in self.statistics_terms():
-            term.fit_selection(clean.to(self.device), self.dataset.labels)
+        if self.needs_statistics or self.targets.name == "clean_cache":
+            self.cache = load_cache(self, trainer)
+            clean = self.center_statistics(self.cache.embeddings[:, 0].float())
+            labelled = clean[:self.labelled_count]
+            if loss_flag(self.criterion, "needs_teacher_logits") and not self.teacher_head_fits:
+                self.teacher.head = self.class_centre_head(labelled)
+            for term in self.statistics_terms():
+                term.fit_selection(labelled.to(self.device), self.train_labels)
+        self.targets.prepare(trainer)
 
     def state_dict(self) -> Dict[str, Any]:
         """The base task's checkpoint part plus ``teacher_center`` (None unless ``teacher.center``)."""
@@ -396,7 +452,7 @@ class StudentTask(Task):
         scale = self.cfg.teacher.class_centre_scale or self.criterion.margin_head.scale
         LOG.info("hinton_kd: teacher logits = %.1f * cos(teacher embedding, centre of its identity's teacher "
                  "embeddings) over %d identities", scale, self.dataset.num_classes)
-        centres = class_centres(clean_embeddings, self.dataset.labels, self.dataset.num_classes)
+        centres = class_centres(clean_embeddings, self.train_labels, self.dataset.num_classes)
         return ClassCentreHead(centres, scale).to(self.device)
 
     def teacher_outputs(self, batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
@@ -407,10 +463,8 @@ class StudentTask(Task):
             if self.teacher_online and loss_flag(self.criterion, "needs_feature_maps"):
                 images = self.teacher.input_batch(batch["teacher_image"])
                 out["teacher_feature_map"], embedding = self.teacher.backbone.forward_features(images)
-            elif self.teacher_online:
-                embedding = self.teacher.embed(batch["teacher_image"]).to(self.device, non_blocking=True)
             else:
-                embedding = self.cache.lookup(batch["index"], batch["flipped"]).to(self.device, non_blocking=True)
+                embedding = self.targets.embeddings(batch)
             out["teacher_embedding"] = self.centred(embedding)
             if self.teacher.head is not None and loss_flag(self.criterion, "needs_teacher_logits"):
                 # the teacher's own margin head reads its raw embedding; class centres were fitted centred

@@ -47,7 +47,7 @@ import torch
 
 from facekd.teachers import Teacher, state_dict_digest  # noqa: F401  (state_dict_digest: re-exported)
 from facekd.training.checkpoint import atomic_save
-from facekd.training.data import CleanImages
+from facekd.training.data import CleanImages, ViewImages  # noqa: F401  (ViewImages: re-exported)
 from facekd.training.distributed import DistInfo, all_gather_rows, barrier, broadcast_object
 
 LOG = logging.getLogger(__name__)
@@ -72,14 +72,19 @@ class CacheStats:
 STATS = CacheStats()
 
 
-def cache_key(teacher: Teacher, dataset: Any) -> str:
-    """The key of ``teacher``'s embeddings of ``dataset`` (hex SHA-256)."""
+def cache_key(teacher: Teacher, dataset: Any, images: Any = None) -> str:
+    """The key of ``teacher``'s embeddings of ``dataset`` (hex SHA-256); ``images`` (a
+    :class:`~facekd.training.data.ViewImages`) adds the views' description."""
     parts = [f"format={CACHE_FORMAT}", f"teacher={teacher.fingerprint()}", f"data={dataset.fingerprint()}"]
+    described = images.describe() if images is not None else ""
+    if described:
+        parts.append(f"images={described}")
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
 class TeacherCache:
-    """Teacher embeddings ``[N, 2, D]`` (sample, mirror) of one dataset.
+    """Teacher embeddings ``[N, V, D]`` of one dataset: ``V = 2`` (sample, mirror) for the clean
+    cache, ``V = K`` for a view cache (:class:`~facekd.training.data.ViewImages`).
 
     Build or load one with :meth:`load_or_build`; look embeddings up with :meth:`lookup`.
     """
@@ -99,11 +104,12 @@ class TeacherCache:
         """D, the teacher's embedding size."""
         return self.embeddings.shape[-1]
 
-    def lookup(self, indices: torch.Tensor, flipped: torch.Tensor) -> torch.Tensor:
-        """Float32 embeddings of samples ``indices`` (mirror where ``flipped``), ``[B, D]``."""
+    def lookup(self, indices: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+        """Float32 embeddings ``[B, D]`` of samples ``indices``, column ``columns`` of each (the
+        clean cache: ``flipped``, 1 for the mirror; a view cache: the view's number)."""
         indices = torch.as_tensor(indices, dtype=torch.long).cpu()
-        flipped = torch.as_tensor(flipped).cpu().long()
-        return self.embeddings[indices, flipped].float()
+        columns = torch.as_tensor(columns).cpu().long()
+        return self.embeddings[indices, columns].float()
 
     @staticmethod
     def file_for(cache_dir: Union[str, os.PathLike], key: str) -> Path:
@@ -119,17 +125,22 @@ class TeacherCache:
     def load_or_build(cls, teacher: Teacher, dataset: Any, cache_dir: Union[str, os.PathLike],
                       dist: Optional[DistInfo] = None, batch_size: int = 128, dtype: str = "float32",
                       num_workers: int = 0, progress: bool = False,
-                      partial_every_s: float = 60.0) -> "TeacherCache":
+                      partial_every_s: float = 60.0, images: Any = None) -> "TeacherCache":
         """Load the cache of (``teacher``, ``dataset``) or compute and save it.
+
+        ``images`` are what is embedded per sample: default the clean face and its mirror
+        (:class:`~facekd.training.data.CleanImages`); a :class:`~facekd.training.data.ViewImages`
+        makes a view cache (its key includes the views' description).
 
         In a distributed run every rank embeds its share of the samples, the shares are
         gathered, and rank 0 writes the file.  A single-process build saves its progress
         every ``partial_every_s`` seconds and resumes from it when restarted.
         """
         dist = dist or DistInfo()
-        key = cache_key(teacher, dataset)
+        images = images if images is not None else CleanImages(dataset)
+        key = cache_key(teacher, dataset, images)
         path = cls.file_for(cache_dir, key)
-        cached = broadcast_object(_readable_cache(path, key, len(dataset)), dist)
+        cached = broadcast_object(_readable_cache(path, key, len(dataset), images.columns), dist)
         if cached:
             STATS.hits += 1
             payload = torch.load(path, map_location="cpu", weights_only=True)
@@ -139,7 +150,7 @@ class TeacherCache:
         LOG.info("teacher cache miss: embedding %d samples with %r -> %s", len(dataset), teacher, path)
         partial = PartialBuild(cls.partial_file_for(cache_dir, key), key, partial_every_s) \
             if dist.world_size == 1 else None
-        embeddings = compute_embeddings(teacher, dataset, dist, batch_size, num_workers, progress,
+        embeddings = compute_embeddings(teacher, images, dist, batch_size, num_workers, progress,
                                         partial).to(DTYPES[dtype])
         if dist.is_main:
             atomic_save({"format": CACHE_FORMAT, "key": key, "embeddings": embeddings,
@@ -150,7 +161,7 @@ class TeacherCache:
         return cls(embeddings, key, path, from_disk=False)
 
 
-def _readable_cache(path: Path, key: str, num_samples: int) -> bool:
+def _readable_cache(path: Path, key: str, num_samples: int, columns: int = 2) -> bool:
     if not path.is_file():
         return False
     try:
@@ -159,14 +170,14 @@ def _readable_cache(path: Path, key: str, num_samples: int) -> bool:
         LOG.warning("%s: unreadable teacher cache (%s); rebuilding", path, error)
         return False
     ok = (isinstance(payload, dict) and payload.get("format") == CACHE_FORMAT and payload.get("key") == key
-          and tuple(payload["embeddings"].shape[:2]) == (num_samples, 2))
+          and tuple(payload["embeddings"].shape[:2]) == (num_samples, columns))
     if not ok:
         LOG.warning("%s: teacher cache does not match (key/size); rebuilding", path)
     return ok
 
 
 class PartialBuild:
-    """The progress of an unfinished single-process cache build: rows ``[done, 2, D]`` so far.
+    """The progress of an unfinished single-process cache build: rows ``[done, V, D]`` so far.
 
     :meth:`load` returns the rows a previous run of the same ``key`` saved (none if the file
     is missing, unreadable or of another key); :meth:`update` saves them atomically when
@@ -202,30 +213,35 @@ class PartialBuild:
 
 
 @torch.inference_mode()
-def compute_embeddings(teacher: Teacher, dataset: Any, dist: Optional[DistInfo] = None, batch_size: int = 128,
+def compute_embeddings(teacher: Teacher, images: Any, dist: Optional[DistInfo] = None, batch_size: int = 128,
                        num_workers: int = 0, progress: bool = False,
                        partial: Optional[PartialBuild] = None) -> torch.Tensor:
-    """``[N, 2, D]`` float32 teacher embeddings of every sample and its mirror (this rank's share
-    computed here, the rest gathered from the other ranks); ``partial`` resumes and records progress."""
+    """``[N, V, D]`` float32 teacher embeddings of the ``V`` images of every sample of ``images``
+    (a :class:`~facekd.training.data.CleanImages` / ``ViewImages``; a plain dataset means its
+    clean faces and mirrors).  This rank's share is computed here, the rest gathered from the
+    other ranks; ``partial`` resumes and records progress."""
     from tqdm import tqdm
 
     dist = dist or DistInfo()
-    shares = np.array_split(np.arange(len(dataset)), dist.world_size)
+    if not hasattr(images, "columns"):
+        images = CleanImages(images)
+    dataset = getattr(images, "dataset", None)
+    shares = np.array_split(np.arange(len(images)), dist.world_size)
     mine = shares[dist.rank]
-    local = teacher.embed_dataset_rows(dataset, mine)
+    local = teacher.embed_dataset_rows(dataset, mine) if isinstance(images, CleanImages) else None
     if local is None:
         done = partial.load() if partial is not None else None
         rows = [done] if done is not None and len(done) <= len(mine) else []
         start = len(rows[0]) if rows else 0
-        loader = torch.utils.data.DataLoader(
-            torch.utils.data.Subset(CleanImages(dataset), mine[start:].tolist()),
-            batch_size=batch_size, shuffle=False, num_workers=num_workers)
+        loader = torch.utils.data.DataLoader(torch.utils.data.Subset(images, mine[start:].tolist()),
+                                             batch_size=batch_size, shuffle=False, num_workers=num_workers)
         with tqdm(total=len(mine), initial=start, desc="teacher cache", unit="img", leave=False,
                   disable=not (progress and dist.is_main)) as bar:
-            for images in loader:
-                rows.append(teacher.embed_with_mirrors(images).float())
-                bar.update(len(images))
+            for stacks in loader:
+                flat = teacher.embed(stacks.reshape(-1, *stacks.shape[2:])).float()
+                rows.append(flat.reshape(len(stacks), images.columns, -1))
+                bar.update(len(stacks))
                 if partial is not None:
                     partial.update(rows)
-        local = torch.cat(rows) if rows else torch.zeros((0, 2, teacher.embedding_size))
+        local = torch.cat(rows) if rows else torch.zeros((0, images.columns, teacher.embedding_size))
     return torch.cat(all_gather_rows(local.float(), dist))

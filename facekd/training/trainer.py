@@ -223,9 +223,11 @@ class Trainer:
     def _build_sampler(self) -> Any:
         from facekd.data import PKBatchSampler
 
-        return PKBatchSampler(self.task.train_labels, self.cfg.train.identities_per_batch,
-                              self.cfg.train.images_per_identity, seed=self.cfg.seed,
-                              rank=self.dist.rank, world_size=self.dist.world_size)
+        sampler = PKBatchSampler(self.task.train_labels, self.cfg.train.identities_per_batch,
+                                 self.cfg.train.images_per_identity, seed=self.cfg.seed,
+                                 rank=self.dist.rank, world_size=self.dist.world_size)
+        wrap = getattr(self.task, "wrap_sampler", None)     # e.g. unlabelled faces beside each batch
+        return wrap(sampler) if wrap is not None else sampler
 
     def loader(self, epoch: int) -> torch.utils.data.DataLoader:
         """The training loader, positioned at ``epoch`` (built once; its workers stay alive).
