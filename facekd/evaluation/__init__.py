@@ -6,8 +6,10 @@ Modules:
 * :mod:`~facekd.evaluation.verification` — :func:`evaluate` -> :class:`VerificationResult`;
 * :mod:`~facekd.evaluation.embed` — :class:`TorchEmbedder`, :func:`extract_embeddings`;
 * :mod:`~facekd.evaluation.resolution` — :func:`resolution_curve`;
-* :mod:`~facekd.evaluation.runner` — load checkpoints / ONNX files, :func:`evaluate_models`,
-  the results JSON;
+* :mod:`~facekd.evaluation.runner` — :func:`evaluate_models` (re-exports the three below);
+* :mod:`~facekd.evaluation.specs` — ``--model`` / ``--val`` specs;
+* :mod:`~facekd.evaluation.model_loading` — checkpoints, ONNX files and teachers as embedders;
+* :mod:`~facekd.evaluation.results` — the results JSON (save, load, merge);
 * :mod:`~facekd.evaluation.report` — :func:`write_report` from the results JSON;
 * :mod:`~facekd.evaluation.render_check` — headless-Chromium check of the page.
 """

@@ -204,7 +204,7 @@ def extract_embeddings(embedder: Embedder, pair_set: PairSetLike, batch_size: in
     """
     from tqdm import tqdm
 
-    from facekd.evaluation.verification import l2_normalize
+    from facekd.embedding_math import l2_normalize
 
     if degrade_size is None:
         transform: Callable[[np.ndarray], np.ndarray] = lambda image: image  # noqa: E731
@@ -230,8 +230,8 @@ def extract_embeddings(embedder: Embedder, pair_set: PairSetLike, batch_size: in
             bar.update(n)
     if not plain:
         raise ValueError(f"pair set {getattr(pair_set, 'name', '')!r} has no images")
-    return ImageEmbeddings(l2_normalize(np.concatenate(plain)).astype(np.float32),
-                           l2_normalize(np.concatenate(flip)).astype(np.float32))
+    return ImageEmbeddings(l2_normalize(np.concatenate(plain), dtype=np.float64).astype(np.float32),
+                           l2_normalize(np.concatenate(flip), dtype=np.float64).astype(np.float32))
 
 
 def measure_embedding_size(embedder: Embedder, input_size: int = INPUT_SIZE) -> int:

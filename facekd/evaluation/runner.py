@@ -24,331 +24,41 @@ JSON it writes (:mod:`facekd.evaluation.report`).  Results JSON (``schema`` =
 
 where ``PAIR = {"pair": i, "images": [key1, key2], "distance": d, "threshold": t,
 "thumbnails": [base64 JPEG, base64 JPEG]}`` (clean images, flip embeddings' decisions).
+
+The parts live in their own modules and are importable from here as before:
+:mod:`~facekd.evaluation.specs` (``--model`` / ``--val`` specs), :mod:`~facekd.evaluation.model_loading`
+(checkpoints, ONNX files and teachers as embedders; latency) and :mod:`~facekd.evaluation.results`
+(the JSON: save, load, merge, environment).  This module runs the evaluation itself.
 """
 from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
-import json
-import os
-import platform
-import re
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from facekd.errors import CheckpointError, ConfigError, DataError
-from facekd.evaluation.embed import (DegradeFn, Embedder, ImageEmbeddings, TorchEmbedder, extract_embeddings,
-                                    measure_embedding_size)
+from facekd.embedding_math import l2_normalize
+from facekd.errors import ConfigError
+from facekd.evaluation.embed import DegradeFn, ImageEmbeddings, extract_embeddings
 from facekd.evaluation.imaging import encode_image
+from facekd.evaluation.model_loading import (MODEL_FORMATS, SUFFIX_FORMATS, LoadedModel, check_embedding_size,
+                                             check_model_file, load_model, load_onnx_model, load_teacher_model,
+                                             load_torch_model, measure_latency)
 from facekd.evaluation.resolution import DEFAULT_SIZES, SIDES, resolution_curve
-from facekd.evaluation.verification import (DEFAULT_FAR_TARGETS, VerificationResult, evaluate, l2_normalize,
-                                           pair_embeddings)
-from facekd.fileio import atomic_write_text
-from facekd.preprocess import INPUT_SIZE
-from facekd.registry import Registry
+from facekd.evaluation.results import RESULTS_SCHEMA, environment, load_results, merge_results, save_results
+from facekd.evaluation.specs import PAIR_KINDS, ROLES, ModelSpec, ValSpec
+from facekd.evaluation.verification import DEFAULT_FAR_TARGETS, VerificationResult, evaluate, pair_embeddings
 
-RESULTS_SCHEMA = "facekd.eval/1"
-ROLES = ("teacher", "baseline", "distilled")
-PAIR_KINDS = ("lfw", "bin", "agedb", "cfp_fp", "cfp_ff", "synthetic")
-
-#: model file format -> loader(spec, options) -> LoadedModel
-MODEL_FORMATS = Registry("model format")
-#: file suffix -> format name in :data:`MODEL_FORMATS`
-SUFFIX_FORMATS = {".pt": "torch", ".pth": "torch", ".ckpt": "torch", ".onnx": "onnx"}
-
-
-# --------------------------------------------------------------------------- specs
-
-def _parse_fields(text: str, what: str) -> Dict[str, str]:
-    fields = {}
-    for item in text.split(","):
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"{what} {text!r}: expected key=value items separated by commas")
-        fields[key.strip()] = value.strip()
-    return fields
-
-
-@dataclass
-class ModelSpec:
-    """A model to evaluate: a facekd checkpoint (``.pt``/``.pth``), an ONNX file, or any teacher source.
-
-    ``arch`` is needed only for a plain state dict without ``model_config`` (e.g. an
-    insightface ``backbone.pth``); ``embedding_size``, if given, is checked against what the
-    model actually produces.  ``kind`` (a :data:`facekd.teachers.TEACHERS` name: ``onnx``,
-    ``dlib``, ``embeddings``) loads the file as that teacher source, framed its way
-    (``input_size``, ``template``, ``channel_order``, ``mean``, ``std`` override the kind's
-    defaults); ``kind=dlib`` needs no path (the packaged model).  ``resolution=false`` skips
-    the model's resolution curve (e.g. for a slow teacher).
-    """
-    path: str = ""
-    role: Optional[str] = None
-    label: Optional[str] = None
-    arch: Optional[str] = None
-    embedding_size: Optional[int] = None
-    input_size: Optional[int] = None
-    kind: Optional[str] = None
-    template: Optional[str] = None
-    channel_order: Optional[str] = None
-    mean: Optional[float] = None
-    std: Optional[float] = None
-    resolution: bool = True
-
-    @classmethod
-    def parse(cls, text: str) -> "ModelSpec":
-        """``PATH`` or ``path=PATH,role=teacher,label=IResNet-50,arch=iresnet50,embedding_size=512``
-        (also ``kind=dlib,role=teacher`` and ``path=w600k_r50.onnx,kind=onnx,channel_order=BGR``)."""
-        if not re.match(r"[a-z_]+=", text):
-            return cls(path=text)
-        fields = _parse_fields(text, "--model")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(fields) - known)
-        if unknown:
-            raise ConfigError(f"--model {text!r}: unknown key(s) {unknown}; known: {sorted(known)}")
-        for key, convert in (("embedding_size", int), ("input_size", int), ("mean", float), ("std", float)):
-            if key in fields:
-                try:
-                    fields[key] = convert(fields[key])  # type: ignore[assignment]
-                except ValueError:
-                    raise ConfigError(f"--model {text!r}: {key} must be a number") from None
-        if "resolution" in fields:
-            flag = fields["resolution"].lower()
-            if flag not in ("true", "false"):
-                raise ConfigError(f"--model {text!r}: resolution must be true or false")
-            fields["resolution"] = flag == "true"  # type: ignore[assignment]
-        spec = cls(**fields)  # type: ignore[arg-type]
-        if spec.role is not None and spec.role not in ROLES:
-            raise ConfigError(f"--model {text!r}: role must be one of {ROLES}, got {spec.role!r}")
-        return spec
-
-    @property
-    def display_label(self) -> str:
-        """``label`` or a name derived from the path (``runs/kd/best.pt`` -> ``kd/best``)."""
-        if self.label:
-            return self.label
-        if not self.path:
-            return str(self.kind)
-        path = Path(self.path)
-        return f"{path.parent.name}/{path.stem}" if path.parent.name else path.stem
-
-
-@dataclass
-class ValSpec:
-    """A verification set: a :data:`facekd.data.PAIR_SOURCES` kind and its path."""
-    kind: str
-    path: Optional[str] = None
-    name: Optional[str] = None
-    options: Dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def parse(cls, text: str, options: Optional[Dict[str, Any]] = None) -> "ValSpec":
-        """``KIND:PATH`` (``synthetic`` needs no path), optionally followed by this set's own
-        ``,key=value`` options for :func:`facekd.data.build_pair_set` (values parsed as YAML;
-        they override ``options``), e.g. ``cfp_fp:data/cfp,root=aligned/cfp,align=none``.
-
-        The name is a .bin file's stem; else the kind, suffixed with the list's stem when that
-        is not the standard one (``lfw:View1/pairsDevTest.txt`` -> ``lfw_pairsDevTest``).
-        """
-        import yaml
-
-        kind, _, rest = text.partition(":")
-        path, *items = rest.split(",") if rest else [""]
-        own = {}
-        for item in items:
-            key, sep, value = item.partition("=")
-            if not sep or not key.strip():
-                raise ConfigError(f"--val {text!r}: expected KIND:PATH[,key=value...], got item {item!r}")
-            own[key.strip()] = yaml.safe_load(value)
-        kind = kind.strip()
-        if kind not in PAIR_KINDS:
-            raise ConfigError(f"--val {text!r}: kind must be one of {PAIR_KINDS}, got {kind!r}")
-        if not path and kind != "synthetic":
-            raise ConfigError(f"--val {text!r}: expected {kind}:PATH")
-        stem = Path(path).stem if path else ""
-        if kind == "bin":
-            name = stem
-        elif not path or Path(path).is_dir() or stem in ("pairs", kind):
-            name = kind
-        else:                                   # e.g. lfw:.../pairsDevTest.txt -> lfw_pairsDevTest
-            name = f"{kind}_{stem}"
-        return cls(kind=kind, path=path or None, name=name, options={**(options or {}), **own})
-
-
-# --------------------------------------------------------------------------- loading models
-
-@dataclass
-class LoadedModel:
-    """A model ready to embed, with what the report shows about it."""
-    spec: ModelSpec
-    format: str
-    embedder: Embedder
-    embedding_size: int
-    input_size: int = INPUT_SIZE
-    arch: Optional[str] = None
-    params: Optional[int] = None
-    macs: Optional[int] = None
-    #: side of the batches the embedder takes (default ``input_size``; teachers take 112 px faces)
-    embedder_input_size: Optional[int] = None
-    #: a teacher of precomputed vectors: looked up by image key instead of embedding pixels
-    keyed: Any = None
-    framing: Optional[str] = None
-    #: a student distilled with ``teacher.center``: the mean unit teacher embedding it was trained
-    #: against, subtracted from the teacher's gallery embeddings in cross-model verification
-    teacher_center: Optional[np.ndarray] = None
-
-    def describe(self) -> Dict[str, Any]:
-        """The JSON fields describing the model (without results)."""
-        return {"label": self.spec.display_label, "role": self.spec.role, "path": self.spec.path,
-                "format": self.format, "arch": self.arch, "embedding_size": self.embedding_size,
-                "input_size": self.input_size, "params": self.params, "macs": self.macs,
-                **({"framing": self.framing} if self.framing else {})}
-
-
-def check_embedding_size(path: str, actual: int, declared: Dict[str, Optional[int]]) -> None:
-    """Raise :class:`CheckpointError` naming ``path`` if a declared size disagrees with ``actual``."""
-    for source, size in declared.items():
-        if size is not None and int(size) != int(actual):
-            raise CheckpointError(f"{path}: the model produces {actual}-d embeddings but {source} "
-                                  f"says {size}")
-
-
-def load_model(spec: ModelSpec, device: str = "cpu", batch_size: Optional[int] = None,
-               amp: str = "none") -> LoadedModel:
-    """Load ``spec.path`` with the loader its ``kind`` or suffix selects (:data:`SUFFIX_FORMATS`)."""
-    if spec.kind not in (None, "torch"):
-        loader = load_teacher_model
-    else:
-        check_model_file(spec)
-        suffix = Path(spec.path).suffix.lower()
-        if suffix not in SUFFIX_FORMATS:
-            raise DataError(spec.path, f"unknown model file type {suffix!r}; expected one of "
-                                       f"{sorted(SUFFIX_FORMATS)} (or name a teacher kind=...)")
-        loader = MODEL_FORMATS.get(SUFFIX_FORMATS[suffix])
-    loaded = loader(spec, device=device, batch_size=batch_size, amp=amp)
-    check_embedding_size(spec.path, loaded.embedding_size,
-                         {"the --model spec / --embedding-size": spec.embedding_size})
-    return loaded
-
-
-def check_model_file(spec: ModelSpec) -> None:
-    """:class:`DataError` unless ``spec.path`` exists (a ``kind=dlib`` spec may name none)."""
-    if spec.kind == "dlib" and not spec.path:
-        return
-    if not spec.path or not os.path.isfile(spec.path):
-        raise DataError(spec.path or "<no path>", "model file not found")
-
-
-def load_teacher_model(spec: ModelSpec, device: str = "cpu", batch_size: Optional[int] = None,
-                       amp: str = "none") -> LoadedModel:
-    """Any :mod:`facekd.teachers` source (``spec.kind``), run on 112 px faces framed its way."""
-    from facekd.config import FramingConfig, TeacherConfig
-    from facekd.teachers import TeacherEmbedder, build_teacher
-
-    check_model_file(spec)
-    framing = FramingConfig(spec.input_size, spec.template, spec.channel_order, spec.mean, spec.std)
-    teacher = build_teacher(TeacherConfig(kind=spec.kind, path=spec.path or None, framing=framing), device, amp)
-    keyed = teacher if teacher.kind == "embeddings" else None
-    return LoadedModel(spec, teacher.kind, TeacherEmbedder(teacher, batch_size or 0), teacher.embedding_size,
-                       teacher.framing.input_size, teacher.kind, embedder_input_size=INPUT_SIZE, keyed=keyed,
-                       framing=teacher.framing.describe())
-
-
-def _checkpoint_model_config(checkpoint: Any, spec: ModelSpec) -> Dict[str, Any]:
-    config = checkpoint.get("model_config") if isinstance(checkpoint, dict) else None
-    if dataclasses.is_dataclass(config):
-        config = dataclasses.asdict(config)
-    if config is None:
-        if not spec.arch:
-            raise CheckpointError(f"{spec.path}: the checkpoint has no 'model_config'; name the "
-                                  f"architecture with --model path=...,arch=NAME")
-        config = {"name": spec.arch, "embedding_size": spec.embedding_size or 512,
-                  "input_size": spec.input_size or INPUT_SIZE}
-    if not isinstance(config, dict) or "name" not in config:
-        raise CheckpointError(f"{spec.path}: 'model_config' must be a dict with a 'name', got {config!r}")
-    return dict(config)
-
-
-@MODEL_FORMATS.register("torch")
-def load_torch_model(spec: ModelSpec, device: str = "cpu", batch_size: Optional[int] = None,
-                     amp: str = "none") -> LoadedModel:
-    """A facekd checkpoint (``model_config`` + ``state_dict``) or a plain state dict with ``arch``."""
-    from facekd.config import ModelConfig
-    from facekd.models import build_model, count_macs, count_parameters, load_pretrained, read_checkpoint
-    from facekd.preprocess import InputResize
-
-    checkpoint = read_checkpoint(spec.path)
-    config = _checkpoint_model_config(checkpoint, spec)
-    known = {f.name for f in dataclasses.fields(ModelConfig)}
-    model_cfg = ModelConfig(**{k: v for k, v in config.items() if k in known})
-    try:
-        model = build_model(model_cfg)
-    except (KeyError, TypeError) as error:
-        raise CheckpointError(f"{spec.path}: cannot build the model it describes ({error})") from None
-    load_pretrained(model, spec.path, strict=True)
-    model.eval()
-    params, macs = count_parameters(model), count_macs(model, model_cfg.input_size)
-    # pair sets hold 112x112 faces; a model trained at another size sees them resized
-    embedder = TorchEmbedder(InputResize(model, model_cfg.input_size), device=device, batch_size=batch_size, amp=amp)
-    actual = measure_embedding_size(embedder, model_cfg.input_size)
-    check_embedding_size(spec.path, actual, {"its model_config": model_cfg.embedding_size})
-    center = checkpoint.get("teacher_center") if isinstance(checkpoint, dict) else None
-    return LoadedModel(spec, "torch", embedder, actual, int(model_cfg.input_size), model_cfg.name,
-                       params, macs, teacher_center=None if center is None else np.asarray(center, np.float32))
-
-
-def _int_or_none(value: Any) -> Optional[int]:
-    try:
-        return int(float(value))
-    except (TypeError, ValueError):
-        return None
-
-
-def _onnx_parameter_count(path: str) -> int:
-    """Elements of the graph's initializers (the weights)."""
-    from facekd.export.runtime import load_onnx_proto
-
-    proto = load_onnx_proto(path, load_weights=False)   # shapes only
-    return int(sum(int(np.prod(t.dims)) for t in proto.graph.initializer))
-
-
-@MODEL_FORMATS.register("onnx")
-def load_onnx_model(spec: ModelSpec, device: str = "cpu", batch_size: Optional[int] = None,
-                    amp: str = "none") -> LoadedModel:
-    """An ONNX file run by :class:`facekd.export.runtime.OnnxEmbedder` (``amp`` does not apply).
-
-    The embedding size is measured with one forward pass and checked against what the
-    file declares (facekd metadata, else the graph's output shape).
-    """
-    from facekd.export.runtime import OnnxEmbedder
-
-    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.startswith("cuda") else None
-    embedder = OnnxEmbedder(spec.path, providers=providers, batch_size=batch_size)
-    actual = measure_embedding_size(embedder, embedder.input_size)
-    check_embedding_size(spec.path, actual, {"its metadata / output shape": embedder.embedding_size})
-    meta = embedder.metadata
-    params = meta.params if meta.params is not None else _onnx_parameter_count(spec.path)
-    arch = meta.model_name if meta.model_name != "unknown" else None
-    return LoadedModel(spec, "onnx", embedder, actual, int(embedder.input_size), arch, params, meta.macs)
-
-
-def measure_latency(embedder: Embedder, input_size: int = INPUT_SIZE, batch_size: int = 1,
-                    warmup: int = 3, runs: int = 20) -> float:
-    """Median wall time per image in milliseconds over ``runs`` calls on a zero batch."""
-    import torch
-
-    batch = torch.zeros(batch_size, 3, input_size, input_size)
-    for _ in range(warmup):
-        embedder(batch)
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        embedder(batch)   # returns numpy: any device work has finished
-        times.append(time.perf_counter() - start)
-    return float(np.median(times)) * 1000.0 / batch_size
+__all__ = ["EvalOptions", "build_pair_set", "build_pair_sets", "hardest_pairs", "image_embeddings",
+           "evaluate_on_pair_set", "cross_model_results", "evaluate_models",
+           # re-exported from the modules they live in
+           "ModelSpec", "ValSpec", "ROLES", "PAIR_KINDS", "LoadedModel", "MODEL_FORMATS", "SUFFIX_FORMATS",
+           "load_model", "load_torch_model", "load_onnx_model", "load_teacher_model", "check_model_file",
+           "check_embedding_size", "measure_latency", "RESULTS_SCHEMA", "environment", "save_results",
+           "load_results", "merge_results"]
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -424,7 +134,8 @@ def image_embeddings(model: LoadedModel, pair_set: Any, options: EvalOptions) ->
         return extract_embeddings(model.embedder, pair_set, options.batch_size, progress=options.progress,
                                   num_workers=options.num_workers)
     rows = model.keyed.lookup(pair_set.images).numpy()
-    return ImageEmbeddings(l2_normalize(rows[:, 0]), l2_normalize(rows[:, 0] + rows[:, 1]))
+    return ImageEmbeddings(l2_normalize(rows[:, 0], dtype=np.float64),
+                          l2_normalize(rows[:, 0] + rows[:, 1], dtype=np.float64))
 
 
 def evaluate_on_pair_set(model: LoadedModel, pair_set: Any, options: EvalOptions,
@@ -474,7 +185,7 @@ def cross_model_results(entries: Sequence[Dict[str, Any]], embeddings: Dict[Tupl
         for pair_set in pair_sets:
             gallery = embeddings[t, pair_set.name].flip
             if center is not None:
-                gallery = l2_normalize(gallery - center)
+                gallery = l2_normalize(gallery - center, dtype=np.float64)
             result = evaluate(pair_embeddings(pair_set.pairs, embeddings[i, pair_set.name].flip, gallery),
                               pair_set.issame, options.nrof_folds, options.far_targets)
             entry["results"][pair_set.name]["cross"] = {"teacher": entries[t]["label"], "flip": result.to_dict(),
@@ -533,55 +244,3 @@ def evaluate_models(models: Sequence[ModelSpec], val_sets: Sequence[Union[ValSpe
     centres = {i: model.teacher_center for i, model in enumerate(loaded) if model.teacher_center is not None}
     cross_model_results(output["models"], embeddings, pair_sets, options, centres)
     return output
-
-
-def environment(device: str) -> Dict[str, Any]:
-    """Versions and hardware the numbers were measured on (latency depends on them)."""
-    import torch
-
-    from facekd import __version__
-
-    info = {"facekd": __version__, "torch": torch.__version__, "python": platform.python_version(),
-            "device": device, "cpu": platform.processor() or platform.machine(),
-            "threads": torch.get_num_threads()}
-    if device.startswith("cuda") and torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
-    return info
-
-
-# --------------------------------------------------------------------------- JSON I/O
-
-def save_results(results: Dict[str, Any], path: Union[str, os.PathLike]) -> Path:
-    """Write the results JSON atomically (temp file + rename)."""
-    return atomic_write_text(path, json.dumps(results, indent=1, allow_nan=True))
-
-
-def load_results(path: Union[str, os.PathLike]) -> Dict[str, Any]:
-    """Read a results JSON written by :func:`save_results`; errors name the file."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise DataError(path, "results file not found") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise DataError(path, f"not a readable results JSON ({error})") from None
-    if not isinstance(data, dict) or data.get("schema") != RESULTS_SCHEMA:
-        found = data.get("schema") if isinstance(data, dict) else type(data).__name__
-        raise DataError(path, f"not a facekd results file (schema {found!r}, expected {RESULTS_SCHEMA!r})")
-    for key in ("models", "val_sets"):
-        if not isinstance(data.get(key), list):
-            raise DataError(path, f"results file has no {key!r} list")
-    return data
-
-
-def merge_results(results: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
-    """Combine several results files: models appended, val sets united by name."""
-    if not results:
-        raise ValueError("no results to merge")
-    merged = dict(results[0])
-    merged["models"] = [m for r in results for m in r["models"]]
-    by_name: Dict[str, Any] = {}
-    for r in results:
-        for val_set in r["val_sets"]:
-            by_name.setdefault(val_set["name"], val_set)
-    merged["val_sets"] = list(by_name.values())
-    return merged

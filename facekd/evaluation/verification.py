@@ -36,6 +36,8 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from facekd.embedding_math import l2_normalize
+
 #: thresholds searched for the accuracy (insightface: ``np.arange(0, 4, 0.01)``)
 ACCURACY_THRESHOLDS = np.arange(0, 4, 0.01)
 #: thresholds searched for TAR@FAR (insightface's ``calculate_val``: ``np.arange(0, 4, 0.001)``)
@@ -172,13 +174,6 @@ def _rounded(values: Iterable[float], digits: int = 6) -> List[float]:
 
 # --------------------------------------------------------------------------- inputs
 
-def l2_normalize(embeddings: np.ndarray, eps: float = 1e-12) -> np.ndarray:
-    """Rows divided by their L2 norm (``sklearn.preprocessing.normalize`` semantics)."""
-    embeddings = np.asarray(embeddings, dtype=np.float64)
-    norms = np.linalg.norm(embeddings, axis=1, keepdims=True)
-    return embeddings / np.maximum(norms, eps)
-
-
 def pair_embeddings(pairs: np.ndarray, first: np.ndarray, second: Optional[np.ndarray] = None) -> np.ndarray:
     """Interleave per-image embeddings into insightface's pair layout.
 
@@ -210,7 +205,7 @@ def pair_distances(embeddings: np.ndarray) -> np.ndarray:
     embeddings = np.asarray(embeddings)
     if embeddings.ndim != 2 or len(embeddings) % 2:
         raise ValueError(f"expected [2N, D] pair embeddings, got shape {embeddings.shape}")
-    normed = l2_normalize(embeddings)
+    normed = l2_normalize(embeddings, dtype=np.float64)
     return np.sum(np.square(normed[0::2] - normed[1::2]), axis=1)
 
 

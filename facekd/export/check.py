@@ -17,8 +17,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from facekd.embedding_math import row_cosine
 from facekd.errors import FaceKDError
-from facekd.export.runtime import OnnxEmbedder, load_onnx_proto, resize_faces, row_cosine
+from facekd.export.runtime import OnnxEmbedder, load_onnx_proto, resize_faces
 from facekd.fileio import PathLike
 from facekd.preprocess import normalize_uint8
 

@@ -27,10 +27,11 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from facekd.embedding_math import row_cosine
 from facekd.errors import ConfigError
 from facekd.export.prelu import DEFAULT_PRELU_REWRITE, PRELU_REWRITES, rewrite_prelu_file
 from facekd.export.protos import load_onnx_proto
-from facekd.export.runtime import OnnxEmbedder, resize_faces, row_cosine
+from facekd.export.runtime import OnnxEmbedder, resize_faces
 from facekd.export.threshold import threshold_from_result, verification_results
 from facekd.fileio import PathLike
 

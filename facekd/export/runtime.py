@@ -19,6 +19,7 @@ from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from facekd.embedding_math import l2_normalize, row_cosine
 from facekd.errors import DataError, FaceKDError
 from facekd.export.formats import InputFormat, input_format as get_input_format
 from facekd.export.metadata import ExportMetadata
@@ -48,17 +49,6 @@ def session_options(threads: Optional[int] = None):
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
     return options
-
-
-def l2_normalize(embeddings: np.ndarray, eps: float = 1e-12) -> np.ndarray:
-    """Rows of ``embeddings`` scaled to unit L2 norm (float32)."""
-    embeddings = np.asarray(embeddings, dtype=np.float32)
-    return embeddings / np.maximum(np.linalg.norm(embeddings, axis=-1, keepdims=True), eps)
-
-
-def row_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Cosine similarity of corresponding rows of ``a`` and ``b`` (``[N]``)."""
-    return np.sum(l2_normalize(a) * l2_normalize(b), axis=-1)
 
 
 def resize_faces(faces: np.ndarray, size: int) -> np.ndarray:
