@@ -19,6 +19,15 @@ dtype on CUDA), same-run ratios and the issue-12 targets (PASS/MISS, printed, no
     python3 bench/train_throughput.py                          # CPU: half-width IResNet-18, short run
     python3 bench/train_throughput.py --teacher-arch iresnet100 --out train_bench.json
     python3 bench/train_throughput.py --data aligned_tree/     # an aligned identity-folder tree
+    python3 bench/train_throughput.py --models student --teaching clean_cache,view_cache,online \
+        --teaching-teacher dlib                                 # issue 20: where the targets come from
+
+``--teaching`` times the student once per source of its teacher targets
+(:mod:`facekd.training.teaching`), all on the same augmented views (:data:`TEACHING_AUGMENT`):
+``clean_cache`` (today's cached step), ``view_cache`` (4 fixed views per face, embedded once:
+the build is reported as ``cache_build_s``) and ``online`` (the teacher embeds every batch);
+``--teaching-teacher dlib`` uses the torch port of dlib's ResNet (128-d) instead of the
+tiny cache teacher, so the online step pays a real teacher's forward pass.
 
 The default data is synthetic faces written once as JPEGs into a temporary identity-folder
 tree (``--synthetic tree``, the real decode path) or generated in memory (``--synthetic
@@ -60,6 +69,8 @@ TARGETS = [
 STUDENT_LOSSES = [{"name": "arcface", "weight": 1.0, "scale": 64.0, "margin": 0.5},
                   {"name": "triplet_distill", "weight": 1.0, "m_min": 0.2, "m_max": 0.5},
                   {"name": "feature_distill", "weight": 1.0, "metric": "cosine"}]
+#: the views every ``--teaching`` variant of the student trains on
+TEACHING_AUGMENT = [{"name": "shift_scale"}, {"name": "colour_jitter"}]
 STUDENT_DEGRADE = {"enabled": True, "min_size": 14, "max_size": 56, "blur_prob": 0.3, "jpeg_prob": 0.3,
                    "noise_prob": 0.2, "clean_prob": 0.3}
 
@@ -97,6 +108,9 @@ class TrainBenchSettings:
     matmul_size: int = 2048
     matmul_repeats: int = 10
     models: Sequence[str] = ("teacher", "student")
+    teaching: Sequence[str] = ()            # teacher.targets sources to time the student with
+    teaching_teacher: str = "tiny"          # tiny | dlib: the teacher of the --teaching variants
+    teaching_views: int = 4
 
     @property
     def batch_size(self) -> int:
@@ -165,15 +179,16 @@ def _data_section(settings: TrainBenchSettings, root: Optional[Path]) -> Dict[st
 
 def experiment_config(role: str, settings: TrainBenchSettings, workdir: Path, data_root: Optional[Path],
                       teacher_checkpoint: Optional[Path] = None) -> ExperimentConfig:
-    """The :class:`ExperimentConfig` of the ``teacher`` or ``student`` run being timed."""
+    """The :class:`ExperimentConfig` of the ``teacher`` or ``student[:<targets source>]`` run being timed."""
+    kind = role.partition(":")[0]
     train = {"epochs": settings.e2e_epochs, "identities_per_batch": settings.identities_per_batch,
              "images_per_identity": settings.images_per_identity, "amp": settings.amp,
              "channels_last": settings.channels_last, "compile": settings.compile,
              "checkpoint_every_steps": 0, "log_every_steps": settings.log_every_steps,
-             "max_steps_per_epoch": settings.e2e_steps_per_epoch[role], "progress": False,
+             "max_steps_per_epoch": settings.e2e_steps_per_epoch[kind], "progress": False,
              "prefetch_factor": settings.prefetch_factor}
     data: Dict[str, Any] = {
-        "name": f"bench_{role}", "output_dir": str(workdir / role), "data": _data_section(settings, data_root),
+        "name": f"bench_{role.replace(':', '_')}", "output_dir": str(workdir / role.replace(":", "_")), "data": _data_section(settings, data_root),
         "val": {"sets": [], "every_epochs": 0, "batch_size": 256}, "train": train,
         "optim": {"lr": 0.01, "warmup_epochs": 0.0}}
     if role == "teacher":
@@ -184,11 +199,19 @@ def experiment_config(role: str, settings: TrainBenchSettings, workdir: Path, da
                            "input_size": settings.input_size, "params": dict(settings.teacher_params)},
                     losses=[head])
     else:
-        data.update(model={"name": settings.student_arch, "embedding_size": settings.embedding_size,
+        teacher = {"model": _cache_teacher_model(settings), "checkpoint": str(teacher_checkpoint),
+                   "cache": True, "cache_dir": str(workdir / "teacher_cache")}
+        embedding_size = settings.embedding_size
+        _, _, targets = role.partition(":")
+        if targets:            # a --teaching variant: augmented views, targets from that source
+            teacher.update(targets=targets, views=settings.teaching_views if targets == "view_cache" else 0)
+            if settings.teaching_teacher == "dlib":
+                teacher.update(kind="dlib", checkpoint=None)
+                embedding_size = 128
+            data["augment"] = [dict(a) for a in TEACHING_AUGMENT]
+        data.update(model={"name": settings.student_arch, "embedding_size": embedding_size,
                            "input_size": settings.input_size},
-                    teacher={"model": _cache_teacher_model(settings), "checkpoint": str(teacher_checkpoint),
-                             "cache": True, "cache_dir": str(workdir / "teacher_cache")},
-                    degrade=dict(STUDENT_DEGRADE), losses=[dict(loss) for loss in STUDENT_LOSSES])
+                    teacher=teacher, degrade=dict(STUDENT_DEGRADE), losses=[dict(loss) for loss in STUDENT_LOSSES])
     merged = to_dict(ExperimentConfig())
     for key, value in data.items():
         merged[key] = {**merged[key], **value} if isinstance(value, dict) and isinstance(merged.get(key), dict) \
@@ -247,8 +270,9 @@ def _prepare(trainer: Trainer, batch: Dict[str, Any]) -> None:
     task = trainer.task
     batch_to_input(batch["image"], task.cfg.model.input_size, trainer.device, task.cfg.train.channels_last)
     batch["label"].to(trainer.device, non_blocking=True)
-    if getattr(task, "cache", None) is not None:
-        task.cache.lookup(batch["index"], batch["flipped"]).to(trainer.device, non_blocking=True)
+    targets = getattr(task, "targets", None)
+    if targets is not None and not targets.teacher_images:     # a cached target (online: the step's work)
+        targets.embeddings(batch)
 
 
 def time_data(trainer: Trainer, settings: TrainBenchSettings, keep: int) -> Dict[str, Any]:
@@ -336,9 +360,10 @@ def bench_model(role: str, settings: TrainBenchSettings, workdir: Path, data_roo
                 peak_gflops: float) -> Dict[str, Any]:
     """All three phases for ``role`` (``teacher`` / ``student``)."""
     device = torch.device(settings.device)
-    teacher_ckpt = write_cache_teacher(settings, workdir / "cache_teacher.pth") if role == "student" else None
+    student = role.startswith("student")
+    teacher_ckpt = write_cache_teacher(settings, workdir / "cache_teacher.pth") if student else None
     cfg = experiment_config(role, settings, workdir, data_root, teacher_ckpt)
-    task = (TeacherTask if role == "teacher" else StudentTask)(cfg)
+    task = (StudentTask if student else TeacherTask)(cfg)
     clock = StepClock()
     trainer = Trainer(cfg, task, dist=DistInfo(device=device), hooks=[clock])
     trainer.build()
@@ -346,7 +371,7 @@ def bench_model(role: str, settings: TrainBenchSettings, workdir: Path, data_roo
     task.on_train_start(trainer)            # the student builds its teacher-embedding cache here
     cache_s = time.perf_counter() - start
     data = time_data(trainer, settings, keep=4)
-    model = time_model(trainer, data.pop("kept"), settings.model_steps[role], settings.warmup)
+    model = time_model(trainer, data.pop("kept"), settings.model_steps[role.partition(":")[0]], settings.warmup)
     end_to_end = time_end_to_end(trainer, clock, settings)
     flop = train_flop_per_image(trainer)
     result = {
@@ -397,11 +422,18 @@ def run_benchmark(settings: TrainBenchSettings, workdir: Optional[Path] = None) 
             data_root = write_synthetic_tree(root / "faces", settings.num_identities,
                                              settings.images_per_identity_data, seed=0)
         peak_start = matmul_peak(device, settings.amp, settings.matmul_size, settings.matmul_repeats)
-        models = {role: bench_model(role, settings, root / role, data_root, peak_start["gflops"])
-                  for role in settings.models}
+        roles = [r for r in settings.models if not (r == "student" and settings.teaching)]
+        if "student" in settings.models:
+            roles += [f"student:{source}" for source in settings.teaching]
+        models = {role: bench_model(role, settings, root / role.replace(":", "_"), data_root, peak_start["gflops"])
+                  for role in roles}
         peak_end = matmul_peak(device, settings.amp, settings.matmul_size, settings.matmul_repeats)
     ratios = {f"{role}_{name}": models[role][name] for role in models
               for name in ("data_over_model", "end_to_end_over_model")}
+    if "student:clean_cache" in models:      # issue 20: each target source's step against the cached one
+        for source in settings.teaching:
+            ratios[f"{source}_step_over_clean_cache_step"] = (models[f"student:{source}"]["model_step_ms"]
+                                                              / models["student:clean_cache"]["model_step_ms"])
     if {"teacher", "student"} <= set(models):
         ratios["student_over_teacher_model"] = models["student"]["model_img_s"] / models["teacher"]["model_img_s"]
         ratios["student_over_teacher_end_to_end"] = (models["student"]["end_to_end_img_s"]
@@ -462,6 +494,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None)
     parser.add_argument("--input-size", type=int)
+    parser.add_argument("--teaching", help="time the student once per teacher.targets source, e.g. "
+                                           "clean_cache,view_cache,online (same augmented views)")
+    parser.add_argument("--teaching-teacher", choices=("tiny", "dlib"),
+                        help="teacher of the --teaching variants (default tiny; dlib: the torch port)")
     parser.add_argument("--out", help="write the report as JSON")
     return parser.parse_args(argv)
 
@@ -479,6 +515,8 @@ def settings_from_args(args: argparse.Namespace) -> TrainBenchSettings:
         p, _, k = args.batch.lower().partition("x")
         overrides.update(identities_per_batch=int(p), images_per_identity=int(k))
     overrides["models"] = tuple(m.strip() for m in args.models.split(",") if m.strip())
+    if args.teaching:
+        overrides["teaching"] = tuple(t.strip() for t in args.teaching.split(",") if t.strip())
     return TrainBenchSettings.for_device(device, **overrides)
 
 

@@ -101,3 +101,17 @@ def test_partial_fc_teacher_counts_only_the_sampled_centres():
     sampled = max(10, 8)                                     # ceil(0.25 * 40) centres, batch of 8
     assert m["train_gflop_per_img"] == pytest.approx(6 * (count_macs(teacher, 32) + sampled * 32) / 1e9)
     assert m["model_img_s"] > 0 and m["end_to_end_img_s"] > 0
+
+
+def test_teaching_variants_time_each_target_source_on_the_same_views():
+    """--teaching: one student per teacher.targets source, the view cache built (and timed) once,
+    every step against the clean-cache step in the ratios."""
+    report = bench.run_benchmark(tiny_settings(models=("student",), teaching=("clean_cache", "view_cache", "online"),
+                                               teaching_views=2))
+    assert set(report["models"]) == {"student:clean_cache", "student:view_cache", "student:online"}
+    assert all(m["model_step_ms"] > 0 for m in report["models"].values())
+    assert report["models"]["student:view_cache"]["timed"]["cache_build_s"] > 0
+    ratios = report["ratios"]
+    assert ratios["clean_cache_step_over_clean_cache_step"] == 1.0
+    assert ratios["online_step_over_clean_cache_step"] == pytest.approx(
+        report["models"]["student:online"]["model_step_ms"] / report["models"]["student:clean_cache"]["model_step_ms"])
