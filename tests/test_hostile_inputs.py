@@ -340,12 +340,28 @@ def write_table(path: Path) -> None:
         "restarted gives byte-identical faces; `ENOSPC` while writing `last.pt` is exit 2 with",
         "`<path>: no space left on device ...` and the previous file intact).",
         "",
+        "Photos too small to hold a face (shorter side below `--min-face-size`, e.g. 10x10, 1x1, 1xN) are",
+        "skipped and counted by `facekd align` (`too_small` in `align_log.txt`, warned with the path; the",
+        "tree finishes and a re-run skips them again: tests/test_data_align.py); `eval` and `verify` refuse",
+        "them (below). Grey, RGBA, palette, 16-bit and CMYK images decode to RGB.",
+        "",
         "| input | command | exit code | message |",
         "|---|---|---|---|",
         *rows,
         "",
     ]
-    Path(path).write_text("\n".join(text))
+    Path(path).write_text("\n".join(text) + kept_sections(path))
+
+
+def kept_sections(path: Path) -> str:
+    """The sections of ``path`` this script does not generate (from :data:`KEPT_HEADING` on,
+    written from tests/test_fuzz_readers.py's runs), kept when the table is regenerated."""
+    old = Path(path).read_text() if Path(path).is_file() else ""
+    return "\n" + old[old.index(KEPT_HEADING):] if KEPT_HEADING in old else ""
+
+
+#: the first heading kept by :func:`kept_sections`
+KEPT_HEADING = "## Fuzzing the readers"
 
 
 if __name__ == "__main__":
