@@ -250,3 +250,36 @@ def test_aligner_never_fails_on_any_photo_shape(shape):
     assert (aligner.unusable(image) is None) == (min(shape) >= 20)
     assert aligner.detect(image) == [] and aligner.align(image) is None
     assert "expected a uint8 RGB" in aligner.unusable(np.zeros(shape, np.uint8))
+
+
+def test_real_photos_align_beside_a_tiny_one_and_verify_names_it(tmp_path, shared_data):
+    """Real CelebA photos next to a 10x10 JPEG: the tree finishes with the real faces aligned,
+    and the deployment API refuses the tiny photo by name while embedding the real ones."""
+    from facekd.data.image_io import encode_image
+    from facekd.errors import DataError
+    from facekd.export import FaceEmbedder, export_onnx
+    from facekd.models import MODELS
+
+    photos = sorted((shared_data / "celeba-subset" / "07201").glob("*.jpg"))[:3]
+    src = tmp_path / "src" / "07201"
+    src.mkdir(parents=True)
+    for photo in photos:
+        shutil.copy(photo, src / photo.name)
+    (src / "tiny.jpg").write_bytes(encode_image(np.full((10, 10, 3), 120, np.uint8), ".jpg"))
+    report = align_tree(tmp_path / "src", tmp_path / "aligned", progress=False)
+    assert report.total == 4 and [rel for rel, _ in report.too_small] == ["07201/tiny.jpg"]
+    assert report.aligned + len(report.no_face) == 3 and report.aligned >= 2
+
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    model = MODELS.build("iresnet18", embedding_size=16, input_size=32, width=[8, 16, 32, 64]).eval()
+    export_onnx(model, tmp_path / "model.onnx", input_format="uint8")
+    embedder = FaceEmbedder(tmp_path / "model.onnx", threads=1)
+    aligned = [src / rel.split("/")[1] for rel in sorted(p.relative_to(tmp_path / "aligned").as_posix()
+                                                          for p in (tmp_path / "aligned").rglob("*.jpg"))]
+    embeddings = embedder.embed_photos(aligned[:2])
+    assert embeddings.shape == (2, 16) and np.allclose(np.linalg.norm(embeddings, axis=1), 1, atol=1e-5)
+    with pytest.raises(DataError) as info:
+        embedder.embed_photos([aligned[0], src / "tiny.jpg"])
+    assert str(info.value) == f"{src / 'tiny.jpg'}: photo too small to hold a face: 10x10 px, " \
+                              "the smallest face searched for is 20 px"
