@@ -130,6 +130,18 @@ def test_backend_is_chosen_by_name(dat_path):
         build_teacher(TeacherConfig(kind="dlib", backend="caffe"))
 
 
+def test_eval_model_spec_picks_the_backend():
+    """``facekd eval --model kind=dlib`` runs the torch port; ``backend=dlib-bin`` the reference."""
+    from facekd.evaluation.model_loading import load_teacher_model
+    from facekd.evaluation.specs import ModelSpec
+    from facekd.teachers.dlib_teacher import DlibTeacher
+
+    port = load_teacher_model(ModelSpec.parse("kind=dlib,role=teacher"))
+    reference = load_teacher_model(ModelSpec.parse("kind=dlib,backend=dlib-bin,role=teacher"))
+    assert hasattr(port.embedder.teacher, "network") and isinstance(reference.embedder.teacher, DlibTeacher)
+    assert "backend=torch" in port.embedder.teacher.fingerprint()
+
+
 # --------------------------------------------------------------------------- ONNX
 def test_onnx_export_serves_the_same_embeddings(dat_path, tmp_path, real_chips):
     pytest.importorskip("onnxruntime")

@@ -96,7 +96,9 @@ def load_teacher_model(spec: ModelSpec, device: str = "cpu", batch_size: Optiona
 
     check_model_file(spec)
     framing = FramingConfig(spec.input_size, spec.template, spec.channel_order, spec.mean, spec.std)
-    teacher = build_teacher(TeacherConfig(kind=spec.kind, path=spec.path or None, framing=framing), device, amp)
+    options = {"backend": spec.backend} if spec.backend else {}
+    teacher = build_teacher(TeacherConfig(kind=spec.kind, path=spec.path or None, framing=framing, **options),
+                            device, amp)
     keyed = teacher if teacher.kind == "embeddings" else None
     return LoadedModel(spec, teacher.kind, TeacherEmbedder(teacher, batch_size or 0), teacher.embedding_size,
                        teacher.framing.input_size, teacher.kind, embedder_input_size=INPUT_SIZE, keyed=keyed,

@@ -35,8 +35,9 @@ class ModelSpec:
     model actually produces.  ``kind`` (a :data:`facekd.teachers.TEACHERS` name: ``onnx``,
     ``dlib``, ``embeddings``) loads the file as that teacher source, framed its way
     (``input_size``, ``template``, ``channel_order``, ``mean``, ``std`` override the kind's
-    defaults); ``kind=dlib`` needs no path (the packaged model).  ``resolution=false`` skips
-    the model's resolution curve (e.g. for a slow teacher).
+    defaults); ``kind=dlib`` needs no path (the packaged model), and ``backend=dlib-bin`` runs
+    it through dlib's own binding instead of the torch port (``teacher.backend``).
+    ``resolution=false`` skips the model's resolution curve (e.g. for a slow teacher).
     """
     path: str = ""
     role: Optional[str] = None
@@ -49,6 +50,7 @@ class ModelSpec:
     channel_order: Optional[str] = None
     mean: Optional[float] = None
     std: Optional[float] = None
+    backend: Optional[str] = None
     resolution: bool = True
 
     @classmethod
