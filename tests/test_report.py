@@ -78,7 +78,8 @@ def test_report_contents(results, tmp_path):
     assert page.startswith("<!DOCTYPE html>") and "<title>LFW report</title>" in page
     assert not re.search(r"(src|href)=['\"](?!data:|#)", page)    # self-contained: no external references
     assert len(re.findall(r"src='data:image/(png|jpeg);base64,", page)) == expected_images(results)
-    rows = page.split("<tbody>")[1].split("</tbody>")[0].split("<tr>")[1:]
+    summary_table = next(t for t in page.split("<table>")[1:] if "<th>Accuracy % (flip)</th>" in t)
+    rows = summary_table.split("<tbody>")[1].split("</tbody>")[0].split("<tr>")[1:]
     labels = [re.search(r"<td>(.*?)</td>", r).group(1) for r in rows]
     assert labels[0] == "IResNet teacher" and labels[1].endswith("/baseline")   # teacher, baseline,
     assert labels[2] == "MobileFaceNet KD"                                      # then distilled
