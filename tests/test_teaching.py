@@ -196,3 +196,13 @@ def test_unlabelled_batches_resume_and_errors(tmp_path):
     cfg = tiny_config(tmp_path, "bad", train={"unlabelled_per_batch": 2})
     with pytest.raises(ConfigError, match="data.unlabelled names no folder"):
         Trainer(cfg, StudentTask(cfg)).build()
+
+
+def test_a_bad_unlabelled_face_is_replaced_by_another_unlabelled_one(tmp_path):
+    folder = unlabelled_folder(tmp_path / "u", count=3)
+    (folder / "nobody" / "001.png").write_bytes(b"not an image")
+    labelled = SyntheticFaces(2, 2, seed=1, skip_bad_images=True)
+    data = WithUnlabelled(labelled, [str(folder)])
+    item = data[len(labelled) + 1]
+    assert item["index"] == len(labelled) + 2 and item["label"] == UNLABELLED
+    assert len(data.bad_images) == 1 and "001.png" in next(iter(data.bad_images.values()))

@@ -101,14 +101,18 @@ class FaceDataset(torch.utils.data.Dataset):
             index, image = self._substitute(index, error)
         return {"image": self.transform(image), "label": int(self.labels[index]), "index": index}
 
-    def _substitute(self, index: int, error: DataError):
-        """Another readable sample of the same identity, in a fixed order after ``index``."""
-        self._note_bad(index, error)
+    def _substitutes(self, index: int) -> np.ndarray:
+        """The sorted samples that may stand in for ``index``: its identity's."""
         if self._members is None:
             order = np.argsort(self.labels, kind="stable")
             bounds = np.searchsorted(self.labels[order], np.arange(self.num_classes + 1))
             self._members = {c: order[bounds[c]:bounds[c + 1]] for c in range(self.num_classes)}
-        members = self._members[int(self.labels[index])]
+        return self._members[int(self.labels[index])]
+
+    def _substitute(self, index: int, error: DataError):
+        """Another readable sample of :meth:`_substitutes`, in a fixed order after ``index``."""
+        self._note_bad(index, error)
+        members = self._substitutes(index)
         start = int(np.searchsorted(members, index))
         for offset in range(1, len(members)):
             candidate = int(members[(start + offset) % len(members)])
@@ -118,8 +122,9 @@ class FaceDataset(torch.utils.data.Dataset):
                 return candidate, self.load(candidate)
             except DataError as other:
                 self._note_bad(candidate, other)
-        raise DataError(error.path, f"{error.problem}; and no readable image is left for identity "
-                                    f"{self.classes[int(self.labels[index])]!r}")
+        label = int(self.labels[index])
+        owner = f"identity {self.classes[label]!r}" if label >= 0 else "the unlabelled faces"
+        raise DataError(error.path, f"{error.problem}; and no readable image is left for {owner}")
 
     def _note_bad(self, index: int, error: DataError) -> None:
         if index not in self.bad_images:

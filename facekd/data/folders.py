@@ -24,6 +24,16 @@ def images_under(folder: Path) -> List[Path]:
     return found
 
 
+def file_stamp(path: Path, root: Optional[Path] = None) -> str:
+    """``name|size|mtime_ns`` of a file (``name`` relative to ``root`` when given), or ``name|missing``."""
+    name = (path.relative_to(root) if root is not None else path).as_posix()
+    try:
+        stat = path.stat()
+    except OSError:
+        return f"{name}|missing"
+    return f"{name}|{stat.st_size}|{stat.st_mtime_ns}"
+
+
 class FolderDataset(FaceDataset):
     """One sub-folder of ``root`` per identity (sorted names -> labels 0..C-1), images anywhere below it.
 
@@ -75,11 +85,4 @@ class FolderDataset(FaceDataset):
         return str(self.paths[index])
 
     def _fingerprint_parts(self) -> Sequence[str]:
-        parts = []
-        for path in self.paths:
-            try:
-                stat = path.stat()
-                parts.append(f"{path.relative_to(self.root).as_posix()}|{stat.st_size}|{stat.st_mtime_ns}")
-            except OSError:
-                parts.append(f"{path.relative_to(self.root).as_posix()}|missing")
-        return parts
+        return [file_stamp(path, self.root) for path in self.paths]

@@ -15,7 +15,7 @@ from typing import Dict, Iterator, List, Sequence
 import numpy as np
 
 from facekd.data.base import FaceDataset, fit_to_size
-from facekd.data.folders import images_under
+from facekd.data.folders import file_stamp, images_under
 from facekd.data.image_io import read_image
 from facekd.errors import DataError
 
@@ -69,28 +69,12 @@ class WithUnlabelled(FaceDataset):
         return str(self.paths[index - self.labelled_count])
 
     def _fingerprint_parts(self) -> Sequence[str]:
-        parts = [f"labelled={self.labelled.fingerprint()}"]
-        for path in self.paths:
-            try:
-                stat = path.stat()
-                parts.append(f"{path.as_posix()}|{stat.st_size}|{stat.st_mtime_ns}")
-            except OSError:
-                parts.append(f"{path.as_posix()}|missing")
-        return parts
+        return [f"labelled={self.labelled.fingerprint()}", *(file_stamp(path) for path in self.paths)]
 
-    def _substitute(self, index: int, error: DataError):
+    def _substitutes(self, index: int) -> np.ndarray:
         if index < self.labelled_count:
-            return super()._substitute(index, error)
-        self._note_bad(index, error)
-        for offset in range(1, self.unlabelled_count):
-            candidate = self.labelled_count + (index - self.labelled_count + offset) % self.unlabelled_count
-            if candidate in self.bad_images:
-                continue
-            try:
-                return candidate, self.load(candidate)
-            except DataError as other:
-                self._note_bad(candidate, other)
-        raise DataError(error.path, f"{error.problem}; and no readable unlabelled image is left")
+            return super()._substitutes(index)
+        return np.arange(self.labelled_count, len(self))
 
 
 class UnlabelledBatches:
