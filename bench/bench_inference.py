@@ -48,6 +48,7 @@ from torch import nn
 from facekd.export import (OnnxEmbedder, check_export, export_onnx, load_checkpoint_model, load_faces,
                            quantize_int8, synthetic_faces)
 from facekd.export.check import take_faces
+from facekd.export.cpu_features import int8_capability
 from facekd.export.metadata import ExportMetadata
 from facekd.export.prelu import DEFAULT_PRELU_REWRITE
 from facekd.export.profiling import measure_memory_bandwidth, profile_layer_types
@@ -304,6 +305,7 @@ def run_benchmark(student: BenchModel, teacher: Optional[BenchModel] = None,
         "settings": {**asdict(settings), "batch_sizes": list(settings.batch_sizes)},
         "environment": {**environment("cpu"), "threads": settings.threads,
                         "onnxruntime": _onnxruntime_version(), "cpu_count": os.cpu_count(),
+                        "int8_cpu": int8_capability(),
                         "loadavg_1min_before": loadavg},
         "models": descriptions,
         "matmul_peak": peak,

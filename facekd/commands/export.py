@@ -129,6 +129,7 @@ class ExportCommand(Command):
     def _int8(self, args: argparse.Namespace, model, faces, pair_sets):
         """Quantise, check the INT8 model at batch 1/7/64 and compare fp32 vs int8 (fitting thresholds)."""
         from facekd.export import check_export, load_faces, quantize_int8
+        from facekd.export.cpu_features import describe_int8_capability
         from facekd.export.protos import int8_sibling
         from facekd.export.threshold import ThresholdFit, fit_source
 
@@ -141,6 +142,7 @@ class ExportCommand(Command):
                               weight_type=args.weight_type, reduce_range=args.reduce_range,
                               calibration_source=args.calib)
         print(quant)
+        print(describe_int8_capability())
         check = check_export(out, model, faces, min_cosine=args.int8_min_cosine, threads=args.threads)
         print(check)
         thresholds = {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Sequence
 
+from facekd.export.cpu_features import describe_int8_capability
 from facekd.export.timing import Measurement
 
 #: student ORT fp32 throughput / teacher throughput must reach this
@@ -100,6 +101,8 @@ def format_report(report: Dict[str, Any]) -> str:
              f"fp32 matmul peak ({peak['size']}x{peak['size']} torch.mm, best of {peak['repeats']} at start and end): "
              f"{peak['gflops']:.1f} GFLOP/s (start {peak['start']['gflops']:.1f}, end {peak['end']['gflops']:.1f}; "
              f"medians {peak['start']['gflops_median']:.1f}, {peak['end']['gflops_median']:.1f})"]
+    if env.get("int8_cpu"):
+        lines.append(describe_int8_capability(env["int8_cpu"]))
     if report.get("memory_bandwidth"):
         bandwidth = report["memory_bandwidth"]
         lines.append(f"memory bandwidth (128 MB copy, best of start and end): {bandwidth['gbps']:.1f} GB/s "
