@@ -229,3 +229,20 @@ def test_inheritance_table_gives_the_share_of_the_teachers_lead(results):
     assert markdown.index("What the student inherits") < markdown.index("| Model | Role | Accuracy % (flip)")
     results["models"][1]["results"]["fake"]["resolution"]["accuracy_mean"][0] = 0.79
     assert inheritance_table(results, "fake")[1] == []
+
+
+def test_learning_curves_script_reads_the_val_records(tmp_path, capsys):
+    script = load_script("bench/learning_curves.py")
+    for name, accuracies in (("plain", [0.6, 0.7, 0.65]), ("kd", [0.66, 0.75])):
+        run = tmp_path / name
+        run.mkdir()
+        records = [{"kind": "train", "step": 1, "epoch": 0, "loss": 3.0}]
+        records += [{"kind": "val", "step": 10 * e, "epoch": e, "lfw_devtrain/accuracy": a}
+                    for e, a in enumerate(accuracies, start=1)]
+        (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    header, rows = script.curves_table([tmp_path / "plain", tmp_path / "kd"])
+    assert header == ["epoch", "plain", "kd"]
+    assert rows == [["1", "60.00", "66.00"], ["2", "70.00", "75.00"], ["3", "65.00", "–"],
+                    ["best", "70.00 (epoch 2)", "75.00 (epoch 2)"]]
+    assert script.main([str(tmp_path / "plain"), str(tmp_path / "missing")]) == 2
+    assert "missing/metrics.jsonl: no metrics.jsonl" in capsys.readouterr().err
