@@ -238,7 +238,7 @@ CACHE_SETUP = """
         frozen = load_teacher(load_config(None, [f"teacher.checkpoint={checkpoint}"]).teacher)
         teacher = TorchTeacher(frozen, framing=Framing(32))
         if kill_at_batch:
-            real, calls = teacher.embed_with_mirrors, [0]
+            real, calls = teacher.embed, [0]
 
             def dying(images):
                 calls[0] += 1
@@ -246,7 +246,7 @@ CACHE_SETUP = """
                     os.kill(os.getpid(), signal.SIGKILL)
                 return real(images)
 
-            teacher.embed_with_mirrors = dying
+            teacher.embed = dying
         return TeacherCache.load_or_build(teacher, SyntheticFaces(4, 3, seed=1), cache_dir, batch_size=3,
                                           partial_every_s=0.0)
 """
