@@ -1,10 +1,9 @@
 """The students shipped in ``results/dlib_students/`` (issue 20) load, export and reproduce their numbers.
 
 ``expected.json`` beside them holds each student's LFW View 1 DevTest accuracy as measured when
-they were shipped (flip embeddings, 10 folds, faces aligned by MTCNN as ``facekd align`` does);
-the README beside them shows the same numbers.  The accuracy test re-evaluates them on the real
-DevTest pairs (MTCNN alignment of the 1,000 pairs' photos: a few minutes on 2 cores) and runs
-only where ``../shared/data`` is present.
+they were shipped (flip embeddings, 10 folds, faces aligned by ``facekd align``); the README
+beside them shows the same numbers.  The accuracy test aligns the 1,000 pairs' photos the same
+way (a few minutes on 2 cores), re-evaluates both and runs only where ``../shared/data`` is present.
 """
 from __future__ import annotations
 
@@ -39,12 +38,24 @@ def test_shipped_student_is_weights_and_config_only_and_exports(name, tmp_path):
 
 
 def test_shipped_students_reproduce_their_devtest_accuracy(shared_data, tmp_path):
+    """The DevTest photos aligned as the experiment aligned them (``facekd align --no-face center``,
+    which writes JPEG crops), then both students evaluated on them."""
+    from facekd.data import parse_lfw_pairs
+
+    images = shared_data / "lfw-view1" / "images"
     pairs = shared_data / "lfw-view1" / "pairsDevTest.txt"
+    entries, _, _ = parse_lfw_pairs(pairs)
+    photos = tmp_path / "photos"
+    for name, index in {(n, i) for n1, i1, n2, i2 in entries for n, i in ((n1, i1), (n2, i2))}:
+        link = photos / name / f"{name}_{index:04d}.jpg"
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(images / name / link.name)
+    aligned = tmp_path / "aligned"
+    assert main(["align", str(photos), str(aligned), "--no-face", "center", "--no-progress"]) == 0
     out = tmp_path / "results.json"
     models = [a for name in STUDENTS for a in ("--model", f"path={SHIPPED / (name + '.pt')},label={name}")]
-    assert main(["eval", *models, "--val", f"lfw:{pairs},root={shared_data / 'lfw-view1' / 'images'},align=mtcnn",
-                 "--sizes", "112", "--latency-runs", "0", "--hardest", "0", "--no-progress",
-                 "--out", str(out)]) == 0
+    assert main(["eval", *models, "--val", f"lfw:{pairs},root={aligned},align=none", "--sizes", "112",
+                 "--latency-runs", "0", "--hardest", "0", "--no-progress", "--out", str(out)]) == 0
     results = {m["label"]: next(iter(m["results"].values()))["flip"]["accuracy_mean"]
                for m in json.loads(out.read_text())["models"]}
     for name in STUDENTS:
