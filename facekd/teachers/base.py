@@ -103,12 +103,6 @@ class Teacher:
             return torch.zeros((0, self.embedding_size))
         return self.embed_frames(self.framing.frame(faces)).float().cpu()
 
-    def embed_with_mirrors(self, faces: Any) -> torch.Tensor:
-        """``[N, 2, D]``: embeddings of each face and of its horizontal mirror."""
-        faces = torch.as_tensor(faces)
-        both = self.embed(torch.cat([faces, torch.flip(faces, dims=[2])]))
-        return torch.stack([both[:len(faces)], both[len(faces):]], dim=1)
-
     def embed_dataset_rows(self, dataset: Any, indices: Sequence[int]) -> Optional[torch.Tensor]:
         """``[len(indices), 2, D]`` looked up without pixels, or None to have them embedded.
 

@@ -47,7 +47,7 @@ import torch
 
 from facekd.teachers import Teacher, state_dict_digest  # noqa: F401  (state_dict_digest: re-exported)
 from facekd.training.checkpoint import atomic_save
-from facekd.training.data import CleanImages, ViewImages  # noqa: F401  (ViewImages: re-exported)
+from facekd.training.data import CleanImages
 from facekd.training.distributed import DistInfo, all_gather_rows, barrier, broadcast_object
 
 LOG = logging.getLogger(__name__)
@@ -217,14 +217,11 @@ def compute_embeddings(teacher: Teacher, images: Any, dist: Optional[DistInfo] =
                        num_workers: int = 0, progress: bool = False,
                        partial: Optional[PartialBuild] = None) -> torch.Tensor:
     """``[N, V, D]`` float32 teacher embeddings of the ``V`` images of every sample of ``images``
-    (a :class:`~facekd.training.data.CleanImages` / ``ViewImages``; a plain dataset means its
-    clean faces and mirrors).  This rank's share is computed here, the rest gathered from the
+    (a :class:`~facekd.training.data.CleanImages` / ``ViewImages``).  This rank's share is computed here, the rest gathered from the
     other ranks; ``partial`` resumes and records progress."""
     from tqdm import tqdm
 
     dist = dist or DistInfo()
-    if not hasattr(images, "columns"):
-        images = CleanImages(images)
     dataset = getattr(images, "dataset", None)
     shares = np.array_split(np.arange(len(images)), dist.world_size)
     mine = shares[dist.rank]
