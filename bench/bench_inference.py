@@ -47,10 +47,11 @@ from torch import nn
 
 from facekd.export import (OnnxEmbedder, check_export, export_onnx, load_checkpoint_model, load_faces,
                            quantize_int8, synthetic_faces)
-from facekd.export.check import take_faces
+from facekd.export.check import MIN_INT8_COSINE, take_faces
 from facekd.export.cpu_features import int8_capability
 from facekd.export.metadata import ExportMetadata
 from facekd.export.prelu import DEFAULT_PRELU_REWRITE
+from facekd.export.quantize import Int8Options
 from facekd.export.profiling import measure_memory_bandwidth, profile_layer_types
 from facekd.export.runtime import resize_faces
 from facekd.models import MODELS, count_macs, count_parameters
@@ -60,8 +61,8 @@ from facekd.preprocess import normalize_uint8
 # (facekd.export.timing) are re-exported: bench_inference.X keeps working for every name it had
 from facekd.export.speed_report import (  # noqa: F401
     BACKEND_LABELS, ORT_FP32, ORT_FP32_PRELU, ORT_INT8, RATIO_SPECS, TARGET_INT8_MAX_DROP_PT, TARGET_INT8_SPEEDUP,
-    TARGET_TEACHER_SPEEDUP, TORCH, compute_ratios, evaluate_targets, format_layers, format_report,
-    format_speedup_vs_accuracy)
+    TARGET_TEACHER_SPEEDUP, TORCH, compute_ratios, evaluate_targets, format_int8_options, format_layers,
+    format_report, format_speedup_vs_accuracy)
 from facekd.export.timing import (  # noqa: F401
     MIN_RUNS, Measurement, measure, measure_matmul_peak, onnx_batch_runner, time_calls, torch_batch_runner)
 
@@ -225,7 +226,8 @@ def time_model(bench_model: BenchModel, onnx_paths: Dict[str, Path], faces: np.n
 def run_benchmark(student: BenchModel, teacher: Optional[BenchModel] = None,
                   settings: Optional[BenchSettings] = None, workdir: Optional[os.PathLike] = None,
                   teacher_onnx: bool = False, pair_sets: Sequence[Any] = (),
-                  log: Callable[[str], None] = lambda text: None) -> Dict[str, Any]:
+                  log: Callable[[str], None] = lambda text: None, int8_variants: Sequence[Int8Options] = (),
+                  check_faces: Optional[np.ndarray] = None) -> Dict[str, Any]:
     """Benchmark ``student`` (eager, ORT fp32, ORT INT8) against ``teacher`` (eager, optionally ORT fp32).
 
     Args:
@@ -236,6 +238,10 @@ def run_benchmark(student: BenchModel, teacher: Optional[BenchModel] = None,
         teacher_onnx: also export the teacher and time it with onnxruntime fp32.
         pair_sets: verification pair sets on which fp32 and INT8 accuracy are compared.
         log: called with a line of progress before each step.
+        int8_variants: more INT8 option sets (:class:`facekd.export.quantize.Int8Options`), each
+            quantised, checked and timed in this run beside the default (``int8_options`` in the report).
+        check_faces: aligned faces for the INT8 drift (default: the synthetic timing faces); real,
+            held-out faces judge INT8 as a user would.
 
     Returns:
         The JSON-ready report: ``settings``, ``environment``, ``models``, ``matmul_peak``,
@@ -245,7 +251,8 @@ def run_benchmark(student: BenchModel, teacher: Optional[BenchModel] = None,
     settings = settings or BenchSettings()
     if workdir is None:
         with tempfile.TemporaryDirectory(prefix="facekd-bench-") as tmp:
-            return run_benchmark(student, teacher, settings, tmp, teacher_onnx, pair_sets, log)
+            return run_benchmark(student, teacher, settings, tmp, teacher_onnx, pair_sets, log, int8_variants,
+                                 check_faces)
     from facekd.evaluation.runner import environment
 
     workdir = Path(workdir)
@@ -265,8 +272,9 @@ def run_benchmark(student: BenchModel, teacher: Optional[BenchModel] = None,
             onnx_info["student/ort-fp32-prelu"] = export_model(student, workdir / "student_fp32_prelu.onnx",
                                                                faces, settings, prelu=None)
         calibration = load_faces(settings.calibration, settings.calibration_faces, seed=1)
+        drift_faces = faces if check_faces is None else check_faces
         quant = quantize_int8(workdir / "student_fp32.onnx", workdir / "student_int8.onnx", calibration,
-                              eval_faces=faces, pair_sets=pair_sets, threads=settings.threads,
+                              eval_faces=drift_faces, pair_sets=pair_sets, threads=settings.threads,
                               prelu=settings.prelu, calibration_source=settings.calibration)
         onnx_info["student/ort-int8"] = {"path": quant.int8_path, "mb": quant.int8_mb}
         if teacher is not None and teacher_onnx:
@@ -280,6 +288,10 @@ def run_benchmark(student: BenchModel, teacher: Optional[BenchModel] = None,
         peak_start = measure_matmul_peak(settings.matmul_size, settings.matmul_repeats)
         bandwidth_start = measure_memory_bandwidth()
         measurements = [m for bench_model in models for m in time_model(bench_model, paths, faces, settings, log)]
+        variants = [_default_int8_row(quant, measurements)] + [
+            time_int8_variant(student, workdir / f"student_int8_{number}.onnx", options, calibration, drift_faces,
+                              pair_sets, faces, settings, measurements, log)
+            for number, options in enumerate(int8_variants, 1)]
         layers = {}
         if settings.profile:
             layers = profile_student(student, paths, faces, settings, log)
@@ -315,9 +327,47 @@ def run_benchmark(student: BenchModel, teacher: Optional[BenchModel] = None,
         "targets": evaluate_targets(ratios, quant.verification, accuracy_note),
         "onnx": onnx_info,
         "quantization": quant.to_dict(),
+        "int8_options": variants,
         "layers": layers,
     }
     return report
+
+
+def _int8_row(options: str, quant: Any, speedups: Dict[str, float], min_cosine: float) -> Dict[str, Any]:
+    """One row of the report's ``int8_options`` table."""
+    drift = quant.drift
+    return {"options": options, "mean_cosine": drift.mean_cosine if drift else None,
+            "min_cosine": drift.min_cosine if drift else None,
+            "check": None if drift is None else ("pass" if drift.min_cosine >= min_cosine else "FAIL"),
+            "verification": quant.verification, "speedup_vs_fp32": speedups}
+
+
+def _speedups(int8: Sequence[Measurement], measurements: Sequence[Measurement]) -> Dict[str, float]:
+    """INT8 / student ORT fp32 throughput by batch size (a JSON key) from measurements of this run."""
+    fp32 = {m.batch_size: m for m in measurements if m.key == f"student/{ORT_FP32}"}
+    return {str(m.batch_size): m.images_per_s / fp32[m.batch_size].images_per_s for m in int8 if m.batch_size in fp32}
+
+
+def _default_int8_row(quant: Any, measurements: Sequence[Measurement]) -> Dict[str, Any]:
+    int8 = [m for m in measurements if m.key == f"student/{ORT_INT8}"]
+    return _int8_row("default", quant, _speedups(int8, measurements), MIN_INT8_COSINE)
+
+
+def time_int8_variant(student: BenchModel, path: Path, options: Int8Options, calibration: np.ndarray,
+                      check_faces: np.ndarray, pair_sets: Sequence[Any], faces: np.ndarray,
+                      settings: BenchSettings, measurements: Sequence[Measurement],
+                      log: Callable[[str], None] = lambda text: None) -> Dict[str, Any]:
+    """Quantise the student's fp32 export with ``options``, measure its drift and accuracy, time it at
+    every batch size and relate it to this run's fp32 timings (one ``int8_options`` row)."""
+    log(f"INT8 variant {options.describe()}")
+    quant = quantize_int8(path.parent / "student_fp32.onnx", path, calibration, eval_faces=check_faces,
+                          pair_sets=pair_sets, threads=settings.threads, prelu=settings.prelu,
+                          calibration_source=settings.calibration, **options.as_kwargs())
+    macs = student.describe()["macs"]
+    timed = [measure("student", ORT_INT8, onnx_batch_runner(OnnxEmbedder(path, threads=settings.threads), faces,
+                                                            batch_size), batch_size, macs, settings)
+             for batch_size in settings.batch_sizes]
+    return _int8_row(options.describe(), quant, _speedups(timed, measurements), MIN_INT8_COSINE)
 
 
 def profile_student(student: BenchModel, paths: Dict[str, Path], faces: np.ndarray, settings: BenchSettings,
@@ -392,6 +442,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--val", action="append", default=[], metavar="KIND:PATH",
                         help="verification set for the fp32-vs-INT8 accuracy drop (lfw:PATH, bin:PATH, ...); "
                              "repeatable; meaningful with a trained --student")
+    parser.add_argument("--int8-variant", action="append", default=[], metavar="OPTIONS",
+                        help="another INT8 option set quantised, checked and timed beside the default, as "
+                             "key=value;... (facekd.export.quantize.Int8Options.parse), e.g. "
+                             "'calibrate_method=percentile' or 'keep_float=first,last'; repeatable")
+    parser.add_argument("--check-faces", metavar="DIR",
+                        help="held-out aligned faces for the INT8 drift (64; default: the synthetic timing faces)")
     parser.add_argument("--keep", metavar="DIR", help="write the ONNX files here instead of a temporary folder")
     parser.add_argument("--out", metavar="JSON", help="write all numbers as JSON here")
     parser.add_argument("--quick", action="store_true", help="tiny runs for a smoke test (noisy numbers)")
@@ -430,7 +486,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         pair_sets = [pair_set for pair_set, _ in build_pair_sets([ValSpec.parse(v) for v in args.val])]
     if args.keep:
         Path(args.keep).mkdir(parents=True, exist_ok=True)
-    report = run_benchmark(student, teacher, settings, args.keep, args.teacher_onnx, pair_sets, log)
+    variants = [Int8Options.parse(text) for text in args.int8_variant]
+    check_faces = load_faces(args.check_faces, 64, seed=0) if args.check_faces else None
+    report = run_benchmark(student, teacher, settings, args.keep, args.teacher_onnx, pair_sets, log, variants,
+                           check_faces)
     print(format_report(report))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 
-from facekd.export import synthetic_faces
+from facekd.export import read_metadata, synthetic_faces
 from facekd.models import MODELS
 
 from conftest import load_script
@@ -49,7 +49,7 @@ def report_and_dir(tmp_path_factory):
 def test_report_structure(report_and_dir):
     report, workdir = report_and_dir
     assert set(report) == {"settings", "environment", "models", "matmul_peak", "memory_bandwidth", "results",
-                           "ratios", "targets", "onnx", "quantization", "layers"}
+                           "ratios", "targets", "onnx", "quantization", "int8_options", "layers"}
     # the report is JSON as it is
     assert json.loads(json.dumps(report)) == report
     assert list(report["settings"]["batch_sizes"]) == [1, 3]
@@ -165,7 +165,8 @@ def test_command_line_student_only(tmp_path, capsys):
     out, keep = tmp_path / "bench.json", tmp_path / "onnx"
     code = bench.main(["--quick", "--skip-teacher", "--input-size", str(SIZE), "--embedding-size", "32",
                        "--batch-sizes", "2", "--threads", "1", "--runs", "1", "--warmup", "0",
-                       "--calib-count", "4", "--keep", str(keep), "--out", str(out)])
+                       "--calib-count", "4", "--keep", str(keep), "--out", str(out),
+                       "--int8-variant", "keep_float=first,last"])
     assert code == 0
     report = json.loads(out.read_text())
     assert list(report["models"]) == ["student"]
@@ -177,7 +178,17 @@ def test_command_line_student_only(tmp_path, capsys):
                                                      "student ORT fp32 / student eager"}
     teacher_target = next(t for t in report["targets"] if t["name"].startswith("student ORT fp32 >= 25x"))
     assert teacher_target["status"] == "not measured"
-    assert sorted(p.name for p in keep.iterdir()) == ["student_fp32.onnx", "student_int8.onnx"]
+    assert sorted(p.name for p in keep.iterdir()) == ["student_fp32.onnx", "student_int8.onnx",
+                                                      "student_int8_1.onnx"]
+    # the variant is quantised with its own options and timed against this run's fp32 timings
+    default, variant = report["int8_options"]
+    assert (default["options"], variant["options"]) == ("default", "keep_float=first,last")
+    fp32 = next(r for r in report["results"] if r["key"] == "student/ort-fp32")
+    int8 = next(r for r in report["results"] if r["key"] == "student/ort-int8")
+    assert default["speedup_vs_fp32"]["2"] == pytest.approx(int8["images_per_s"] / fp32["images_per_s"])
+    assert variant["speedup_vs_fp32"]["2"] > 0 and variant["check"] in ("pass", "FAIL")
+    assert read_metadata(keep / "student_int8_1.onnx").int8_options.startswith("keep_float=first,last;")
     assert report["settings"]["calibration"] == "synthetic" and report["settings"]["prelu"] == "dwconv"
     printed = capsys.readouterr().out
     assert "student  ORT INT8" in printed and f"JSON: {out}" in printed
+    assert "| `keep_float=first,last` |" in printed

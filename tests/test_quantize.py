@@ -21,6 +21,7 @@ from facekd.errors import ConfigError, DataError
 from facekd.export import FaceEmbedder, OnnxEmbedder, export_onnx, quantize_int8, read_metadata, synthetic_faces
 from facekd.export.prelu import PRELU_REWRITES, rewrite_prelu, rewrite_prelu_file
 from facekd.export.protos import int8_sibling, model_for_precision
+from facekd.export.quantize import DEFAULT_INT8, Int8Options
 from facekd.export.threshold import fit_threshold, store_threshold
 
 from test_export import EMBEDDING, SIZE, small_student
@@ -166,8 +167,7 @@ def test_equal_batch_size_divides_the_face_count():
         equal_batch_size(0, 16)
 
 
-@pytest.mark.parametrize("method", ["entropy", "percentile"])
-@pytest.mark.parametrize("count", [1, 20])
+@pytest.mark.parametrize("method, count", [("percentile", 1), ("percentile", 20), ("entropy", 20)])
 def test_histogram_calibration_works_on_any_face_count(tmp_path, plain_onnx, method, count):
     """20 faces in batches of 16 left a ragged last batch: onnxruntime's histogram collector
     failed with 'inhomogeneous shape' (issue 21); every batch now has one size."""
@@ -181,6 +181,30 @@ def test_histogram_calibration_works_on_any_face_count(tmp_path, plain_onnx, met
                            calibrate_method=method)
     assert report.calibration_faces == count and report.calibrate_method == method
     assert report.drift.faces == 8 and 0.3 <= report.drift.mean_cosine <= 1.0
+
+
+def activation_scales(path) -> dict:
+    """``{initialiser name: value}`` of every ``*_scale`` initialiser of a QDQ model (activations and weights)."""
+    return {init.name: numpy_helper.to_array(init) for init in onnx.load(str(path)).graph.initializer
+            if init.name.endswith("_scale")}
+
+
+def test_entropy_calibration_narrows_ranges_minmax_does_not(tmp_path, plain_onnx):
+    """onnxruntime's entropy calibrator with its defaults (128 bins = 128 quantised bins) has one
+    candidate window, the full range: its scales equalled minmax's (issue 21).  facekd's own
+    entropy pass (512 bins) clips outliers: activation scales shrink, weight scales stay."""
+    calibration = synthetic_faces(8, seed=1)
+    scales = {}
+    for method in ("minmax", "entropy"):
+        quantize_int8(plain_onnx, tmp_path / f"{method}.onnx", calibration, calibrate_method=method)
+        scales[method] = activation_scales(tmp_path / f"{method}.onnx")
+    assert scales["minmax"].keys() == scales["entropy"].keys()
+    narrower = [name for name in scales["minmax"]
+                if float(scales["entropy"][name].max()) < 0.99 * float(scales["minmax"][name].max())]
+    wider = [name for name in scales["minmax"]
+             if float(scales["entropy"][name].max()) > 1.0001 * float(scales["minmax"][name].max())]
+    assert len(narrower) >= 20 and not wider
+    assert not any("weight" in name.lower() or name.startswith("onnx::") for name in narrower)
 
 
 # --------------------------------------------------------------------------- thresholds and precision
@@ -244,6 +268,12 @@ def test_export_val_fits_thresholds_and_verify_int8_decides(tmp_path, untrained_
     assert "fitted on synthetic (40 pairs, flip)" == fp32_meta.threshold_source == int8_meta.threshold_source
     assert int8_meta.quantization == "int8-qdq" and fp32_meta.quantization == "none"
     assert set(data["thresholds"]) == {str(out), str(int8)}
+    # what a user judges the INT8 model by is in its metadata
+    assert int8_meta.int8_accuracy_change == pytest.approx(100 * -metrics["flip_drop"], abs=1e-3)
+    assert int8_meta.int8_accuracy_source.startswith("synthetic (flip): fp32 ")
+    assert int8_meta.int8_min_cosine == pytest.approx(data["int8"]["drift"]["min_cosine"])
+    assert Int8Options.parse(int8_meta.int8_options) == Int8Options(keep_float=("first", "last"))
+    assert fp32_meta.int8_options is None and fp32_meta.int8_accuracy_change is None
     capsys.readouterr()
 
     face = synthetic_faces(1)[0]
@@ -309,3 +339,27 @@ def test_export_command_percentile_calibration_from_a_face_directory(tmp_path, u
     assert code == 0
     assert "percentile on 20" in capsys.readouterr().out
     assert read_metadata(tmp_path / "student_int8.onnx").quantization == "int8-qdq"
+
+
+def test_failed_int8_check_keeps_no_int8_file_and_names_options_to_try(tmp_path, untrained_checkpoint, capsys):
+    out = tmp_path / "student.onnx"
+    code = main(["export", str(untrained_checkpoint), "--out", str(out), "--int8", "--calib-count", "8",
+                 "--int8-min-cosine", "0.99999"])
+    assert code != 0
+    error = capsys.readouterr().err
+    assert f"{tmp_path / 'student_int8.onnx'}: the INT8 model failed its check" in error
+    assert "--calib-method percentile" in error and "--keep-float last,first" in error and "--calib DIR" in error
+    assert out.exists() and not (tmp_path / "student_int8.onnx").exists()
+
+
+def test_int8_options_parse_describe_and_spec_round_trip():
+    options = Int8Options.parse("calibrate_method=percentile; keep_float=first,last; reduce_range=true")
+    assert options == Int8Options(keep_float=("first", "last"), calibrate_method="percentile", reduce_range=True)
+    assert Int8Options.parse(options.describe()) == options == Int8Options.parse(options.spec())
+    assert Int8Options.parse("default") == DEFAULT_INT8 and DEFAULT_INT8.describe() == "default"
+    assert Int8Options.parse("keep_float=").keep_float == ()
+    for bad, message in (("calib=minmax", "expected key=value with a key of"),
+                         ("calibrate_method=kl", "expected one of"), ("per_channel=yes", "true or false"),
+                         ("percentile", "expected key=value")):
+        with pytest.raises(ConfigError, match=message):
+            Int8Options.parse(bad)

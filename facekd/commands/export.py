@@ -22,6 +22,8 @@ class ExportCommand(Command):
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         from facekd.export.prelu import DEFAULT_PRELU_REWRITE, PRELU_REWRITES
+        from facekd.export.check import MIN_INT8_COSINE
+        from facekd.export.quantize import CALIBRATION_METHODS, DEFAULT_INT8
 
         parser.add_argument("checkpoint", help="facekd checkpoint (.pt) or a plain state dict with --arch")
         parser.add_argument("--out", required=True, help="the .onnx file to write")
@@ -56,18 +58,19 @@ class ExportCommand(Command):
                            help="calibration faces: a directory of aligned faces (other image sizes are "
                                 "aligned with MTCNN; real faces are recommended) or 'synthetic' (default)")
         group.add_argument("--calib-count", type=int, default=256, help="calibration faces (default 256)")
-        group.add_argument("--calib-method", choices=("minmax", "entropy", "percentile"), default="minmax")
-        group.add_argument("--keep-float", default="last",
+        group.add_argument("--calib-method", choices=CALIBRATION_METHODS, default=DEFAULT_INT8.calibrate_method,
+                           help=f"activation ranges (default {DEFAULT_INT8.calibrate_method})")
+        group.add_argument("--keep-float", default=",".join(DEFAULT_INT8.keep_float),
                            help="layers left in float: 'first', 'last' and/or node names, comma separated "
-                                "(default: last; '' quantises every layer)")
+                                f"(default: {','.join(DEFAULT_INT8.keep_float) or 'none'}; '' quantises every layer)")
         group.add_argument("--no-per-channel", action="store_true", help="per-tensor weight scales")
         group.add_argument("--quant-format", choices=("qdq", "qoperator"), default="qdq",
                            help="QDQ (default) or QOperator (QLinearConv nodes written directly)")
         group.add_argument("--weight-type", choices=("s8", "u8"), default="s8",
                            help="int8 (U8S8, default) or uint8 (U8U8) weights")
         group.add_argument("--reduce-range", action="store_true", help="7-bit weights")
-        group.add_argument("--int8-min-cosine", type=float, default=0.99,
-                           help="per-face cosine the INT8 model must reach vs PyTorch (default 0.99)")
+        group.add_argument("--int8-min-cosine", type=float, default=MIN_INT8_COSINE,
+                           help=f"per-face cosine the INT8 model must reach vs PyTorch (default {MIN_INT8_COSINE})")
         parser.add_argument("--report", help="write the check/quantisation report as JSON here")
 
     def run(self, args: argparse.Namespace) -> int:
@@ -128,7 +131,7 @@ class ExportCommand(Command):
 
     def _int8(self, args: argparse.Namespace, model, faces, pair_sets):
         """Quantise, check the INT8 model at batch 1/7/64 and compare fp32 vs int8 (fitting thresholds)."""
-        from facekd.export import check_export, load_faces, quantize_int8
+        from facekd.export import ExportCheckError, check_export, load_faces, quantize_int8
         from facekd.export.cpu_features import describe_int8_capability
         from facekd.export.protos import int8_sibling
         from facekd.export.threshold import ThresholdFit, fit_source
@@ -143,8 +146,15 @@ class ExportCommand(Command):
                               calibration_source=args.calib)
         print(quant)
         print(describe_int8_capability())
-        check = check_export(out, model, faces, min_cosine=args.int8_min_cosine, threads=args.threads)
+        check = check_export(out, model, faces, min_cosine=args.int8_min_cosine, threads=args.threads,
+                             raise_on_failure=False)
         print(check)
+        if not check.ok:
+            Path(out).unlink(missing_ok=True)
+            raise ExportCheckError(
+                f"{out}: the INT8 model failed its check (per-face cosine to PyTorch min "
+                f"{min(b.min_cosine for b in check.batches):.4f}, required {args.int8_min_cosine}) and was not "
+                f"kept; {args.out} (fp32) passed.  Try: {'; or '.join(int8_remedies(args))}")
         thresholds = {}
         if pair_sets and args.threshold is None:
             first = pair_sets[0]
@@ -154,3 +164,17 @@ class ExportCommand(Command):
                                                 metrics[f"{precision}_flip_accuracy"], first.name)
         return {"int8": quant.to_dict(), "int8_check": check.to_dict()}, thresholds
 
+
+def int8_remedies(args: argparse.Namespace) -> list:
+    """The ``facekd export`` options to try after a failed INT8 check, best first (bench/README.md,
+    "INT8 options": percentile ranges, then the first layer in float, then real calibration faces)."""
+    remedies = []
+    if args.calib_method != "percentile":
+        remedies.append("--calib-method percentile")
+    if "first" not in args.keep_float.split(","):
+        remedies.append(f"--keep-float {','.join(filter(None, [*args.keep_float.split(','), 'first']))}")
+    if args.calib == "synthetic":
+        remedies.append("--calib DIR (a few hundred real aligned faces)")
+    elif args.calib_count < 512:
+        remedies.append(f"--calib-count {2 * args.calib_count}")
+    return remedies or ["the fp32 model (the INT8 drift of this model is above --int8-min-cosine)"]

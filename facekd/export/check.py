@@ -25,6 +25,8 @@ from facekd.preprocess import normalize_uint8
 
 DEFAULT_BATCH_SIZES = (1, 7, 64)
 MIN_COSINE = 0.9999
+#: per-face cosine an INT8 model must reach vs PyTorch (``facekd export --int8-min-cosine``)
+MIN_INT8_COSINE = 0.99
 
 
 class ExportCheckError(FaceKDError, RuntimeError):

@@ -28,6 +28,13 @@ Every key starts with ``facekd.``; values are strings (ONNX's only metadata type
 ``facekd.bn_folded``                  ``true`` when BatchNorm was folded before export
 ``facekd.prelu_rewrite``              how ``PRelu`` was rewritten (:mod:`facekd.export.prelu`), or ``none``
 ``facekd.quantization``               ``none``, ``int8-qdq`` or ``int8-qoperator``
+``facekd.int8_options``               an INT8 model's options (:class:`facekd.export.quantize.Int8Options`,
+                                      every field, e.g. ``keep_float=last;...;calibrate_method=minmax``)
+``facekd.int8_min_cosine``            an INT8 model's smallest per-face cosine to the fp32 model on the
+                                      export's check faces
+``facekd.int8_accuracy_change``       INT8 minus fp32 verification accuracy, percentage points (flip
+                                      embeddings, the first ``--val`` set); ``facekd.int8_accuracy_source``
+                                      names the set and both accuracies
 ``facekd.teacher_center``             for a student distilled on centred teacher embeddings
                                       (``teacher.center``): the mean unit teacher embedding,
                                       comma separated; to match this model against a gallery
@@ -101,6 +108,10 @@ class ExportMetadata:
     bn_folded: bool = False
     prelu_rewrite: str = "none"
     quantization: str = "none"
+    int8_options: Optional[str] = None
+    int8_min_cosine: Optional[float] = None
+    int8_accuracy_change: Optional[float] = None     # percentage points, int8 - fp32
+    int8_accuracy_source: Optional[str] = None
     teacher_center: Optional[Tuple[float, ...]] = None
     format_version: int = FORMAT_VERSION
     extra: Dict[str, str] = field(default_factory=dict)   # other facekd.* keys, kept verbatim
@@ -162,6 +173,23 @@ class ExportMetadata:
     def from_proto(cls, proto: Any, source: str = "<model>") -> "ExportMetadata":
         """The metadata of a loaded ONNX ``proto`` (errors name ``source``)."""
         return cls.from_props({p.key: p.value for p in proto.metadata_props}, source)
+
+
+def update_metadata(path: Union[str, os.PathLike], **changes: Any) -> ExportMetadata:
+    """Replace fields of the ``facekd.*`` metadata of the ONNX file ``path`` in place (other keys are kept).
+
+    Returns the new metadata; raises :class:`facekd.errors.DataError` naming the file when it is not ONNX.
+    """
+    import onnx
+
+    path = os.fspath(path)
+    proto = load_onnx_proto(path)
+    meta = dataclasses.replace(ExportMetadata.from_proto(proto, path), **changes)
+    others: Dict[str, str] = {p.key: p.value for p in proto.metadata_props if not p.key.startswith(PREFIX)}
+    del proto.metadata_props[:]
+    onnx.helper.set_model_props(proto, {**others, **meta.to_props()})
+    onnx.save(proto, path)
+    return meta
 
 
 def read_metadata(path: Union[str, os.PathLike]) -> ExportMetadata:

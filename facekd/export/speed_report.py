@@ -133,6 +133,7 @@ def format_report(report: Dict[str, Any]) -> str:
                                                  for b in batch_sizes))
 
     lines += format_speedup_vs_accuracy(report)
+    lines += format_int8_options(report)
     lines += format_layers(report)
     lines += ["", "targets"]
     for t in report["targets"]:
@@ -162,6 +163,27 @@ def format_speedup_vs_accuracy(report: Dict[str, Any]) -> List[str]:
                      f"{100 * m['fp32_flip_accuracy']:.2f}% -> {100 * m['int8_flip_accuracy']:.2f}%)")
     if not quant.get("verification"):
         lines.append("  accuracy: not measured (pass --val KIND:PATH with a trained --student)")
+    return lines
+
+
+def format_int8_options(report: Dict[str, Any]) -> List[str]:
+    """The INT8 option sets of one run side by side: drift, accuracy change, speed-up at each batch size."""
+    rows = report.get("int8_options") or []
+    if len(rows) < 2:
+        return []
+    batch_sizes = sorted({int(b) for row in rows for b in row["speedup_vs_fp32"]})
+    sets = list(dict.fromkeys(name for row in rows for name in row["verification"]))
+    lines = ["", "INT8 options side by side (same run; cosine = per face vs fp32 on the check faces; "
+                 "accuracy = flip, fp32 -> INT8)",
+             "| options | cosine mean | cosine min | check | " + " | ".join(sets + [f"x fp32 batch {b}" for b in batch_sizes])
+             + " |", "|" + "---|" * (4 + len(sets) + len(batch_sizes))]
+    for row in rows:
+        accuracy = [(f"{100 * row['verification'][name]['fp32_flip_accuracy']:.2f} -> "
+                     f"{100 * row['verification'][name]['int8_flip_accuracy']:.2f}") if name in row["verification"]
+                    else "-" for name in sets]
+        speed = [_fmt(row["speedup_vs_fp32"].get(str(b)), ".2f") for b in batch_sizes]
+        lines.append(f"| `{row['options']}` | {_fmt(row['mean_cosine'], '.5f')} | {_fmt(row['min_cosine'], '.5f')} | "
+                     f"{row['check'] or '-'} | " + " | ".join(accuracy + speed) + " |")
     return lines
 
 

@@ -9,12 +9,10 @@ the ONNX file's ``facekd.threshold*`` metadata.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from typing import Any, Dict, Tuple
+from typing import Any, Tuple
 
-from facekd.export.metadata import ExportMetadata, cosine_from_sqeuclidean
-from facekd.export.protos import load_onnx_proto
+from facekd.export.metadata import ExportMetadata, cosine_from_sqeuclidean, update_metadata
 from facekd.fileio import PathLike
 
 
@@ -58,16 +56,4 @@ def store_threshold(onnx_path: PathLike, fit: ThresholdFit) -> ExportMetadata:
     The threshold is recorded as fitted on flip-summed embeddings (``facekd.threshold_flip``),
     so :class:`facekd.export.FaceEmbedder` uses flip by default.  Returns the new metadata.
     """
-    import dataclasses
-
-    import onnx
-
-    path = os.fspath(onnx_path)
-    proto = load_onnx_proto(path)
-    meta = ExportMetadata.from_proto(proto, path)
-    meta = dataclasses.replace(meta, threshold=fit.threshold, threshold_source=fit.source, threshold_flip=True)
-    others: Dict[str, str] = {p.key: p.value for p in proto.metadata_props if not p.key.startswith("facekd.")}
-    del proto.metadata_props[:]
-    onnx.helper.set_model_props(proto, {**others, **meta.to_props()})
-    onnx.save(proto, path)
-    return meta
+    return update_metadata(onnx_path, threshold=fit.threshold, threshold_source=fit.source, threshold_flip=True)
