@@ -22,6 +22,10 @@ dtype on CUDA), same-run ratios and the issue-12 targets (PASS/MISS, printed, no
     python3 bench/train_throughput.py --models student --teaching clean_cache,view_cache,online \
         --teaching-teacher dlib                                 # issue 20: where the targets come from
 
+``--step-variants channels_last,bf16,channels_last+bf16`` times the student once more per
+variant (:data:`STEP_VARIANTS`, ``+`` combines them) with everything else equal, and reports each
+variant's model step against the plain student's from the same run (``student+<variant>_speedup``).
+
 ``--teaching`` times the student once per source of its teacher targets
 (:mod:`facekd.training.teaching`), all on the same augmented views (:data:`TEACHING_AUGMENT`):
 ``clean_cache`` (today's cached step), ``view_cache`` (4 fixed views per face, embedded once:
@@ -111,6 +115,7 @@ class TrainBenchSettings:
     teaching: Sequence[str] = ()            # teacher.targets sources to time the student with
     teaching_teacher: str = "tiny"          # tiny | dlib: the teacher of the --teaching variants
     teaching_views: int = 4
+    step_variants: Sequence[str] = ()       # STEP_VARIANTS names (a+b combines) timed beside the student
 
     @property
     def batch_size(self) -> int:
@@ -130,6 +135,25 @@ class TrainBenchSettings:
                         matmul_size=8192, matmul_repeats=20)
         base.update(overrides)
         return cls(**base)
+
+
+#: ways to make the CPU training step faster, as settings changes (``--step-variants``)
+STEP_VARIANTS: Dict[str, Dict[str, Any]] = {
+    "channels_last": {"channels_last": True},
+    "nchw": {"channels_last": False},
+    "bf16": {"amp": "bf16"},
+    "compile": {"compile": True},
+}
+
+
+def variant_settings(settings: "TrainBenchSettings", variant: str) -> "TrainBenchSettings":
+    """``settings`` with the changes of a ``+``-joined :data:`STEP_VARIANTS` name applied."""
+    changes: Dict[str, Any] = {}
+    for name in variant.split("+"):
+        if name not in STEP_VARIANTS:
+            raise SystemExit(f"--step-variants: unknown variant {name!r} (known: {', '.join(STEP_VARIANTS)})")
+        changes.update(STEP_VARIANTS[name])
+    return dataclasses.replace(settings, **changes)
 
 
 def available_cores() -> int:
@@ -427,6 +451,9 @@ def run_benchmark(settings: TrainBenchSettings, workdir: Optional[Path] = None) 
             roles += [f"student:{source}" for source in settings.teaching]
         models = {role: bench_model(role, settings, root / role.replace(":", "_"), data_root, peak_start["gflops"])
                   for role in roles}
+        for variant in settings.step_variants:
+            models[f"student+{variant}"] = bench_model("student", variant_settings(settings, variant),
+                                                       root / f"student_{variant}", data_root, peak_start["gflops"])
         peak_end = matmul_peak(device, settings.amp, settings.matmul_size, settings.matmul_repeats)
     ratios = {f"{role}_{name}": models[role][name] for role in models
               for name in ("data_over_model", "end_to_end_over_model")}
@@ -434,6 +461,10 @@ def run_benchmark(settings: TrainBenchSettings, workdir: Optional[Path] = None) 
         for source in settings.teaching:
             ratios[f"{source}_step_over_clean_cache_step"] = (models[f"student:{source}"]["model_step_ms"]
                                                               / models["student:clean_cache"]["model_step_ms"])
+    for variant in settings.step_variants:   # each variant's model step against the plain student's
+        if "student" in models:
+            ratios[f"student+{variant}_speedup"] = (models["student"]["model_step_ms"]
+                                                    / models[f"student+{variant}"]["model_step_ms"])
     if {"teacher", "student"} <= set(models):
         ratios["student_over_teacher_model"] = models["student"]["model_img_s"] / models["teacher"]["model_img_s"]
         ratios["student_over_teacher_end_to_end"] = (models["student"]["end_to_end_img_s"]
@@ -498,6 +529,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                                            "clean_cache,view_cache,online (same augmented views)")
     parser.add_argument("--teaching-teacher", choices=("tiny", "dlib"),
                         help="teacher of the --teaching variants (default tiny; dlib: the torch port)")
+    parser.add_argument("--step-variants", help="also time the student with each of these step variants, e.g. "
+                        f"channels_last,bf16,channels_last+bf16 (known: {', '.join(STEP_VARIANTS)})")
     parser.add_argument("--out", help="write the report as JSON")
     return parser.parse_args(argv)
 
@@ -515,6 +548,8 @@ def settings_from_args(args: argparse.Namespace) -> TrainBenchSettings:
         p, _, k = args.batch.lower().partition("x")
         overrides.update(identities_per_batch=int(p), images_per_identity=int(k))
     overrides["models"] = tuple(m.strip() for m in args.models.split(",") if m.strip())
+    if args.step_variants:
+        overrides["step_variants"] = tuple(v.strip() for v in args.step_variants.split(",") if v.strip())
     if args.teaching:
         overrides["teaching"] = tuple(t.strip() for t in args.teaching.split(",") if t.strip())
     return TrainBenchSettings.for_device(device, **overrides)

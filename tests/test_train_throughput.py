@@ -115,3 +115,19 @@ def test_teaching_variants_time_each_target_source_on_the_same_views():
     assert ratios["clean_cache_step_over_clean_cache_step"] == 1.0
     assert ratios["online_step_over_clean_cache_step"] == pytest.approx(
         report["models"]["student:online"]["model_step_ms"] / report["models"]["student:clean_cache"]["model_step_ms"])
+
+
+def test_step_variants_time_the_student_again_with_each_change():
+    """--step-variants: the same student once more per variant (e.g. channels_last), its model step
+    against the plain student's of the same run."""
+    settings = bench.settings_from_args(bench.parse_args(["--models", "student", "--step-variants",
+                                                          "channels_last,channels_last+bf16"]))
+    assert settings.step_variants == ("channels_last", "channels_last+bf16")
+    assert bench.variant_settings(settings, "channels_last+bf16").amp == "bf16"
+    assert bench.variant_settings(settings, "channels_last+bf16").channels_last is True
+    with pytest.raises(SystemExit, match="unknown variant 'fast'"):
+        bench.variant_settings(settings, "fast")
+    report = bench.run_benchmark(tiny_settings(models=("student",), step_variants=("channels_last",)))
+    assert set(report["models"]) == {"student", "student+channels_last"}
+    assert report["ratios"]["student+channels_last_speedup"] == pytest.approx(
+        report["models"]["student"]["model_step_ms"] / report["models"]["student+channels_last"]["model_step_ms"])
