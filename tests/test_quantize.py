@@ -344,7 +344,7 @@ def test_export_command_percentile_calibration_from_a_face_directory(tmp_path, u
 def test_failed_int8_check_keeps_no_int8_file_and_names_options_to_try(tmp_path, untrained_checkpoint, capsys):
     out = tmp_path / "student.onnx"
     code = main(["export", str(untrained_checkpoint), "--out", str(out), "--int8", "--calib-count", "8",
-                 "--int8-min-cosine", "0.99999"])
+                 "--calib-method", "minmax", "--int8-min-cosine", "0.99999"])
     assert code != 0
     error = capsys.readouterr().err
     assert f"{tmp_path / 'student_int8.onnx'}: the INT8 model failed its check" in error
@@ -358,6 +358,9 @@ def test_int8_options_parse_describe_and_spec_round_trip():
     assert Int8Options.parse(options.describe()) == options == Int8Options.parse(options.spec())
     assert Int8Options.parse("default") == DEFAULT_INT8 and DEFAULT_INT8.describe() == "default"
     assert Int8Options.parse("keep_float=").keep_float == ()
+    # the measured defaults (bench/README.md): percentile ranges, the last layer in float, per channel
+    assert (DEFAULT_INT8.calibrate_method, DEFAULT_INT8.keep_float, DEFAULT_INT8.per_channel) == (
+        "percentile", ("last",), True)
     for bad, message in (("calib=minmax", "expected key=value with a key of"),
                          ("calibrate_method=kl", "expected one of"), ("per_channel=yes", "true or false"),
                          ("percentile", "expected key=value")):
