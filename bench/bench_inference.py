@@ -289,8 +289,8 @@ def run_benchmark(student: BenchModel, teacher: Optional[BenchModel] = None,
         bandwidth_start = measure_memory_bandwidth()
         measurements = [m for bench_model in models for m in time_model(bench_model, paths, faces, settings, log)]
         variants = [_default_int8_row(quant, measurements)] + [
-            time_int8_variant(student, workdir / f"student_int8_{number}.onnx", options, calibration, drift_faces,
-                              pair_sets, faces, settings, measurements, log)
+            time_int8_variant(student, workdir / "student_fp32.onnx", workdir / f"student_int8_{number}.onnx", options,
+                              calibration, drift_faces, pair_sets, faces, settings, measurements, log)
             for number, options in enumerate(int8_variants, 1)]
         layers = {}
         if settings.profile:
@@ -353,14 +353,14 @@ def _default_int8_row(quant: Any, measurements: Sequence[Measurement]) -> Dict[s
     return _int8_row("default", quant, _speedups(int8, measurements), MIN_INT8_COSINE)
 
 
-def time_int8_variant(student: BenchModel, path: Path, options: Int8Options, calibration: np.ndarray,
+def time_int8_variant(student: BenchModel, fp32_path: Path, path: Path, options: Int8Options, calibration: np.ndarray,
                       check_faces: np.ndarray, pair_sets: Sequence[Any], faces: np.ndarray,
                       settings: BenchSettings, measurements: Sequence[Measurement],
                       log: Callable[[str], None] = lambda text: None) -> Dict[str, Any]:
-    """Quantise the student's fp32 export with ``options``, measure its drift and accuracy, time it at
-    every batch size and relate it to this run's fp32 timings (one ``int8_options`` row)."""
+    """Quantise the student's fp32 export ``fp32_path`` to ``path`` with ``options``, measure its drift and
+    accuracy, time it at every batch size and relate it to this run's fp32 timings (one ``int8_options`` row)."""
     log(f"INT8 variant {options.describe()}")
-    quant = quantize_int8(path.parent / "student_fp32.onnx", path, calibration, eval_faces=check_faces,
+    quant = quantize_int8(fp32_path, path, calibration, eval_faces=check_faces,
                           pair_sets=pair_sets, threads=settings.threads, prelu=settings.prelu,
                           calibration_source=settings.calibration, **options.as_kwargs())
     macs = student.describe()["macs"]
