@@ -134,16 +134,17 @@ class ExportCommand(Command):
         from facekd.export import ExportCheckError, check_export, load_faces, quantize_int8
         from facekd.export.cpu_features import describe_int8_capability
         from facekd.export.protos import int8_sibling
+        from facekd.export.quantize import Int8Options
         from facekd.export.threshold import ThresholdFit, fit_source
 
         out = args.int8_out or int8_sibling(args.out)
         calibration = load_faces(args.calib, args.calib_count, seed=1)
-        quant = quantize_int8(args.out, out, calibration, eval_faces=faces, pair_sets=pair_sets,
-                              keep_float=[k for k in args.keep_float.split(",") if k.strip()],
+        options = Int8Options(keep_float=tuple(k.strip() for k in args.keep_float.split(",") if k.strip()),
                               per_channel=not args.no_per_channel, calibrate_method=args.calib_method,
-                              threads=args.threads, quant_format=args.quant_format,
-                              weight_type=args.weight_type, reduce_range=args.reduce_range,
-                              calibration_source=args.calib)
+                              quant_format=args.quant_format, weight_type=args.weight_type,
+                              reduce_range=args.reduce_range)
+        quant = quantize_int8(args.out, out, calibration, eval_faces=faces, pair_sets=pair_sets,
+                              threads=args.threads, calibration_source=args.calib, **options.as_kwargs())
         print(quant)
         print(describe_int8_capability())
         check = check_export(out, model, faces, min_cosine=args.int8_min_cosine, threads=args.threads,
@@ -153,8 +154,8 @@ class ExportCommand(Command):
             Path(out).unlink(missing_ok=True)
             raise ExportCheckError(
                 f"{out}: the INT8 model failed its check (per-face cosine to PyTorch min "
-                f"{min(b.min_cosine for b in check.batches):.4f}, required {args.int8_min_cosine}) and was not "
-                f"kept; {args.out} (fp32) passed.  Try: {'; or '.join(int8_remedies(args))}")
+                f"{check.min_cosine:.4f}, required {args.int8_min_cosine}) and was not "
+                f"kept; {args.out} (fp32) passed.  Try: {'; or '.join(int8_remedies(options, args))}")
         thresholds = {}
         if pair_sets and args.threshold is None:
             first = pair_sets[0]
@@ -165,14 +166,15 @@ class ExportCommand(Command):
         return {"int8": quant.to_dict(), "int8_check": check.to_dict()}, thresholds
 
 
-def int8_remedies(args: argparse.Namespace) -> list:
-    """The ``facekd export`` options to try after a failed INT8 check, best first (bench/README.md,
+def int8_remedies(options, args: argparse.Namespace) -> list:
+    """The ``facekd export`` options to try after a failed INT8 check of a model quantised with
+    ``options`` (an :class:`~facekd.export.quantize.Int8Options`), best first (bench/README.md,
     "INT8 options": percentile ranges, then the first layer in float, then real calibration faces)."""
     remedies = []
-    if args.calib_method != "percentile":
+    if options.calibrate_method != "percentile":
         remedies.append("--calib-method percentile")
-    if "first" not in args.keep_float.split(","):
-        remedies.append(f"--keep-float {','.join(filter(None, [*args.keep_float.split(','), 'first']))}")
+    if "first" not in options.keep_float:
+        remedies.append(f"--keep-float {','.join((*options.keep_float, 'first'))}")
     if args.calib == "synthetic":
         remedies.append("--calib DIR (a few hundred real aligned faces)")
     elif args.calib_count < 512:
