@@ -15,10 +15,11 @@
 # runs/cpu_scale_dlib/ (the aligned faces are shared with runs/cpu_scale/aligned); configs:
 # configs/cpu_dlib_student_<method>.yaml.
 #
-# TEACHER=dlib SCHEDULE=patient (issue 20): the plain student and the best distillation (neuron
-# selection) on one patient schedule with the same augmented views (configs/cpu_dlib_patient_*.yaml);
-# the distilled one is taught consistently (a view cache of dlib's embeddings of its exact views)
-# and also learns from CelebA extra's faces as unlabelled data.  Outputs: runs/cpu_scale_dlib_patient/;
+# TEACHER=dlib SCHEDULE=patient (issue 20): the plain student and three distillations on one patient
+# schedule with the same augmented views (configs/cpu_dlib_patient_*.yaml): neuron selection (64 of
+# dlib's dimensions, beside ArcFace), feature (all 128 dimensions, no ArcFace) and feature_arcface
+# (all 128, beside ArcFace); each is taught consistently (a view cache of dlib's embeddings of its
+# exact views) and also learns from CelebA extra's faces as unlabelled data.  Outputs: runs/cpu_scale_dlib_patient/;
 # the table leads with the share of the teacher's lead each student inherits.
 #
 # Data comes from ../shared/data (read-only; see its README).  Outputs go to runs/cpu_scale/
@@ -43,7 +44,7 @@ if [[ $TEACHER == dlib ]]; then
     if [[ $SCHEDULE == patient ]]; then
         OUT=runs/cpu_scale_dlib_patient
         CONFIG_PREFIX=configs/cpu_dlib_patient_
-        methods="plain neuron"
+        methods="plain neuron feature feature_arcface"
     fi
     STUDENTS=${STUDENTS:-$methods}
     TEACHER_SPEC="kind=dlib,role=teacher,label=teacher dlib ResNet 150px chips,resolution=${TEACHER_RESOLUTION:-true}"
