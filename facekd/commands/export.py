@@ -169,7 +169,8 @@ class ExportCommand(Command):
 def int8_remedies(options, args: argparse.Namespace) -> list:
     """The ``facekd export`` options to try after a failed INT8 check of a model quantised with
     ``options`` (an :class:`~facekd.export.quantize.Int8Options`), best first (bench/README.md,
-    "INT8 options": percentile ranges, then the first layer in float, then real calibration faces)."""
+    "INT8 options": percentile ranges, then the first layer in float, then real calibration faces, then
+    quantisation-aware fine-tuning)."""
     remedies = []
     if options.calibrate_method != "percentile":
         remedies.append("--calib-method percentile")
@@ -179,4 +180,6 @@ def int8_remedies(options, args: argparse.Namespace) -> list:
         remedies.append("--calib DIR (a few hundred real aligned faces)")
     elif args.calib_count < 512:
         remedies.append(f"--calib-count {2 * args.calib_count}")
-    return remedies or ["the fp32 model (the INT8 drift of this model is above --int8-min-cosine)"]
+    remedies.append(f"quantisation-aware fine-tuning: facekd int8-finetune {args.checkpoint} --faces DIR --out q.pt, "
+                    "then export q.pt (it helps models with uneven activation ranges; bench/README.md)")
+    return remedies

@@ -106,6 +106,35 @@ def seed_everything(seed: int) -> None:
 SHIPPED_KEYS = ("model_config", "state_dict", "teacher_center")
 
 
+def write_shipped_model(state: Dict[str, Any], source: PathLike, target: PathLike,
+                        state_dict: Optional[Dict[str, torch.Tensor]] = None, **extra: Any) -> Dict[str, Any]:
+    """Write the shipped form of checkpoint ``state`` (read from ``source``) to ``target``.
+
+    ``state_dict`` replaces the checkpoint's weights (a fine-tuned model of the same
+    architecture); ``extra`` entries are added to the provenance, which is the checkpoint's own
+    when it is already a shipped model, else built from its training config.  Returns the provenance.
+
+    Raises:
+        CheckpointError: ``state`` has no model config or weights.
+    """
+    from facekd.errors import CheckpointError
+
+    missing = [key for key in SHIPPED_KEYS[:2] if key not in state]
+    if missing:
+        raise CheckpointError(f"{source}: not a facekd training checkpoint (no {', '.join(missing)})")
+    provenance = state.get("provenance")
+    if not isinstance(provenance, dict):
+        config = state.get("config") or {}
+        provenance = {"name": config.get("name"), "seed": config.get("seed"), "epoch": state.get("epoch"),
+                      "step": state.get("step"), "best": state.get("best"), "source": os.fspath(source)}
+    provenance = {**provenance, **extra}
+    shipped = {"format": CHECKPOINT_FORMAT, **{k: state.get(k) for k in SHIPPED_KEYS}, "provenance": provenance}
+    if state_dict is not None:
+        shipped["state_dict"] = state_dict
+    atomic_save(shipped, target)
+    return provenance
+
+
 def strip_checkpoint(source: PathLike, target: PathLike) -> Dict[str, Any]:
     """Write the weights and model config of training checkpoint ``source`` to ``target``.
 
@@ -117,15 +146,4 @@ def strip_checkpoint(source: PathLike, target: PathLike) -> Dict[str, Any]:
     Raises:
         CheckpointError: ``source`` is not a facekd training checkpoint (no model config or weights).
     """
-    from facekd.errors import CheckpointError
-
-    state = read_checkpoint(source)
-    missing = [key for key in SHIPPED_KEYS[:2] if key not in state]
-    if missing:
-        raise CheckpointError(f"{source}: not a facekd training checkpoint (no {', '.join(missing)})")
-    config = state.get("config") or {}
-    provenance = {"name": config.get("name"), "seed": config.get("seed"), "epoch": state.get("epoch"),
-                  "step": state.get("step"), "best": state.get("best"), "source": os.fspath(source)}
-    shipped = {"format": CHECKPOINT_FORMAT, **{k: state.get(k) for k in SHIPPED_KEYS}, "provenance": provenance}
-    atomic_save(shipped, target)
-    return provenance
+    return write_shipped_model(read_checkpoint(source), source, target)
