@@ -107,7 +107,8 @@ def _sequential_pairs(model: nn.Module) -> List[FoldPair]:
     return pairs
 
 
-def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+def set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    """Replace ``model``'s submodule at qualified ``name`` (e.g. ``"conv1.0"``) by ``module``."""
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, child, module)
@@ -136,8 +137,8 @@ def fold_batchnorm(model: nn.Module, pairs: Optional[List[FoldPair]] = None) -> 
     with torch.no_grad():
         for pair in pairs:
             layer, bn = folded.get_submodule(pair.layer), folded.get_submodule(pair.bn)
-            _set_module(folded, pair.layer, _fuse(layer, bn))
-            _set_module(folded, pair.bn, nn.Identity())
+            set_module(folded, pair.layer, _fuse(layer, bn))
+            set_module(folded, pair.bn, nn.Identity())
     folded.folded_pairs = list(pairs)
     return folded
 

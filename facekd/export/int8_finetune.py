@@ -40,7 +40,7 @@ from torch import nn
 
 from facekd.embedding_math import row_cosine
 from facekd.errors import ConfigError
-from facekd.export.fold import FoldPair, find_fold_pairs, fold_batchnorm
+from facekd.export.fold import FoldPair, find_fold_pairs, fold_batchnorm, set_module
 from facekd.export.runtime import resize_faces
 from facekd.preprocess import normalize_uint8
 
@@ -123,11 +123,6 @@ class SimulatedPReLU(nn.Module):
         return self.output_quant(y + self.scaled_quant(negative * (1.0 - slope)))
 
 
-def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
-
-
 def simulate_int8(folded: nn.Module, keep_float: Sequence[str] = ("last",)) -> nn.Module:
     """A copy of BatchNorm-folded ``folded`` whose convolutions and PReLUs round as INT8 does.
 
@@ -145,9 +140,9 @@ def simulate_int8(folded: nn.Module, keep_float: Sequence[str] = ("last",)) -> n
     floats = {convs[0]} if "first" in keep_float else set()
     floats |= {convs[-1]} if "last" in keep_float else set()
     for name in convs:
-        _set_module(sim, name, SimulatedConv(sim.get_submodule(name), quantize=name not in floats))
+        set_module(sim, name, SimulatedConv(sim.get_submodule(name), quantize=name not in floats))
     for name in [n for n, m in sim.named_modules() if isinstance(m, nn.PReLU)]:
-        _set_module(sim, name, SimulatedPReLU(sim.get_submodule(name)))
+        set_module(sim, name, SimulatedPReLU(sim.get_submodule(name)))
     return sim
 
 
@@ -156,9 +151,9 @@ def remove_simulation(sim: nn.Module) -> nn.Module:
     plain = copy.deepcopy(sim)
     for name, module in list(plain.named_modules()):
         if isinstance(module, SimulatedConv):
-            _set_module(plain, name, module.conv)
+            set_module(plain, name, module.conv)
         elif isinstance(module, SimulatedPReLU):
-            _set_module(plain, name, module.prelu)
+            set_module(plain, name, module.prelu)
     return plain
 
 
@@ -259,6 +254,7 @@ def finetune_for_int8(model: nn.Module, faces: np.ndarray, steps: int = 300, lr:
     folded = fold_batchnorm(original)
     with torch.no_grad():
         targets = F.normalize(folded(inputs), dim=1)
+        flipped_targets = F.normalize(folded(inputs.flip(-1)), dim=1)
         check_targets = folded(checks)
         sim = simulate_int8(folded, keep_float)
         for start in range(0, len(inputs), batch_size):
@@ -267,8 +263,6 @@ def finetune_for_int8(model: nn.Module, faces: np.ndarray, steps: int = 300, lr:
     quantizers = freeze_ranges(sim)
     before = _cosine_stats(sim, check_targets, checks)
 
-    with torch.no_grad():
-        flipped_targets = F.normalize(folded(inputs.flip(-1)), dim=1)
     generator = torch.Generator().manual_seed(seed)
     params = [p for p in sim.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=lr)
