@@ -22,6 +22,8 @@
 # (all 128, beside ArcFace); each is taught consistently (a view cache of dlib's embeddings of its
 # exact views) and also learns from CelebA extra's faces as unlabelled data.  Outputs: runs/cpu_scale_dlib_patient/;
 # the table leads with the share of the teacher's lead each student inherits.
+# degrade / hrlr: HR->LR's control (plain on degraded views) and neuron selection on the same degraded
+# views with dlib's clean-view targets (configs/cpu_dlib_patient_{degrade,hrlr}.yaml; not run yet).
 #
 # Data comes from ../shared/data (read-only; see its README).  Outputs go to runs/cpu_scale/
 # (git-ignored): aligned faces, the training tree of symlinks, one run directory per model,
@@ -45,7 +47,7 @@ if [[ $TEACHER == dlib ]]; then
     if [[ $SCHEDULE == patient ]]; then
         OUT=runs/cpu_scale_dlib_patient
         CONFIG_PREFIX=configs/cpu_dlib_patient_
-        methods="plain neuron feature feature_arcface"
+        methods="plain neuron feature feature_arcface degrade hrlr"
     elif [[ $SCHEDULE == patient50 ]]; then   # the same comparison's plain and neuron students, 50 epochs
         OUT=runs/cpu_scale_dlib_patient50
         CONFIG_PREFIX=configs/cpu_dlib_patient50_

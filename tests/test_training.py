@@ -489,7 +489,7 @@ def test_persistent_workers_see_each_epoch_and_resume_like_one_process(tmp_path)
 
 
 def test_compile_flag_runs_the_step_through_torch_compile(tmp_path, monkeypatch):
-    """train.compile wraps the training module with torch.compile (eager backend here: no C
+    """train.compile compiles the backbone in place with torch.compile (eager backend here: no C
     compiler needed) and the compiled steps give the losses of the plain ones."""
     compiled = []
     real_compile = torch.compile
@@ -506,7 +506,8 @@ def test_compile_flag_runs_the_step_through_torch_compile(tmp_path, monkeypatch)
         summary = trainer.fit()
         losses[flag] = [r["loss"] for r in read_metrics(Path(cfg.output_dir) / "metrics.jsonl", "train")]
         assert summary["steps"] == 2
-    assert len(compiled) == 1 and compiled[0] is trainer.module and trainer.model is not trainer.module
+    assert len(compiled) == 1 and compiled[0].__self__ is trainer.task.backbone    # nn.Module.compile
+    assert trainer.model is trainer.module          # same module, same parameter names in checkpoints
     assert losses[True] == pytest.approx(losses[False], rel=1e-4)
 
 

@@ -23,13 +23,14 @@ sample carries its epoch, see :class:`~facekd.training.data.EpochBatches`); chec
 copied to host memory in the step and written by a background thread
 (``train.async_checkpoint``), atomically as before.  The optimiser uses the fused (CUDA) or
 foreach implementation, cuDNN autotunes on CUDA (``train.cudnn_benchmark``) and
-``train.compile`` runs the training module through ``torch.compile``.
+``train.compile`` runs the backbone through ``torch.compile`` (in place; the losses stay eager).
 """
 from __future__ import annotations
 
 import json
 import logging
 import math
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -204,7 +205,14 @@ class Trainer:
             self.model = torch.nn.parallel.DistributedDataParallel(
                 module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         if cfg.train.compile:
-            self.model = torch.compile(self.model)
+            # The backbone alone, in place (nn.Module.compile): parameter names, checkpoints and DDP
+            # are unchanged, and the losses (labelled rows, sampled class centres) stay eager.
+            # Compiling the whole TrainModule with inductor returned a loss without grad_fn.
+            if self.device.type == "cpu" and not any(shutil.which(cc) for cc in ("c++", "g++", "clang++")):
+                LOG.warning("train.compile: no C++ compiler on PATH (inductor needs one on the CPU); "
+                            "training eagerly")
+            else:
+                self.task.backbone.compile()
         self.sampler = self._build_sampler()
         self.steps_per_epoch = len(self.sampler)
         if cfg.train.max_steps_per_epoch:
