@@ -86,8 +86,9 @@ def test_rewrite_equals_prelu_on_known_slopes(tmp_path, strategy):
     np.testing.assert_allclose(y, reference, atol=1e-5)
     np.testing.assert_allclose(run(target, x), y, atol=1e-5, rtol=0)
     assert "PRelu" not in ops(target)
-    # 'max' is exact only for slopes in [0, 1]: this graph has -0.3 and 1.7, so it falls back
-    assert (report.rewritten, report.fallback) == ((0, 1) if strategy == "max" else (1, 0))
+    # 'max' is exact only for slopes in [0, 1], 'dwconv1' for slopes <= 1: this graph has -0.3 and 1.7,
+    # so both fall back
+    assert (report.rewritten, report.fallback) == ((0, 1) if strategy in ("max", "dwconv1") else (1, 0))
     assert read_metadata(target).prelu_rewrite == strategy
 
 
@@ -98,6 +99,18 @@ def test_max_rewrite_applies_to_slopes_in_unit_interval(tmp_path):
     assert (report.rewritten, report.fallback) == (1, 0) and sorted(ops(tmp_path / "max.onnx")) == ["Conv", "Max", "Mul"]
     x = np.random.default_rng(2).standard_normal((2, 3, 5, 5)).astype(np.float32)
     np.testing.assert_array_equal(run(tmp_path / "max.onnx", x), run(source, x))
+
+
+def test_single_depthwise_rewrite_applies_to_slopes_up_to_one(tmp_path):
+    """dwconv1 (x + Relu((a - 1) x)): one depthwise conv per PReLU, equal to PReLU for a <= 1, negative a too."""
+    slopes = np.array([-0.3, 0.25, 1.0], np.float32)
+    source = prelu_graph(tmp_path / "prelu.onnx", slopes)
+    target = tmp_path / "dwconv1.onnx"
+    report = rewrite_prelu_file(source, target, "dwconv1")
+    assert (report.rewritten, report.fallback) == (1, 0)
+    assert sorted(ops(target)) == ["Add", "Conv", "Conv", "Relu"]      # the model's conv + the rewrite's one
+    x = np.random.default_rng(3).standard_normal((2, 3, 5, 5)).astype(np.float32) * 3
+    np.testing.assert_allclose(run(target, x), run(source, x), atol=1e-5, rtol=0)
 
 
 def test_inexact_rewrite_is_refused_unless_asked(tmp_path):

@@ -18,6 +18,10 @@ PReLU in float behind a Dequantize/Quantize pair, so the int8 convolutions never
     the first with a fused ReLU, the second with the residual ``Add`` — shapes the
     runtime fuses in fp32 (NCHWc conv + activation / sum) and int8 (``QLinearConv``,
     ``QLinearAdd``).
+``dwconv1`` (exact up to float rounding when every slope is at most 1)
+    ``x + Relu(DWConv1x1(x, slope - 1))``: one depthwise 1x1 convolution with a fused ReLU and
+    the residual ``Add``, a kernel fewer per PReLU than ``dwconv``; a slope above 1 falls back
+    to ``relu-diff`` for that node.
 ``relu`` (**not** equal: a speed ceiling only)
     ``Relu(x)``, what a ReLU-trained student would run; refused unless ``exact=False``.
 
@@ -138,6 +142,31 @@ class DepthwiseRewrite(PReluRewrite):
              _node("Add", [x, names["scaled"]], [out], f"{prefix}/Add")],
             [_const(names["w_neg"], -np.ones((channels, 1, 1, 1))),
              _const(names["w_scale"], (1.0 - slope).reshape(channels, 1, 1, 1))])
+
+
+@PRELU_REWRITES.register("dwconv1")
+class SingleDepthwiseRewrite(PReluRewrite):
+    """``x + Relu(DWConv1x1(x, slope - 1))``: one depthwise 1x1 conv with a fused ReLU, then ``Add``.
+
+    Equal to ``PRelu`` when every slope is at most 1 (``(a - 1) x`` is then positive exactly where
+    ``x`` is negative); graphs with a slope above 1 fall back to ``relu-diff`` for that node.
+    """
+
+    name = "dwconv1"
+    description = "x + Relu((slope - 1) * x) as one depthwise 1x1 conv (+ fused Relu, Add; slopes <= 1)"
+
+    def applies(self, slope: np.ndarray) -> bool:
+        return bool(np.all(slope <= 1))
+
+    def emit(self, x: str, slope: np.ndarray, out: str, prefix: str) -> Emitted:
+        channels = slope.size
+        names = {k: f"{prefix}/{k}" for k in ("scaled", "relu", "w")}
+        return Emitted(
+            [_node("Conv", [x, names["w"]], [names["scaled"]], f"{prefix}/Conv", group=channels,
+                   kernel_shape=[1, 1]),
+             _node("Relu", [names["scaled"]], [names["relu"]], f"{prefix}/Relu"),
+             _node("Add", [x, names["relu"]], [out], f"{prefix}/Add")],
+            [_const(names["w"], (slope - 1.0).reshape(channels, 1, 1, 1))])
 
 
 @PRELU_REWRITES.register("relu")
