@@ -50,7 +50,7 @@ from facekd.export import (OnnxEmbedder, check_export, export_onnx, load_checkpo
 from facekd.export.check import MIN_INT8_COSINE, take_faces
 from facekd.export.cpu_features import int8_capability
 from facekd.export.metadata import ExportMetadata
-from facekd.export.prelu import DEFAULT_PRELU_REWRITE
+from facekd.export.prelu import DEFAULT_PRELU_REWRITE, INT8_PRELU_REWRITE
 from facekd.export.quantize import Int8Options
 from facekd.export.profiling import measure_memory_bandwidth, profile_layer_types
 from facekd.export.runtime import resize_faces
@@ -88,6 +88,8 @@ class BenchSettings:
         calibration: where the calibration faces come from: ``synthetic`` or a folder of
             (aligned) real faces (:func:`facekd.export.load_faces`).
         prelu: the PReLU rewrite of the ONNX exports (``None``: keep ``PRelu`` nodes).
+        int8_prelu: the PReLU rewrite of the INT8 models (default ``dwconv1``, as ``facekd export``);
+            where it differs from ``prelu`` they are quantised from a ``PRelu`` export.
         prelu_baseline: also time the student's fp32 export with its ``PRelu`` nodes.
         profile: profile the student's ONNX models per layer type (roofline table).
         profile_runs: profiled calls at the largest batch size.
@@ -106,6 +108,7 @@ class BenchSettings:
     input_format: str = "float"
     calibration: str = "synthetic"
     prelu: Optional[str] = DEFAULT_PRELU_REWRITE
+    int8_prelu: Optional[str] = INT8_PRELU_REWRITE
     prelu_baseline: bool = False
     profile: bool = True
     profile_runs: int = 3
@@ -271,11 +274,16 @@ def run_benchmark(student: BenchModel, teacher: Optional[BenchModel] = None,
         if settings.prelu_baseline:
             onnx_info["student/ort-fp32-prelu"] = export_model(student, workdir / "student_fp32_prelu.onnx",
                                                                faces, settings, prelu=None)
+        int8_source = workdir / "student_fp32.onnx"
+        if settings.int8_prelu != settings.prelu:    # INT8's own rewrite: quantise the PRelu graph
+            int8_source = workdir / "student_fp32_prelu.onnx"
+            if not settings.prelu_baseline:
+                export_model(student, int8_source, faces, settings, prelu=None)
         calibration = load_faces(settings.calibration, settings.calibration_faces, seed=1)
         drift_faces = faces if check_faces is None else check_faces
-        quant = quantize_int8(workdir / "student_fp32.onnx", workdir / "student_int8.onnx", calibration,
+        quant = quantize_int8(int8_source, workdir / "student_int8.onnx", calibration,
                               eval_faces=drift_faces, pair_sets=pair_sets, threads=settings.threads,
-                              prelu=settings.prelu, calibration_source=settings.calibration)
+                              prelu=settings.int8_prelu, calibration_source=settings.calibration)
         onnx_info["student/ort-int8"] = {"path": quant.int8_path, "mb": quant.int8_mb}
         if teacher is not None and teacher_onnx:
             log("exporting the teacher to ONNX fp32")
@@ -289,7 +297,7 @@ def run_benchmark(student: BenchModel, teacher: Optional[BenchModel] = None,
         bandwidth_start = measure_memory_bandwidth()
         measurements = [m for bench_model in models for m in time_model(bench_model, paths, faces, settings, log)]
         variants = [_default_int8_row(quant, measurements)] + [
-            time_int8_variant(student, workdir / "student_fp32.onnx", workdir / f"student_int8_{number}.onnx", options,
+            time_int8_variant(student, int8_source, workdir / f"student_int8_{number}.onnx", options,
                               calibration, drift_faces, pair_sets, faces, settings, measurements, log)
             for number, options in enumerate(int8_variants, 1)]
         layers = {}
@@ -361,7 +369,7 @@ def time_int8_variant(student: BenchModel, fp32_path: Path, path: Path, options:
     accuracy, time it at every batch size and relate it to this run's fp32 timings (one ``int8_options`` row)."""
     log(f"INT8 variant {options.describe()}")
     quant = quantize_int8(fp32_path, path, calibration, eval_faces=check_faces,
-                          pair_sets=pair_sets, threads=settings.threads, prelu=settings.prelu,
+                          pair_sets=pair_sets, threads=settings.threads, prelu=settings.int8_prelu,
                           calibration_source=settings.calibration, **options.as_kwargs())
     macs = student.describe()["macs"]
     timed = [measure("student", ORT_INT8, onnx_batch_runner(OnnxEmbedder(path, threads=settings.threads), faces,
@@ -433,6 +441,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--calib-count", type=int, help="INT8 calibration faces (default 128; 16 with --quick)")
     parser.add_argument("--prelu", default=DEFAULT_PRELU_REWRITE,
                         help=f"PReLU rewrite of the ONNX exports (default {DEFAULT_PRELU_REWRITE}; 'none' keeps PRelu)")
+    parser.add_argument("--int8-prelu", default=INT8_PRELU_REWRITE,
+                        help=f"PReLU rewrite of the INT8 models (default {INT8_PRELU_REWRITE}; 'none' keeps PRelu)")
     parser.add_argument("--prelu-baseline", action="store_true",
                         help="also time the student's fp32 export with its PRelu nodes (what was exported before)")
     parser.add_argument("--no-profile", action="store_true", help="skip the per-layer-type profile")
@@ -459,6 +469,7 @@ def settings_from_args(args: argparse.Namespace) -> BenchSettings:
     settings = BenchSettings.quick() if args.quick else BenchSettings()
     overrides: Dict[str, Any] = {"threads": args.threads, "input_format": args.input_format,
                                  "calibration": args.calib, "prelu": None if args.prelu == "none" else args.prelu,
+                                 "int8_prelu": None if args.int8_prelu == "none" else args.int8_prelu,
                                  "prelu_baseline": args.prelu_baseline, "profile": not args.no_profile,
                                  "statistic": args.statistic}
     if args.batch_sizes:

@@ -144,7 +144,7 @@ def test_export_rewrites_all_mobilefacenet_prelus_and_stays_equal(tmp_path, stud
 def test_int8_with_rewrite_leaves_no_float_compute(tmp_path, plain_onnx):
     calibration, held_out = synthetic_faces(16, seed=1), synthetic_faces(16, seed=2)
     chained = quantize_int8(plain_onnx, tmp_path / "chained.onnx", calibration, eval_faces=held_out, keep_float=())
-    assert chained.prelu_rewrite == "dwconv" and chained.prelu_rewritten == 33
+    assert chained.prelu_rewrite == "dwconv1" and chained.prelu_rewritten == 33     # INT8's own default
     assert chained.rewrite_max_abs_diff <= 1e-5
     # every conv, relu and add runs in int8; only the uint8 input's normalisation stays float
     assert chained.float_nodes == {"Mul": 1, "Sub": 1}
@@ -155,7 +155,7 @@ def test_int8_with_rewrite_leaves_no_float_compute(tmp_path, plain_onnx):
     last = quantize_int8(plain_onnx, tmp_path / "last.onnx", calibration)    # default: keep the final layer
     assert last.float_nodes == {"Conv": 1, "Mul": 1, "Sub": 1} and last.kept_float == ["/model/linear/Conv"]
     meta = read_metadata(tmp_path / "chained.onnx")
-    assert (meta.quantization, meta.prelu_rewrite) == ("int8-qdq", "dwconv")
+    assert (meta.quantization, meta.prelu_rewrite) == ("int8-qdq", "dwconv1")
 
 
 def test_int8_qoperator_u8u8_and_option_errors(tmp_path, plain_onnx):
@@ -163,7 +163,7 @@ def test_int8_qoperator_u8u8_and_option_errors(tmp_path, plain_onnx):
     report = quantize_int8(plain_onnx, tmp_path / "qop.onnx", calibration, quant_format="qoperator",
                            weight_type="u8", reduce_range=True, keep_float=())
     graph_ops = ops(tmp_path / "qop.onnx")
-    assert graph_ops.count("QLinearConv") == 50 + 66 and "PRelu" not in graph_ops
+    assert graph_ops.count("QLinearConv") == 50 + 33 and "PRelu" not in graph_ops     # dwconv1: one per PReLU
     assert report.float_nodes == {"Mul": 1, "Sub": 1} and read_metadata(tmp_path / "qop.onnx").quantization == "int8-qoperator"
     assert "QOperator, U8U8" in str(report)
     for option, value, message in (("quant_format", "qint4", "quantisation format"),

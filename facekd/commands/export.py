@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 from facekd.commands import COMMANDS, Command
@@ -21,7 +22,7 @@ class ExportCommand(Command):
     help = "export a checkpoint to ONNX (BN folded, dynamic batch, checked vs PyTorch), optionally INT8"
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        from facekd.export.prelu import DEFAULT_PRELU_REWRITE, PRELU_REWRITES
+        from facekd.export.prelu import DEFAULT_PRELU_REWRITE, INT8_PRELU_REWRITE, PRELU_REWRITES
         from facekd.export.check import MIN_INT8_COSINE
         from facekd.export.quantize import CALIBRATION_METHODS, DEFAULT_INT8
 
@@ -37,6 +38,9 @@ class ExportCommand(Command):
         parser.add_argument("--prelu", choices=(*exact, "none"), default=DEFAULT_PRELU_REWRITE,
                             help="rewrite PReLU into ops onnxruntime runs fast and quantises "
                                  f"(exact; default {DEFAULT_PRELU_REWRITE}; 'none' keeps PRelu nodes)")
+        parser.add_argument("--int8-prelu", choices=(*exact, "none"), default=INT8_PRELU_REWRITE,
+                            help=f"the PReLU rewrite of the INT8 model (default {INT8_PRELU_REWRITE}: "
+                                 "faster in int8 than the fp32 default, bench/README.md)")
         parser.add_argument("--arch", help="architecture of a checkpoint without model_config")
         parser.add_argument("--embedding-size", type=int, help="with --arch (default 512)")
         parser.add_argument("--input-size", type=int, help="with --arch (default 112)")
@@ -95,7 +99,7 @@ class ExportCommand(Command):
         pair_sets = self._pair_sets(args.val)
         thresholds = {}
         if args.int8:
-            int8_report, thresholds = self._int8(args, model, faces, pair_sets)
+            int8_report, thresholds = self._int8(args, model, metadata, faces, pair_sets)
             report.update(int8_report)
         elif pair_sets and args.threshold is None:
             from facekd.export import OnnxEmbedder
@@ -129,8 +133,15 @@ class ExportCommand(Command):
             out[path] = dataclasses.asdict(fit)
         return out
 
-    def _int8(self, args: argparse.Namespace, model, faces, pair_sets):
-        """Quantise, check the INT8 model at batch 1/7/64 and compare fp32 vs int8 (fitting thresholds)."""
+    def _int8(self, args: argparse.Namespace, model, metadata, faces, pair_sets):
+        """Quantise, check the INT8 model at batch 1/7/64 and compare fp32 vs int8 (fitting thresholds).
+
+        The INT8 model gets its own PReLU rewrite (``--int8-prelu``): where it differs from the fp32
+        file's, the model is exported once more with its ``PRelu`` nodes, which ``quantize_int8`` rewrites.
+        """
+        import tempfile
+
+        from facekd.export import export_onnx
         from facekd.export import ExportCheckError, check_export, load_faces, quantize_int8
         from facekd.export.cpu_features import describe_int8_capability
         from facekd.export.protos import int8_sibling
@@ -143,8 +154,17 @@ class ExportCommand(Command):
                               per_channel=not args.no_per_channel, calibrate_method=args.calib_method,
                               quant_format=args.quant_format, weight_type=args.weight_type,
                               reduce_range=args.reduce_range)
-        quant = quantize_int8(args.out, out, calibration, eval_faces=faces, pair_sets=pair_sets,
-                              threads=args.threads, calibration_source=args.calib, **options.as_kwargs())
+        int8_prelu = None if args.int8_prelu == "none" else args.int8_prelu
+        with tempfile.TemporaryDirectory(prefix="facekd-int8-") as tmp:
+            source = args.out
+            if args.int8_prelu != args.prelu:
+                source = os.path.join(tmp, "prelu.onnx")
+                export_onnx(model, source, input_format=args.input_format, opset=args.opset, metadata=metadata,
+                            exporter=args.exporter, prelu=None)
+            quant = quantize_int8(source, out, calibration, eval_faces=faces, pair_sets=pair_sets,
+                                  threads=args.threads, calibration_source=args.calib, prelu=int8_prelu,
+                                  **options.as_kwargs())
+        quant.fp32_path = args.out
         print(quant)
         print(describe_int8_capability())
         check = check_export(out, model, faces, min_cosine=args.int8_min_cosine, threads=args.threads,

@@ -14,8 +14,8 @@ QDQ model rounds (:class:`SimulatedConv`, :class:`SimulatedPReLU`):
 
 * weights: symmetric int8 per output channel (``[-127, 127]``, onnxruntime's ``s8`` range);
 * activations: uint8 per tensor, asymmetric, over the range observed on the calibration faces
-  (zero included): every convolution's input and output, and inside each PReLU the three
-  tensors of its ``dwconv`` rewrite (:mod:`facekd.export.prelu`: ``Relu(-y)``, its scaled copy
+  (zero included): every convolution's input and output, and inside each PReLU the two
+  tensors of its INT8 rewrite ``dwconv1`` (:mod:`facekd.export.prelu`: ``Relu((slope - 1) y)``
   and the sum);
 * the last weight layer stays float, as :data:`facekd.export.quantize.DEFAULT_INT8` keeps it.
 
@@ -108,19 +108,18 @@ class SimulatedConv(nn.Module):
 
 
 class SimulatedPReLU(nn.Module):
-    """``PReLU`` as its ``dwconv`` rewrite runs in INT8: ``y + round(round(Relu(-y)) * (1 - slope))``, rounded."""
+    """``PReLU`` as its INT8 rewrite (``dwconv1``, :data:`~facekd.export.prelu.INT8_PRELU_REWRITE`) runs:
+    ``round(y + round(Relu((slope - 1) * y)))``."""
 
     def __init__(self, prelu: nn.PReLU) -> None:
         super().__init__()
         self.prelu = prelu
-        self.negative_quant = ActivationQuantizer()
         self.scaled_quant = ActivationQuantizer()
         self.output_quant = ActivationQuantizer()
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         slope = self.prelu.weight.view(1, -1, *([1] * (y.dim() - 2)))
-        negative = self.negative_quant(F.relu(-y))
-        return self.output_quant(y + self.scaled_quant(negative * (1.0 - slope)))
+        return self.output_quant(y + self.scaled_quant(F.relu((slope - 1.0) * y)))
 
 
 def simulate_int8(folded: nn.Module, keep_float: Sequence[str] = ("last",)) -> nn.Module:

@@ -48,6 +48,9 @@ PRELU_REWRITES = Registry("PReLU rewrite")
 METADATA_KEY = "facekd.prelu_rewrite"
 #: the rewrite export and quantisation use (bench/README.md: fastest exact one, fp32 and int8)
 DEFAULT_PRELU_REWRITE = "dwconv"
+#: the rewrite INT8 models use (bench/README.md: 1.2x faster INT8 than ``dwconv``, one rounding point
+#: fewer; fp32 keeps ``dwconv``, whose residual ``Add`` fuses into the convolution)
+INT8_PRELU_REWRITE = "dwconv1"
 
 
 @dataclass

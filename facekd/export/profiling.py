@@ -37,7 +37,8 @@ from facekd.fileio import PathLike
 
 LAYER_TYPES = ("depthwise", "pointwise", "dense", "prelu", "elementwise", "other")
 #: op types belonging to a PReLU rewrite are recognised by the rewrite's node-name marker
-PRELU_MARKERS = ("/dwconv/", "/relu-diff/", "/max/", "/relu/")
+# node-name markers of the rewrites (facekd.export.prelu names each rewrite's nodes "<PRelu>_<i>/<rewrite>/...")
+PRELU_MARKERS = tuple(f"/{name}/" for name in ("dwconv", "dwconv1", "relu-diff", "max", "relu"))
 _SUFFIXES = re.compile(r"(_nchwc|_token_\d+|_quant|_fused|_kernel_time)+$")
 
 

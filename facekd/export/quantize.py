@@ -30,7 +30,7 @@ import numpy as np
 from facekd.embedding_math import row_cosine
 from facekd.errors import ConfigError
 from facekd.export.metadata import update_metadata
-from facekd.export.prelu import DEFAULT_PRELU_REWRITE, PRELU_REWRITES, rewrite_prelu_file
+from facekd.export.prelu import INT8_PRELU_REWRITE, PRELU_REWRITES, rewrite_prelu_file
 from facekd.export.protos import load_onnx_proto
 from facekd.export.runtime import OnnxEmbedder, resize_faces
 from facekd.export.threshold import threshold_from_result, verification_results
@@ -371,7 +371,7 @@ def quantize_int8(fp32_path: PathLike, int8_path: PathLike, calibration_faces: n
                   keep_float: Sequence[str] = DEFAULT_INT8.keep_float, per_channel: bool = DEFAULT_INT8.per_channel,
                   calibrate_method: str = DEFAULT_INT8.calibrate_method, preprocess: bool = True,
                   op_types: Sequence[str] = DEFAULT_OPS, calibration_batch: int = 16,
-                  threads: Optional[int] = None, prelu: Optional[str] = DEFAULT_PRELU_REWRITE,
+                  threads: Optional[int] = None, prelu: Optional[str] = INT8_PRELU_REWRITE,
                   quant_format: str = DEFAULT_INT8.quant_format, weight_type: str = DEFAULT_INT8.weight_type,
                   reduce_range: bool = DEFAULT_INT8.reduce_range,
                   calibration_source: str = "faces") -> QuantizationReport:
@@ -394,8 +394,10 @@ def quantize_int8(fp32_path: PathLike, int8_path: PathLike, calibration_faces: n
         op_types: operator types to quantise.
         calibration_batch: faces per calibration batch.
         threads: onnxruntime intra-op threads for the drift / accuracy runs.
-        prelu: a :data:`facekd.export.prelu.PRELU_REWRITES` name applied (and checked equal)
-            before quantising, or ``None`` to quantise the PReLUs' graph as it is.
+        prelu: a :data:`facekd.export.prelu.PRELU_REWRITES` name applied to the graph's ``PRelu``
+            nodes (and checked equal) before quantising (default ``dwconv1``), or ``None`` to quantise
+            the graph as it is.  A graph exported with a rewrite has no ``PRelu`` left: export it with
+            ``prelu=None`` for INT8 to get this rewrite.
         quant_format: ``"qdq"`` (Quantize/Dequantize pairs the runtime fuses) or ``"qoperator"``
             (QLinearConv & co. written directly).
         weight_type: ``"s8"`` (U8S8: uint8 activations, int8 weights) or ``"u8"`` (U8U8).
