@@ -158,6 +158,16 @@ def test_int8_with_rewrite_leaves_no_float_compute(tmp_path, plain_onnx):
     assert (meta.quantization, meta.prelu_rewrite) == ("int8-qdq", "dwconv1")
 
 
+def test_int8_of_a_rewritten_export_reports_the_export_s_rewrite(tmp_path, student):
+    """A graph already rewritten (export_onnx's dwconv) has no PRelu left: INT8 keeps and reports that rewrite."""
+    fp32 = tmp_path / "dwconv.onnx"
+    export_onnx(student, fp32, input_format="uint8")
+    report = quantize_int8(fp32, tmp_path / "int8.onnx", synthetic_faces(8, seed=1))     # default dwconv1
+    assert (report.prelu_rewrite, report.prelu_rewritten) == ("dwconv", 0)
+    assert read_metadata(tmp_path / "int8.onnx").prelu_rewrite == "dwconv"
+    assert "PReLU rewrite 'dwconv', as in the fp32 export" in str(report)
+
+
 def test_int8_qoperator_u8u8_and_option_errors(tmp_path, plain_onnx):
     calibration = synthetic_faces(8, seed=1)
     report = quantize_int8(plain_onnx, tmp_path / "qop.onnx", calibration, quant_format="qoperator",

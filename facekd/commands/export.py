@@ -141,8 +141,7 @@ class ExportCommand(Command):
         """
         import tempfile
 
-        from facekd.export import export_onnx
-        from facekd.export import ExportCheckError, check_export, load_faces, quantize_int8
+        from facekd.export import ExportCheckError, check_export, export_onnx, load_faces, quantize_int8
         from facekd.export.cpu_features import describe_int8_capability
         from facekd.export.protos import int8_sibling
         from facekd.export.quantize import Int8Options

@@ -33,12 +33,13 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 from facekd.export.protos import load_onnx_proto
+from facekd.export.prelu import PRELU_REWRITES
 from facekd.fileio import PathLike
 
 LAYER_TYPES = ("depthwise", "pointwise", "dense", "prelu", "elementwise", "other")
 #: op types belonging to a PReLU rewrite are recognised by the rewrite's node-name marker
-# node-name markers of the rewrites (facekd.export.prelu names each rewrite's nodes "<PRelu>_<i>/<rewrite>/...")
-PRELU_MARKERS = tuple(f"/{name}/" for name in ("dwconv", "dwconv1", "relu-diff", "max", "relu"))
+#: (:func:`facekd.export.prelu.rewrite_prelu` names each rewrite's nodes ``<PRelu>_<i>/<rewrite>/...``)
+PRELU_MARKERS = tuple(f"/{name}/" for name in PRELU_REWRITES)
 _SUFFIXES = re.compile(r"(_nchwc|_token_\d+|_quant|_fused|_kernel_time)+$")
 
 

@@ -255,7 +255,7 @@ class QuantizationReport:
     weight_type: str = "s8"
     reduce_range: bool = False
     calibration_source: str = "faces"
-    prelu_rewrite: Optional[str] = None          # the PReLU rewrite applied before quantising
+    prelu_rewrite: Optional[str] = None          # the PReLU rewrite the INT8 graph carries
     prelu_rewritten: int = 0                     # PRelu nodes rewritten
     rewrite_max_abs_diff: Optional[float] = None  # rewritten fp32 graph vs the original
     float_nodes: Dict[str, int] = field(default_factory=dict)   # float compute ops left, by type
@@ -273,9 +273,11 @@ class QuantizationReport:
                  f"{self.calibration_faces} {self.calibration_source} faces) -> {self.int8_path}",
                  f"  size {self.fp32_mb:.2f} MB -> {self.int8_mb:.2f} MB; {self.quantized_nodes} quantised "
                  f"nodes; kept in float: {', '.join(self.kept_float) or 'none'}"]
-        if self.prelu_rewrite:
+        if self.prelu_rewritten:
             lines.append(f"  PReLU rewrite {self.prelu_rewrite!r}: {self.prelu_rewritten} nodes, fp32 graph "
                          f"equal to the original (max |diff| {self.rewrite_max_abs_diff:.2e})")
+        elif self.prelu_rewrite and self.prelu_rewrite != "none":
+            lines.append(f"  PReLU rewrite {self.prelu_rewrite!r}, as in the fp32 export")
         if self.float_nodes:
             lines.append("  float compute nodes left: " + ", ".join(f"{op} x{n}" for op, n in
                                                                    sorted(self.float_nodes.items())))
@@ -467,7 +469,9 @@ def quantize_int8(fp32_path: PathLike, int8_path: PathLike, calibration_faces: n
         preprocessed=preprocessed, fp32_mb=os.path.getsize(fp32_path) / 2 ** 20,
         int8_mb=os.path.getsize(int8_path) / 2 ** 20, quantized_nodes=quantized, quant_format=quant_format,
         weight_type=weight_type, reduce_range=reduce_range, calibration_source=calibration_source,
-        prelu_rewrite=prelu, prelu_rewritten=rewritten, rewrite_max_abs_diff=rewrite_diff,
+        # the rewrite the INT8 graph carries: this call's, or the fp32 export's own when it left no PRelu
+        prelu_rewrite=prelu if rewritten else meta.prelu_rewrite, prelu_rewritten=rewritten,
+        rewrite_max_abs_diff=rewrite_diff,
         float_nodes=float_compute_nodes(proto, qdq=quant_format == "qdq"))
     int8 = OnnxEmbedder(int8_path, threads=threads, resize=True)
     if eval_faces is not None and len(eval_faces):
