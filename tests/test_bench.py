@@ -153,6 +153,47 @@ def test_compute_ratios_and_targets_on_known_numbers():
     assert math.isclose(value, 0.35) and verdict == "MISS"
 
 
+def test_time_interleaved_alternates_blocks_and_rotates_the_order(monkeypatch):
+    from facekd.export import timing
+
+    clock, calls = [0.0], []
+    slow = {"factor": 1.0}
+
+    def costing(name, seconds):
+        def call():
+            calls.append(name)
+            clock[0] += seconds * slow["factor"]
+        return call
+
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: clock[0])
+    fns = {"fp32": costing("fp32", 0.05), "int8": costing("int8", 0.01)}
+    times = timing.time_interleaved(fns, runs=4, warmup=1, block_seconds=0.05)
+    # warm-up + one sizing call each, then blocks of ~0.05 s: 1 call of fp32, 5 of int8
+    assert calls[:4] == ["fp32", "fp32", "int8", "int8"]
+    rounds = calls[4:]
+    assert rounds == (["fp32"] + ["int8"] * 5 + ["int8"] * 5 + ["fp32"]) * 2     # the order rotates
+    assert times["fp32"] == pytest.approx([0.05] * 4) and times["int8"] == pytest.approx([0.01] * 4)
+
+    # a slow spell from the second round on slows both alike: per-round ratios stay 5
+    calls.clear()
+    spell = iter([1.0] * 8 + [2.0] * 100)     # 2 sizing calls and the first round (1 + 5 calls) at speed
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: clock[0])
+
+    def spelled(name, seconds):
+        def call():
+            calls.append(name)
+            clock[0] += seconds * next(spell)
+        return call
+
+    times = timing.time_interleaved({"fp32": spelled("fp32", 0.05), "int8": spelled("int8", 0.01)},
+                                    runs=3, warmup=0, block_seconds=0.05)
+    assert [f / i for f, i in zip(times["fp32"], times["int8"])] == pytest.approx([5.0] * 3)
+
+    # max_seconds stops after at least MIN_RUNS rounds
+    times = timing.time_interleaved(fns, runs=50, warmup=0, max_seconds=0.01, block_seconds=0.05)
+    assert len(times["fp32"]) == len(times["int8"]) == timing.MIN_RUNS
+
+
 def test_settings_from_args():
     args = bench.parse_args(["--quick", "--runs", "7", "--batch-sizes", "2,16", "--threads", "1"])
     settings = bench.settings_from_args(args)
@@ -182,7 +223,7 @@ def test_command_line_student_only(tmp_path, capsys):
     assert sorted(p.name for p in keep.iterdir()) == ["student_fp32.onnx", "student_fp32_prelu.onnx",
                                                       "student_int8.onnx", "student_int8_1.onnx"]
     # INT8 has its own PReLU rewrite (dwconv1), quantised from the PRelu export
-    # the variant is quantised with its own options and timed against this run's fp32 timings
+    # the variant is quantised with its own options and timed interleaved with this run's fp32 model
     default, variant = report["int8_options"]
     assert (default["options"], variant["options"]) == ("default", "keep_float=first,last")
     fp32 = next(r for r in report["results"] if r["key"] == "student/ort-fp32")

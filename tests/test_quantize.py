@@ -21,7 +21,7 @@ from facekd.errors import ConfigError, DataError
 from facekd.export import FaceEmbedder, OnnxEmbedder, export_onnx, quantize_int8, read_metadata, synthetic_faces
 from facekd.export.prelu import PRELU_REWRITES, rewrite_prelu, rewrite_prelu_file
 from facekd.export.protos import int8_sibling, model_for_precision
-from facekd.export.quantize import DEFAULT_INT8, Int8Options
+from facekd.export.quantize import DEFAULT_INT8, MAX_REWRITE_DIFF, Int8Options, int8_source
 from facekd.export.threshold import fit_threshold, store_threshold
 
 from test_export import EMBEDDING, SIZE, small_student
@@ -145,7 +145,7 @@ def test_int8_with_rewrite_leaves_no_float_compute(tmp_path, plain_onnx):
     calibration, held_out = synthetic_faces(16, seed=1), synthetic_faces(16, seed=2)
     chained = quantize_int8(plain_onnx, tmp_path / "chained.onnx", calibration, eval_faces=held_out, keep_float=())
     assert chained.prelu_rewrite == "dwconv1" and chained.prelu_rewritten == 33     # INT8's own default
-    assert chained.rewrite_max_abs_diff <= 1e-5
+    assert chained.rewrite_max_abs_diff <= MAX_REWRITE_DIFF
     # every conv, relu and add runs in int8; only the uint8 input's normalisation stays float
     assert chained.float_nodes == {"Mul": 1, "Sub": 1}
     assert "PRelu" not in ops(tmp_path / "chained.onnx")
@@ -166,6 +166,20 @@ def test_int8_of_a_rewritten_export_reports_the_export_s_rewrite(tmp_path, stude
     assert (report.prelu_rewrite, report.prelu_rewritten) == ("dwconv", 0)
     assert read_metadata(tmp_path / "int8.onnx").prelu_rewrite == "dwconv"
     assert "PReLU rewrite 'dwconv', as in the fp32 export" in str(report)
+
+
+def test_int8_source_exports_a_prelu_graph_only_when_the_rewrites_differ(tmp_path):
+    exported = []
+
+    def export(path):
+        exported.append(Path(path))
+        Path(path).write_bytes(b"prelu graph")
+
+    fp32, prelu = tmp_path / "fp32.onnx", tmp_path / "prelu.onnx"
+    assert int8_source(fp32, "dwconv1", "dwconv1", prelu, export) == fp32 and not exported
+    assert int8_source(fp32, None, "none", prelu, export) == fp32 and not exported
+    assert int8_source(fp32, "dwconv", "dwconv1", prelu, export) == prelu and exported == [prelu]
+    assert int8_source(fp32, "dwconv", "dwconv1", prelu, export) == prelu and exported == [prelu]  # reused
 
 
 def test_int8_qoperator_u8u8_and_option_errors(tmp_path, plain_onnx):

@@ -144,7 +144,7 @@ class ExportCommand(Command):
         from facekd.export import ExportCheckError, check_export, export_onnx, load_faces, quantize_int8
         from facekd.export.cpu_features import describe_int8_capability
         from facekd.export.protos import int8_sibling
-        from facekd.export.quantize import Int8Options
+        from facekd.export.quantize import Int8Options, int8_source
         from facekd.export.threshold import ThresholdFit, fit_source
 
         out = args.int8_out or int8_sibling(args.out)
@@ -155,11 +155,10 @@ class ExportCommand(Command):
                               reduce_range=args.reduce_range)
         int8_prelu = None if args.int8_prelu == "none" else args.int8_prelu
         with tempfile.TemporaryDirectory(prefix="facekd-int8-") as tmp:
-            source = args.out
-            if args.int8_prelu != args.prelu:
-                source = os.path.join(tmp, "prelu.onnx")
-                export_onnx(model, source, input_format=args.input_format, opset=args.opset, metadata=metadata,
-                            exporter=args.exporter, prelu=None)
+            source = int8_source(args.out, args.prelu, args.int8_prelu, os.path.join(tmp, "prelu.onnx"),
+                                 lambda path: export_onnx(model, path, input_format=args.input_format,
+                                                          opset=args.opset, metadata=metadata,
+                                                          exporter=args.exporter, prelu=None))
             quant = quantize_int8(source, out, calibration, eval_faces=faces, pair_sets=pair_sets,
                                   threads=args.threads, calibration_source=args.calib, prelu=int8_prelu,
                                   **options.as_kwargs())

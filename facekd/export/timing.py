@@ -1,6 +1,7 @@
 """Timing primitives of the inference benchmark (bench/bench_inference.py).
 
 :func:`time_calls` (warm-up, then wall time per call, optionally stopped early),
+:func:`time_interleaved` (several functions timed in alternating rounds, for ratios on a busy machine),
 :func:`measure_matmul_peak` (the machine's fp32 matmul throughput, the yardstick for GFLOP/s),
 batch runners for eager PyTorch and ONNX Runtime, and :class:`Measurement` /
 :func:`measure` (one model x backend x batch size, with its throughput).
@@ -10,7 +11,7 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional
 
 import numpy as np
 import torch
@@ -38,6 +39,41 @@ def time_calls(fn: Callable[[], Any], runs: int, warmup: int, max_seconds: Optio
         fn()
         times.append(time.perf_counter() - start)
         if max_seconds is not None and sum(times) > max_seconds and len(times) >= min(MIN_RUNS, runs):
+            break
+    return times
+
+
+def time_interleaved(fns: Mapping[str, Callable[[], Any]], runs: int, warmup: int,
+                     max_seconds: Optional[float] = None, block_seconds: float = 0.05) -> Dict[str, List[float]]:
+    """Wall seconds per call of each of ``fns``, timed in alternating rounds: ``{name: [seconds, ...]}``.
+
+    Timed one after the other, two functions see different moments of a shared machine (another
+    process, a clock change), and their ratio moves with it.  Here every round times a block of calls
+    of each function in turn (the order rotates each round), so a slow spell hits all of them alike.
+    A block is as many calls as take about ``block_seconds`` (one call of a slow function); each round
+    records a block's mean per call.  ``runs`` rounds after ``warmup`` untimed calls of each; with
+    ``max_seconds`` the rounds stop once they have taken that long and at least ``min(MIN_RUNS, runs)``
+    were made.
+    """
+    names = list(fns)
+    blocks = {}
+    for name in names:
+        for _ in range(warmup):
+            fns[name]()
+        start = time.perf_counter()
+        fns[name]()
+        blocks[name] = max(1, round(block_seconds / max(time.perf_counter() - start, 1e-9)))
+    times: Dict[str, List[float]] = {name: [] for name in names}
+    spent = 0.0
+    for round_index in range(runs):
+        for name in names[round_index % len(names):] + names[:round_index % len(names)]:
+            start = time.perf_counter()
+            for _ in range(blocks[name]):
+                fns[name]()
+            elapsed = time.perf_counter() - start
+            spent += elapsed
+            times[name].append(elapsed / blocks[name])
+        if max_seconds is not None and spent > max_seconds and round_index + 1 >= min(MIN_RUNS, runs):
             break
     return times
 
@@ -105,9 +141,16 @@ def measure(model: str, backend: str, fn: Callable[[], Any], batch_size: int, ma
     ``settings`` gives ``runs``, ``warmup``, ``max_seconds`` and ``statistic`` (``median`` or ``min``),
     e.g. bench/bench_inference.py's ``BenchSettings``.
     """
-    times = time_calls(fn, settings.runs, settings.warmup, settings.max_seconds)
+    return measurement_of(model, backend, time_calls(fn, settings.runs, settings.warmup, settings.max_seconds),
+                          batch_size, macs, settings.statistic)
+
+
+def measurement_of(model: str, backend: str, times: List[float], batch_size: int, macs: int,
+                   statistic: str = "median") -> Measurement:
+    """The :class:`Measurement` of seconds per batch ``times`` (from :func:`time_calls` or
+    :func:`time_interleaved`); the throughput uses their median, or their minimum with ``statistic="min"``."""
     median = statistics.median(times)
-    images_per_s = batch_size / (min(times) if settings.statistic == "min" else median)
+    images_per_s = batch_size / (min(times) if statistic == "min" else median)
     gflops = 2.0 * macs * images_per_s / 1e9
     return Measurement(model, backend, int(batch_size), len(times), median * 1e3, min(times) * 1e3,
                        images_per_s, int(macs), gflops)
