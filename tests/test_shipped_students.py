@@ -58,5 +58,7 @@ def test_shipped_students_reproduce_their_devtest_accuracy(shared_data, tmp_path
                  "--latency-runs", "0", "--hardest", "0", "--no-progress", "--out", str(out)]) == 0
     results = {m["label"]: next(iter(m["results"].values()))["flip"]["accuracy_mean"]
                for m in json.loads(out.read_text())["models"]}
+    # 0.1 pt is one pair of the 1,000: another CPU's rounding may flip one (AMD EPYC: plain 85.50 against
+    # the 85.60 measured on Intel), and 100 * 0.855 - 85.6 is -0.10000000000000853 in floats
     for name in STUDENTS:
-        assert abs(100 * results[name] - expected()[name]["lfw_devtest"]) <= 0.1, (name, results[name])
+        assert abs(100 * results[name] - expected()[name]["lfw_devtest"]) <= 0.1 + 1e-6, (name, results[name])
