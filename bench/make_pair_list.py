@@ -18,17 +18,17 @@ from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
-from facekd.data.image_io import IMAGE_EXTENSIONS
+from facekd.data.folders import images_under
 
 Pair = Tuple[str, str, bool]
 
 
 def identity_images(root: Path) -> Dict[str, List[str]]:
-    """``{identity folder: [image paths relative to root, sorted]}`` of the tree's identities."""
+    """``{identity folder: [image paths relative to root, sorted]}`` of the tree's identities: the folders
+    and images :class:`facekd.data.folders.FolderDataset` trains on (a linked identity folder included)."""
     out = {}
-    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
-        images = sorted(str(f.relative_to(root)) for f in folder.rglob("*")
-                        if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        images = [str(f.relative_to(root)) for f in images_under(folder)]
         spaced = [image for image in images if any(c.isspace() or c == "," for c in image)]
         if spaced:
             raise ValueError(f"{root / spaced[0]}: a pair list cannot hold a path with spaces or commas")
