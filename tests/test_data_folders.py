@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from types import SimpleNamespace
 
 import numpy as np
@@ -96,6 +97,11 @@ def test_fingerprint_tracks_the_files(tree, tmp_path):
     second = FolderDataset(tree).fingerprint()
     write_image(tree / "carol" / "y.png", SyntheticFaceGenerator(0)(2, 3))
     assert FolderDataset(tree).fingerprint() != second
+    # by content: new modification times (a copy of the tree elsewhere, a touch) keep it
+    third = FolderDataset(tree).fingerprint()
+    copy = shutil.copytree(tree, tmp_path / "copy", copy_function=shutil.copyfile)
+    os.utime(copy / "bob" / "2.png", ns=(7, 7))
+    assert FolderDataset(copy).fingerprint() == third
     dataset = FolderDataset(tree)
     dataset.save_class_map(tmp_path / "map" / "classes.json")
     assert load_class_map(tmp_path / "map" / "classes.json") == ["alice", "bob", "carol"]

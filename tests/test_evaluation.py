@@ -135,6 +135,22 @@ def test_hardest_errors_are_the_most_confident_mistakes():
     assert np.isclose(1 - wrong.mean(), result.accuracy_mean, atol=0.02)
 
 
+def test_decisions_at_another_models_thresholds():
+    embeddings, issame = structured_embeddings(noise=1.2, seed=5)
+    result = evaluate(embeddings, issame)
+    # its own distances at its own thresholds: the protocol's decisions and accuracy
+    assert np.array_equal(result.decide(result.distances), result.predicted_same)
+    assert result.accuracy_of(result.predicted_same) == pytest.approx(result.accuracy_mean, abs=1e-12)
+    # other distances of the same pairs: judged pair by pair at this result's fold thresholds
+    shifted = result.distances + 0.05
+    expected = np.array([d < result.fold_thresholds[f] for d, f in zip(shifted, result.fold)])
+    assert np.array_equal(result.decide(shifted), expected)
+    per_fold = [np.mean(expected[result.fold == k] == issame[result.fold == k]) for k in range(10)]
+    assert result.accuracy_of(expected) == pytest.approx(np.mean(per_fold))
+    with pytest.raises(ValueError, match="distances for"):
+        result.decide(shifted[:-1])
+
+
 def test_bad_protocol_input():
     embeddings, issame = structured_embeddings(num_pairs=20)
     with pytest.raises(ValueError, match="issame"):

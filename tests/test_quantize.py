@@ -276,6 +276,27 @@ def test_fit_and_store_threshold(tmp_path, plain_onnx):
                           OnnxEmbedder(plain_onnx).embed_uint8(synthetic_faces(2)[:, ::2, ::2]))
 
 
+def test_compare_verification_counts_changed_decisions_at_fp32_thresholds(plain_onnx):
+    from facekd.data.synthetic import synthetic_pair_set
+    from facekd.export.quantize import compare_verification
+
+    pair_set = synthetic_pair_set(num_pairs=40, num_folds=2, cache=True)
+    same = compare_verification(OnnxEmbedder(plain_onnx, resize=True), OnnxEmbedder(plain_onnx, resize=True), pair_set)
+    assert same["decisions_changed"] == 0 and same["pairs"] == 40 and same["flip_drop"] == 0
+    assert same["int8_flip_accuracy_at_fp32_thresholds"] == pytest.approx(same["fp32_flip_accuracy"])
+
+    class Drifting(OnnxEmbedder):     # a model whose embeddings differ from fp32's
+        def run(self, batch):
+            out = super().run(batch)
+            return out + np.random.default_rng(len(batch)).normal(0, 2 * np.abs(out).mean(), out.shape)
+
+    drift = compare_verification(OnnxEmbedder(plain_onnx, resize=True), Drifting(plain_onnx, resize=True), pair_set)
+    assert 0 < drift["decisions_changed"] <= 40
+    # each changed decision moves the at-threshold accuracy of its fold by one pair, no more
+    fp32, at_fp32 = drift["fp32_flip_accuracy"], drift["int8_flip_accuracy_at_fp32_thresholds"]
+    assert abs(at_fp32 - fp32) <= drift["decisions_changed"] / 20 / 2 + 1e-12
+
+
 @pytest.fixture(scope="module")
 def untrained_checkpoint(tmp_path_factory, student):
     """A checkpoint without any verification threshold (trained without validation)."""

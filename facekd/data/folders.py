@@ -1,6 +1,7 @@
 """``FolderDataset``: aligned faces stored as ``root/<identity>/**/<image>``."""
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from pathlib import Path
@@ -25,13 +26,15 @@ def images_under(folder: Path) -> List[Path]:
 
 
 def file_stamp(path: Path, root: Optional[Path] = None) -> str:
-    """``name|size|mtime_ns`` of a file (``name`` relative to ``root`` when given), or ``name|missing``."""
+    """``name|size|digest`` of a file (``name`` relative to ``root`` when given; ``digest``: BLAKE2b
+    of its bytes), or ``name|missing``.  By content, not modification time: a copy of the data (a
+    restored backup, a new disk) keeps its fingerprint and its teacher caches; an edit changes it."""
     name = (path.relative_to(root) if root is not None else path).as_posix()
     try:
-        stat = path.stat()
+        data = path.read_bytes()
     except OSError:
         return f"{name}|missing"
-    return f"{name}|{stat.st_size}|{stat.st_mtime_ns}"
+    return f"{name}|{len(data)}|{hashlib.blake2b(data, digest_size=16).hexdigest()}"
 
 
 class FolderDataset(FaceDataset):

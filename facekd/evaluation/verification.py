@@ -127,6 +127,20 @@ class VerificationResult:
         """[N] bool: the protocol's decision for each pair (``distance < threshold``)."""
         return self.distances < self.pair_threshold
 
+    def decide(self, distances: np.ndarray) -> np.ndarray:
+        """[N] bool: this result's per-fold thresholds applied to other ``distances`` of the same
+        pairs (another model's, e.g. an INT8 export judged at its fp32 model's thresholds)."""
+        distances = np.asarray(distances)
+        if distances.shape != self.distances.shape:
+            raise ValueError(f"{distances.size} distances for {self.distances.size} pairs")
+        return distances < self.pair_threshold
+
+    def accuracy_of(self, predicted_same: np.ndarray) -> float:
+        """Mean over this result's folds of the accuracy of ``predicted_same`` ([N] bool), the
+        protocol's averaging; ``accuracy_of(predicted_same)`` equals ``accuracy_mean``."""
+        correct = np.asarray(predicted_same) == self.issame
+        return float(np.mean([correct[self.fold == k].mean() for k in range(self.nrof_folds)]))
+
     def hardest_errors(self, k: int = 4) -> Tuple[np.ndarray, np.ndarray]:
         """Indices of the ``k`` worst false accepts and false rejects.
 

@@ -292,7 +292,7 @@ class QuantizationReport:
             lines.append(f"  {name}: accuracy fp32 {100 * metrics['fp32_accuracy']:.2f}% -> int8 "
                          f"{100 * metrics['int8_accuracy']:.2f}% ({100 * metrics['drop']:+.2f} pt drop), "
                          f"flip: {100 * metrics['fp32_flip_accuracy']:.2f}% -> "
-                         f"{100 * metrics['int8_flip_accuracy']:.2f}%")
+                         f"{100 * metrics['int8_flip_accuracy']:.2f}%; {at_fp32_thresholds(metrics)}")
         return "\n".join(lines)
 
 
@@ -305,18 +305,35 @@ def measure_drift(fp32: OnnxEmbedder, int8: OnnxEmbedder, faces: np.ndarray, bat
     return Drift(len(faces), float(cosine.mean()), float(cosine.min()), float(np.abs(a - b).max()))
 
 
+def at_fp32_thresholds(metrics: Dict[str, Any]) -> str:
+    """What INT8 changes at the fp32 model's thresholds, in words (a :func:`compare_verification` result)."""
+    return (f"at fp32's thresholds int8 {100 * metrics['int8_flip_accuracy_at_fp32_thresholds']:.2f}%, "
+            f"{metrics['decisions_changed']} of {metrics['pairs']} decisions changed")
+
+
 def compare_verification(fp32: OnnxEmbedder, int8: OnnxEmbedder, pair_set: Any,
                          batch_size: int = 64) -> Dict[str, float]:
     """fp32 and int8 verification accuracy on ``pair_set``, the drop (fp32 - int8) and each
-    model's own fitted cosine threshold (``fp32_threshold`` / ``int8_threshold``, flip embeddings)."""
+    model's own fitted cosine threshold (``fp32_threshold`` / ``int8_threshold``, flip embeddings).
+
+    Each model's accuracy uses thresholds fitted on its own distances, so a tiny drift can move a
+    fold's threshold and with it many pairs.  What int8 changes at fixed thresholds is reported
+    too (flip embeddings): ``int8_flip_accuracy_at_fp32_thresholds`` and ``decisions_changed``,
+    the number of pairs whose same / different decision differs from fp32's at fp32's thresholds.
+    """
     metrics: Dict[str, float] = {}
+    flips = {}
     for precision, embedder in (("fp32", fp32), ("int8", int8)):
-        plain, flip = verification_results(embedder, pair_set, batch_size)
+        plain, flips[precision] = verification_results(embedder, pair_set, batch_size)
         metrics[f"{precision}_accuracy"] = plain.accuracy_mean
-        metrics[f"{precision}_flip_accuracy"] = flip.accuracy_mean
-        metrics[f"{precision}_threshold"] = threshold_from_result(flip, pair_set).threshold
+        metrics[f"{precision}_flip_accuracy"] = flips[precision].accuracy_mean
+        metrics[f"{precision}_threshold"] = threshold_from_result(flips[precision], pair_set).threshold
     metrics["drop"] = metrics["fp32_accuracy"] - metrics["int8_accuracy"]
     metrics["flip_drop"] = metrics["fp32_flip_accuracy"] - metrics["int8_flip_accuracy"]
+    int8_at_fp32 = flips["fp32"].decide(flips["int8"].distances)
+    metrics["int8_flip_accuracy_at_fp32_thresholds"] = flips["fp32"].accuracy_of(int8_at_fp32)
+    metrics["decisions_changed"] = int(np.sum(int8_at_fp32 != flips["fp32"].predicted_same))
+    metrics["pairs"] = int(len(int8_at_fp32))
     return metrics
 
 
@@ -511,5 +528,6 @@ def record_int8_results(report: QuantizationReport, options: Int8Options) -> Non
         name, metrics = next(iter(report.verification.items()))
         changes["int8_accuracy_change"] = round(100 * -metrics["flip_drop"], 4)
         changes["int8_accuracy_source"] = (f"{name} (flip): fp32 {100 * metrics['fp32_flip_accuracy']:.2f}% -> "
-                                           f"int8 {100 * metrics['int8_flip_accuracy']:.2f}%")
+                                           f"int8 {100 * metrics['int8_flip_accuracy']:.2f}%; "
+                                           + at_fp32_thresholds(metrics))
     update_metadata(report.int8_path, **changes)

@@ -160,7 +160,9 @@ def format_speedup_vs_accuracy(report: Dict[str, Any]) -> List[str]:
     for name, m in quant.get("verification", {}).items():
         lines.append(f"  accuracy on {name}: fp32 {100 * m['fp32_accuracy']:.2f}% -> INT8 "
                      f"{100 * m['int8_accuracy']:.2f}% ({-100 * m['drop']:+.2f} pt; flip "
-                     f"{100 * m['fp32_flip_accuracy']:.2f}% -> {100 * m['int8_flip_accuracy']:.2f}%)")
+                     f"{100 * m['fp32_flip_accuracy']:.2f}% -> {100 * m['int8_flip_accuracy']:.2f}%; "
+                     f"{m.get('decisions_changed', '?')} of {m.get('pairs', '?')} decisions changed at fp32's "
+                     "thresholds)")
     if not quant.get("verification"):
         lines.append("  accuracy: not measured (pass --val KIND:PATH with a trained --student)")
     return lines
@@ -179,8 +181,9 @@ def format_int8_options(report: Dict[str, Any]) -> List[str]:
              + " |", "|" + "---|" * (4 + len(sets) + len(batch_sizes))]
     for row in rows:
         accuracy = [(f"{100 * row['verification'][name]['fp32_flip_accuracy']:.2f} -> "
-                     f"{100 * row['verification'][name]['int8_flip_accuracy']:.2f}") if name in row["verification"]
-                    else "-" for name in sets]
+                     f"{100 * row['verification'][name]['int8_flip_accuracy']:.2f} "
+                     f"({row['verification'][name].get('decisions_changed', '?')} changed)")
+                    if name in row["verification"] else "-" for name in sets]
         speed = [_fmt(row["speedup_vs_fp32"].get(str(b)), ".2f") for b in batch_sizes]
         lines.append(f"| `{row['options']}` | {_fmt(row['mean_cosine'], '.5f')} | {_fmt(row['min_cosine'], '.5f')} | "
                      f"{row['check'] or '-'} | " + " | ".join(accuracy + speed) + " |")

@@ -114,7 +114,7 @@ class Task(Hook):
         self.dataset = build_train_dataset(cfg.data, transform=keep_uint8)
         if cfg.data.unlabelled:
             self.dataset = self.add_unlabelled(self.dataset)
-        self.dataset_fingerprint = self.dataset.fingerprint()    # stats every file: once, not per checkpoint
+        self.dataset_fingerprint = self.dataset.fingerprint()    # reads every file: once, not per checkpoint
         self.backbone = build_model(cfg.model)
         self.prepare_teacher(trainer)
         self.criterion = build_losses(cfg.losses, **self.loss_context())
