@@ -22,6 +22,7 @@ from typing import Dict
 
 import numpy as np
 
+from facekd.embedding_math import l2_normalize
 from facekd.evaluation import evaluate, extract_embeddings, pair_embeddings
 from facekd.evaluation.runner import ValSpec, build_pair_sets
 from facekd.export.runtime import OnnxEmbedder
@@ -30,7 +31,7 @@ from facekd.export.runtime import OnnxEmbedder
 def turned(embeddings: np.ndarray, cosines: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Unit ``embeddings`` ``[N, D]`` each turned by ``arccos(cosines[i])`` in a random direction
     orthogonal to it: the result has exactly cosine ``cosines[i]`` to row ``i``."""
-    unit = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
+    unit = l2_normalize(embeddings, dtype=np.float64)
     direction = rng.standard_normal(unit.shape)
     direction -= np.sum(direction * unit, axis=1, keepdims=True) * unit
     direction /= np.linalg.norm(direction, axis=1, keepdims=True)
@@ -44,8 +45,7 @@ def noise_report(fp32: np.ndarray, int8: np.ndarray, issame: np.ndarray, pairs: 
     reference = evaluate(pair_embeddings(pairs, fp32), issame)
     quantised = evaluate(pair_embeddings(pairs, int8), issame)
     at_fp32 = reference.decide(quantised.distances)
-    unit = lambda e: e / np.linalg.norm(e, axis=1, keepdims=True)   # noqa: E731
-    cosines = np.sum(unit(fp32) * unit(int8), axis=1)
+    cosines = np.sum(l2_normalize(fp32, dtype=np.float64) * l2_normalize(int8, dtype=np.float64), axis=1)
     rng = np.random.default_rng(seed)
     changes = np.array([evaluate(pair_embeddings(pairs, turned(fp32, cosines, rng)), issame).accuracy_mean
                         for _ in range(draws)]) - reference.accuracy_mean
