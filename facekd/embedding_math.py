@@ -16,6 +16,6 @@ def l2_normalize(embeddings: np.ndarray, eps: float = 1e-12, dtype: type = np.fl
     return embeddings / np.maximum(np.linalg.norm(embeddings, axis=-1, keepdims=True), eps)
 
 
-def row_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Cosine similarity of corresponding rows of ``a`` and ``b`` (``[N]``), in float32."""
-    return np.sum(l2_normalize(a) * l2_normalize(b), axis=-1)
+def row_cosine(a: np.ndarray, b: np.ndarray, dtype: type = np.float32) -> np.ndarray:
+    """Cosine similarity of corresponding rows of ``a`` and ``b`` (``[N]``), computed in ``dtype``."""
+    return np.sum(l2_normalize(a, dtype=dtype) * l2_normalize(b, dtype=dtype), axis=-1)

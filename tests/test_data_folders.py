@@ -12,6 +12,7 @@ import pytest
 from facekd.data import (TRAIN_SOURCES, FolderDataset, SyntheticFaceGenerator, SyntheticFaces, build_train_dataset,
                          load_class_map, write_image)
 from facekd.errors import ConfigError, DataError
+from facekd.data.folders import images_under
 
 
 @pytest.fixture()
@@ -85,6 +86,28 @@ def test_corrupt_image_is_skipped_and_counted(tree, caplog):
     (tree / "carol" / "x.png").write_bytes(b"broken")
     with pytest.raises(DataError, match="no readable image is left for identity 'carol'"):
         FolderDataset(tree, skip_bad_images=True)[5]
+
+
+def test_fingerprint_reads_each_file_once_per_dataset(tree, monkeypatch):
+    import facekd.data.folders as folders
+
+    stamped = []
+    real_stamp = folders.file_stamp
+    monkeypatch.setattr(folders, "file_stamp", lambda path, root=None: stamped.append(path) or real_stamp(path, root))
+    dataset = FolderDataset(tree)
+    first = dataset.fingerprint()
+    assert dataset.fingerprint() == first and len(stamped) == len(dataset)     # the second call reads nothing
+    assert FolderDataset(tree).fingerprint() == first and len(stamped) == 2 * len(dataset)
+
+
+def test_images_under_enters_linked_folders_only_when_asked(tmp_path):
+    write_image(tmp_path / "real" / "x.png", SyntheticFaceGenerator(0)(0, 0))
+    write_image(tmp_path / "id" / "a.png", SyntheticFaceGenerator(0)(0, 1))
+    (tmp_path / "id" / "linked").symlink_to(tmp_path / "real")
+    (tmp_path / "id" / "again").symlink_to(tmp_path / "real")
+    assert images_under(tmp_path / "id") == [tmp_path / "id" / "a.png"]
+    assert images_under(tmp_path / "id", follow_links=True) == [tmp_path / "id" / "a.png",
+                                                                 tmp_path / "id" / "again" / "x.png"]
 
 
 def test_fingerprint_tracks_the_files(tree, tmp_path):

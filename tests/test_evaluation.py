@@ -149,6 +149,10 @@ def test_decisions_at_another_models_thresholds():
     assert result.accuracy_of(expected) == pytest.approx(np.mean(per_fold))
     with pytest.raises(ValueError, match="distances for"):
         result.decide(shifted[:-1])
+    accuracy, changed = result.at_these_thresholds(shifted)
+    assert accuracy == pytest.approx(np.mean(per_fold))
+    assert changed == int(np.sum(expected != result.predicted_same)) > 0
+    assert result.at_these_thresholds(result.distances) == (pytest.approx(result.accuracy_mean), 0)
 
 
 def test_bad_protocol_input():

@@ -60,6 +60,7 @@ class FaceDataset(torch.utils.data.Dataset):
         self.skip_bad_images = bool(skip_bad_images)
         self.bad_images: Dict[int, str] = {}
         self._members: Optional[Dict[int, np.ndarray]] = None
+        self._fingerprinted: Optional[List[str]] = None     # _fingerprint_parts(), once per object
 
     # -- to implement -------------------------------------------------------------------
     def _load(self, index: int) -> np.ndarray:
@@ -132,10 +133,16 @@ class FaceDataset(torch.utils.data.Dataset):
             LOG.warning("skipping bad image %s (%d bad so far)", error, len(self.bad_images))
 
     def fingerprint(self) -> str:
-        """A hex digest that changes when the data (files, sizes, labels) changes."""
+        """A hex digest that changes when the data (files, sizes, labels) changes.
+
+        The data's part (:meth:`_fingerprint_parts`: a folder dataset reads every file for it) is
+        computed on the first call and kept: a run asks once for its checkpoints and once per
+        teacher cache."""
+        if self._fingerprinted is None:
+            self._fingerprinted = list(self._fingerprint_parts())
         digest = hashlib.sha256()
         digest.update(f"{type(self).__name__}|{self.input_size}|{self.fit_mode}".encode())
-        for part in self._fingerprint_parts():
+        for part in self._fingerprinted:
             digest.update(part.encode())
             digest.update(b"\0")
         digest.update(np.ascontiguousarray(self.labels, dtype=np.int64).tobytes())

@@ -16,10 +16,19 @@ from facekd.errors import DataError
 LOG = logging.getLogger(__name__)
 
 
-def images_under(folder: Path) -> List[Path]:
-    """Image files below `folder`, in sorted walk order."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(folder):
+def images_under(folder: Path, follow_links: bool = False) -> List[Path]:
+    """Image files below `folder`, in sorted walk order.
+
+    With ``follow_links`` linked folders below it are entered too (a tree of links to identity
+    folders), each real folder once: a folder linked twice is listed once, a link loop ends."""
+    found: List[Path] = []
+    entered = set()
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=follow_links):
+        real = os.path.realpath(dirpath)
+        if real in entered:
+            dirnames[:] = []
+            continue
+        entered.add(real)
         dirnames.sort()
         found.extend(Path(dirpath) / name for name in sorted(filenames) if is_image_file(name))
     return found

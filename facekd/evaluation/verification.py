@@ -141,6 +141,12 @@ class VerificationResult:
         correct = np.asarray(predicted_same) == self.issame
         return float(np.mean([correct[self.fold == k].mean() for k in range(self.nrof_folds)]))
 
+    def at_these_thresholds(self, distances: np.ndarray) -> Tuple[float, int]:
+        """Other ``distances`` of the same pairs judged at this result's thresholds: their
+        accuracy (:meth:`accuracy_of`) and how many decisions differ from this result's own."""
+        predicted = self.decide(distances)
+        return self.accuracy_of(predicted), int(np.sum(predicted != self.predicted_same))
+
     def hardest_errors(self, k: int = 4) -> Tuple[np.ndarray, np.ndarray]:
         """Indices of the ``k`` worst false accepts and false rejects.
 

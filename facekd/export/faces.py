@@ -33,32 +33,19 @@ def synthetic_faces(count: int, seed: int = 0, images_per_identity: int = 4,
                      for i in range(count)])
 
 
-def _files_following_links(root: Path) -> List[Path]:
-    """Every file below ``root``, following folder links (a tree of links to identity folders, as
-    bench/cpu_scale_experiment.sh builds) but entering each real folder once (no link loops)."""
-    seen, files = set(), []
-    for folder, dirs, names in os.walk(root, followlinks=True):
-        real = os.path.realpath(folder)
-        if real in seen:
-            dirs[:] = []
-            continue
-        seen.add(real)
-        files += [Path(folder) / name for name in names if os.path.isfile(os.path.join(folder, name))]
-    return files
-
-
 def faces_from_dir(root: PathLike, count: Optional[int] = None, aligner: Any = None) -> np.ndarray:
     """Up to ``count`` aligned faces from the images under ``root`` (sorted, recursive).
 
     112x112 images are used as they are; others are aligned with MTCNN (``aligner``, a
     :class:`facekd.data.align.FaceAligner`, created when needed).
     """
-    from facekd.data.image_io import is_image_file, read_image
+    from facekd.data.folders import images_under
+    from facekd.data.image_io import read_image
 
     root = Path(root)
     if not root.is_dir():
         raise DataError(root, "face directory not found")
-    paths = sorted(p for p in _files_following_links(root) if is_image_file(p))
+    paths = sorted(p for p in images_under(root, follow_links=True) if p.is_file())
     faces: List[np.ndarray] = []
     for path in paths:
         if count is not None and len(faces) >= count:

@@ -330,10 +330,9 @@ def compare_verification(fp32: OnnxEmbedder, int8: OnnxEmbedder, pair_set: Any,
         metrics[f"{precision}_threshold"] = threshold_from_result(flips[precision], pair_set).threshold
     metrics["drop"] = metrics["fp32_accuracy"] - metrics["int8_accuracy"]
     metrics["flip_drop"] = metrics["fp32_flip_accuracy"] - metrics["int8_flip_accuracy"]
-    int8_at_fp32 = flips["fp32"].decide(flips["int8"].distances)
-    metrics["int8_flip_accuracy_at_fp32_thresholds"] = flips["fp32"].accuracy_of(int8_at_fp32)
-    metrics["decisions_changed"] = int(np.sum(int8_at_fp32 != flips["fp32"].predicted_same))
-    metrics["pairs"] = int(len(int8_at_fp32))
+    metrics["int8_flip_accuracy_at_fp32_thresholds"], metrics["decisions_changed"] = \
+        flips["fp32"].at_these_thresholds(flips["int8"].distances)
+    metrics["pairs"] = int(len(flips["fp32"].issame))
     return metrics
 
 
