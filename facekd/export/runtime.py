@@ -70,7 +70,8 @@ class OnnxEmbedder:
 
     Args:
         path: the ``.onnx`` file (exported by :func:`facekd.export.export_onnx`; other
-            single-input face models work when their input is float NCHW).
+            single-input face models work when their input is float NCHW; files as shipped
+            are repaired in memory or refused by :mod:`facekd.export.onnx_graph`).
         threads: onnxruntime intra-op threads (default: onnxruntime's choice).
         providers: onnxruntime execution providers (default: CPU).
         batch_size: largest chunk run at once (``None``: the whole batch).
@@ -87,22 +88,16 @@ class OnnxEmbedder:
     def __init__(self, path: PathLike, threads: Optional[int] = None,
                  providers: Optional[Sequence[str]] = None, batch_size: Optional[int] = None,
                  resize: bool = False) -> None:
-        import onnxruntime as ort
+        from facekd.export.onnx_graph import open_embedder
 
         self.path = os.fspath(path)
         proto = load_onnx_proto(self.path, load_weights=False)
         self.metadata = ExportMetadata.from_proto(proto, self.path)
         del proto
-        try:
-            self.session = ort.InferenceSession(self.path, sess_options=session_options(threads),
-                                                providers=list(providers or ["CPUExecutionProvider"]))
-        except Exception as error:  # onnxruntime's own exception types
-            raise DataError(self.path, f"onnxruntime cannot load the model ({error})") from None
-        inputs = self.session.get_inputs()
-        if len(inputs) != 1:
-            raise DataError(self.path, f"expected a model with one input, got {[i.name for i in inputs]}")
-        self.input = inputs[0]
-        self.output_name = self.session.get_outputs()[0].name
+        self.session = open_embedder(self.path, session_options(threads),
+                                     list(providers or ["CPUExecutionProvider"]))
+        self.input = self.session.input
+        self.output_name = self.session.output_name
         self.input_format = self._format_of_graph()
         self.input_size = self._size_of_graph()
         self.batch_size = batch_size
@@ -152,10 +147,7 @@ class OnnxEmbedder:
     def run(self, batch: np.ndarray) -> np.ndarray:
         """Raw ``float32 [N, D]`` embeddings of a batch in the graph's own input format."""
         batch = self.check_input(batch)
-        step = self.batch_size or len(batch)
-        outputs = [self.session.run([self.output_name], {self.input.name: batch[i:i + step]})[0]
-                   for i in range(0, len(batch), step)]
-        return np.concatenate(outputs).astype(np.float32, copy=False)
+        return self.session.run_batch(batch, self.batch_size)
 
     def __call__(self, batch: Any) -> np.ndarray:
         """Raw embeddings of a normalised float ``N x 3 x S x S`` batch (tensor or array)."""

@@ -13,24 +13,29 @@ import torch
 
 from facekd.errors import ConfigError
 from facekd.preprocess import denormalize_to_uint8
-from facekd.teachers import (dlib_teacher, dlib_torch, embeddings_teacher, onnx_teacher,  # noqa: F401 (register)
-                             torch_teacher)
+from facekd.teachers import (dlib_teacher, dlib_torch, embeddings_teacher, ensemble_teacher,  # noqa: F401 (register)
+                             onnx_teacher, torch_teacher)
 from facekd.teachers.base import TEACHERS, Teacher, file_digest, state_dict_digest
 from facekd.teachers.dlib_teacher import DLIB_BACKENDS, DLIB_FRAMING, DlibTeacher
 from facekd.teachers.dlib_torch import DlibTorchTeacher
 from facekd.teachers.embeddings_teacher import EmbeddingsTeacher, save_embeddings
+from facekd.teachers.ensemble_teacher import EnsembleTeacher
 from facekd.teachers.framing import DLIB_CHIP_150, TEMPLATES, Framing, framing_from_config
-from facekd.teachers.onnx_teacher import OnnxTeacher
+from facekd.teachers.onnx_teacher import OnnxTeacher, SFaceTeacher, sface_model_path
 from facekd.teachers.torch_teacher import FrozenTeacher, TorchTeacher, load_teacher
 
 __all__ = ["TEACHERS", "Teacher", "TorchTeacher", "OnnxTeacher", "DlibTeacher", "DlibTorchTeacher", "DLIB_BACKENDS",
-           "EmbeddingsTeacher", "FrozenTeacher", "Framing", "TEMPLATES", "DLIB_CHIP_150", "DLIB_FRAMING", "TeacherEmbedder",
+           "EmbeddingsTeacher", "EnsembleTeacher", "FrozenTeacher", "Framing", "TEMPLATES", "DLIB_CHIP_150", "DLIB_FRAMING", "TeacherEmbedder", "SFaceTeacher",
+           "sface_model_path", "PACKAGED_KINDS",
            "build_teacher", "load_teacher", "framing_from_config", "save_embeddings", "file_digest",
            "state_dict_digest"]
 
+#: teacher kinds that find their model in an installed package when no path is given
+PACKAGED_KINDS = ("dlib", "sface", "ensemble")
+
 
 def build_teacher(teacher_cfg: Any, device: torch.device = torch.device("cpu"), amp: str = "none") -> Teacher:
-    """The teacher of a ``TeacherConfig`` (``kind``: ``torch``, ``onnx``, ``dlib``, ``embeddings``)."""
+    """The teacher of a ``TeacherConfig`` (``kind``: a :data:`TEACHERS` name)."""
     kind = getattr(teacher_cfg, "kind", "torch")
     if kind not in TEACHERS:
         raise ConfigError(f"teacher.kind {kind!r} is unknown; known: {sorted(TEACHERS)}")

@@ -168,3 +168,23 @@ def existing_file(path: Optional[PathLike], what: str) -> str:
     if not os.path.isfile(path):
         raise DataError(path, f"{what} not found")
     return os.fspath(path)
+
+
+def packaged_file(package: str, relative: str, kind: str, install_hint: str) -> str:
+    """The file ``relative`` inside the installed ``package``, found without importing it.
+
+    Raises :class:`~facekd.errors.ConfigError` saying how to install the package when it is
+    missing, :class:`~facekd.errors.DataError` naming the path when the file is.
+    """
+    import importlib.util
+
+    from facekd.errors import ConfigError, DataError
+
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(f"teacher.kind={kind}: no teacher.path given and {package} is not installed: "
+                          f"{install_hint}")
+    path = os.path.join(list(spec.submodule_search_locations)[0], *relative.split("/"))
+    if not os.path.isfile(path):
+        raise DataError(path, f"the {kind} model file is missing from the installed {package} package")
+    return path

@@ -16,7 +16,6 @@ its own copy of the model (started once, with ``spawn``, on the first large batc
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
@@ -28,7 +27,7 @@ import torch
 from facekd.errors import ConfigError, DataError
 from facekd.evaluation.embed import thread_budget
 from facekd.registry import Registry
-from facekd.teachers.base import TEACHERS, Teacher, existing_file, file_digest
+from facekd.teachers.base import TEACHERS, Teacher, existing_file, file_digest, packaged_file
 from facekd.teachers.framing import Framing, framing_from_config
 
 MODEL_FILE = "dlib_face_recognition_resnet_model_v1.dat"
@@ -48,14 +47,7 @@ def import_dlib():
 def default_model_path() -> str:
     """dlib's face model inside the installed ``face_recognition_models`` package (not imported:
     its ``__init__`` needs setuptools' ``pkg_resources``)."""
-    spec = importlib.util.find_spec("face_recognition_models")
-    if spec is None or not spec.submodule_search_locations:
-        raise ConfigError(f"teacher.kind=dlib: no teacher.path given and face-recognition-models is not "
-                          f"installed: {INSTALL_HINT}")
-    path = os.path.join(list(spec.submodule_search_locations)[0], "models", MODEL_FILE)
-    if not os.path.isfile(path):
-        raise DataError(path, "dlib's face model is missing from the face_recognition_models package")
-    return path
+    return packaged_file("face_recognition_models", f"models/{MODEL_FILE}", "dlib", INSTALL_HINT)
 
 
 #: a batch is split over worker processes only when each gets at least this many chips

