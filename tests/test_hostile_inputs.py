@@ -229,7 +229,7 @@ CASES = [
          ["not a readable results JSON"]),
     Case("onnx_not_a_face_model", "ONNX model with a 2-d input (not an image model)",
          ["verify", "{root}/not_a_face.onnx", "{root}/face.jpg", "{root}/face.jpg", "--aligned"],
-         "{root}/not_a_face.onnx", ["expected a 4-d image input"]),
+         "{root}/not_a_face.onnx", ["not a face embedder: expected an image input"]),
     Case("checkpoint_other_arch", "IResNet-18 state dict exported as MobileFaceNet",
          ["export", "{root}/r18_backbone.pth", "--arch", "mobilefacenet", "--out", "{root}/never.onnx"],
          "{root}/r18_backbone.pth", ["missing key", "unexpected key"]),

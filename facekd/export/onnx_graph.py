@@ -220,7 +220,13 @@ def open_embedder(path: str, options: Any, providers: Sequence[str]) -> "Embedde
     """An :class:`EmbedderSession` of the face embedder in ``path``, repaired in memory."""
     from facekd.export.protos import load_onnx_proto
 
-    prepared = repair_graph(path, load_onnx_proto(path, load_weights=True))
+    proto = load_onnx_proto(path, load_weights=True)
+    try:
+        prepared = repair_graph(path, proto)
+    except DataError:
+        raise
+    except Exception as error:  # a malformed graph: onnx / numpy errors while reading its constants
+        raise DataError(path, f"malformed ONNX graph ({type(error).__name__}: {error})") from None
     model = prepared.model
     input_shape = _shape_of(model.graph.input[0])
     dtype = np.dtype(IMAGE_INPUT_TYPES[model.graph.input[0].type.tensor_type.elem_type])
