@@ -21,8 +21,11 @@ Where the teacher's outputs come from (``teacher.targets``, :mod:`facekd.trainin
 * margin-free logits (Hinton KD): the teacher checkpoint's margin head applied to the
   target embedding (one matrix product) when it covers the run's identities, else the
   class-centre logits of :class:`~facekd.teachers.base.ClassCentreHead`;
-* feature maps (a loss with ``needs_feature_maps``): the teacher runs online on the clean
-  view of each batch (``forward_features``), and then provides the embedding too.
+* feature maps (a loss that reads ``teacher_feature_map``): the teacher runs online on the
+  clean view of each batch (``forward_features``), and then provides the embedding too.
+
+What the losses read is their own declaration (:attr:`facekd.losses.Loss.reads`, the union
+:attr:`~facekd.losses.WeightedLoss.reads`); the task fills exactly those fields.
 
 Whatever is fitted on the teacher's statistics of the training set (``teacher.center``,
 class centres, neuron selection) comes from the clean cache, built when needed.
@@ -39,6 +42,7 @@ from torch import nn
 
 from facekd.config import ExperimentConfig, to_dict
 from facekd.errors import CheckpointError, ConfigError
+from facekd.losses.base import TEACHER_FIELDS
 from facekd.preprocess import InputResize
 from facekd.registry import Registry
 from facekd.teachers import FrozenTeacher, Teacher, build_teacher, load_teacher  # noqa: F401 (re-exported)
@@ -50,11 +54,6 @@ LOG = logging.getLogger(__name__)
 
 #: name -> task class taking ``cfg``
 TASKS = Registry("task")
-
-
-def loss_flag(criterion: nn.Module, flag: str) -> bool:
-    """``criterion.<flag>`` of a ``WeightedLoss`` (``needs_teacher``, ``needs_feature_maps``, ...)."""
-    return bool(getattr(criterion, flag, False))
 
 
 def loss_params(spec: Dict[str, Any]) -> Dict[str, Any]:
@@ -119,7 +118,7 @@ class Task(Hook):
         self.prepare_teacher(trainer)
         self.criterion = build_losses(cfg.losses, **self.loss_context())
         self.check_losses()
-        self.module = TrainModule(self.backbone, self.criterion, loss_flag(self.criterion, "needs_feature_maps"))
+        self.module = TrainModule(self.backbone, self.criterion, "student_feature_map" in self.criterion.reads)
         self.train_set = self.build_view()
 
     def add_unlabelled(self, dataset: Any) -> Any:
@@ -137,9 +136,10 @@ class Task(Hook):
 
     def check_losses(self) -> None:
         """Refuse loss combinations the task cannot feed."""
-        if loss_flag(self.criterion, "needs_feature_maps") and not hasattr(self.backbone, "forward_features"):
-            raise ConfigError(f"model {self.cfg.model.name!r} has no forward_features; "
-                              "feature-map distillation is not available for it")
+        readers = self.criterion.readers("student_feature_map")
+        if readers and not hasattr(self.backbone, "forward_features"):
+            raise ConfigError(f"model {self.cfg.model.name!r} has no forward_features; losses {readers} read "
+                              "its feature maps (feature-map distillation is not available for it)")
 
     def build_view(self, teacher_images: bool = False, views: int = 0) -> TrainView:
         """The :class:`TrainView` of the dataset: flipped, augmented per ``cfg.augment``, degraded
@@ -250,11 +250,10 @@ class TeacherTask(Task):
 
     def check_losses(self) -> None:
         super().check_losses()
-        for flag in ("needs_teacher", "needs_teacher_logits"):
-            if loss_flag(self.criterion, flag):
-                names = [s.get("name") for s in self.cfg.losses]
-                raise ConfigError(f"train-teacher: losses {names} include one that needs a teacher; "
-                                  "use train-student for distillation")
+        readers = [key for key, term in self.criterion.terms.items() if term.reads & TEACHER_FIELDS]
+        if readers:
+            raise ConfigError(f"train-teacher: losses {readers} read the teacher's outputs (each needs a teacher); "
+                              "use train-student for distillation")
 
 
 @TASKS.register("student")
@@ -289,16 +288,11 @@ class StudentTask(Task):
                  combined.labelled_count)
         return combined
 
-    def _loss_class_flag(self, flag: str) -> bool:
-        from facekd.losses import LOSSES
-
-        return any(getattr(LOSSES.get(spec["name"]), flag, False)
-                   for spec in self.cfg.losses if spec.get("name") in LOSSES)
-
     def prepare_teacher(self, trainer: Any) -> None:
         """Load the teacher when a configured loss reads teacher outputs (or the student starts from it)."""
-        needed = any(self._loss_class_flag(f) for f in ("needs_teacher", "needs_teacher_logits", "needs_feature_maps"))
-        if needed or self.cfg.init_from == "teacher":
+        from facekd.losses import declared_reads
+
+        if declared_reads(self.cfg.losses) & TEACHER_FIELDS or self.cfg.init_from == "teacher":
             if self.cfg.teacher is None:
                 raise ConfigError("the losses (or init_from: teacher) need a teacher but the config has no "
                                   "teacher: section")
@@ -336,7 +330,7 @@ class StudentTask(Task):
         from facekd.training.teaching import targets_name
 
         return self.teacher is not None and targets_name(
-            self.cfg.teacher, loss_flag(self.criterion, "needs_feature_maps")) == "online"
+            self.cfg.teacher, "teacher_feature_map" in self.criterion.reads) == "online"
 
     @property
     def needs_statistics(self) -> bool:
@@ -344,7 +338,7 @@ class StudentTask(Task):
         class-centre logits, neuron selection): the clean cache is built for it."""
         return self.teacher is not None and bool(
             self.cfg.teacher.center or self.statistics_terms()
-            or (loss_flag(self.criterion, "needs_teacher_logits") and not self.teacher_head_fits))
+            or ("teacher_logits" in self.criterion.reads and not self.teacher_head_fits))
 
     @property
     def teacher_head_fits(self) -> bool:
@@ -354,11 +348,16 @@ class StudentTask(Task):
 
     def check_losses(self) -> None:
         super().check_losses()
-        if loss_flag(self.criterion, "needs_student_logits") and self.criterion.margin_head is None:
-            raise ConfigError("hinton_kd needs the student's own margin head: add arcface or cosface to losses")
-        if self.teacher is not None and loss_flag(self.criterion, "needs_feature_maps") \
-                and not hasattr(self.teacher.backbone, "forward_features"):
-            raise ConfigError("feature-map distillation needs a torch teacher with forward_features")
+        from facekd.losses import margin_head_names
+
+        readers = self.criterion.readers("student_logits")
+        if readers and self.criterion.margin_head is None:
+            raise ConfigError(f"losses {readers} read the student's logits, which come from its own margin head: "
+                              f"add one of {margin_head_names()} to losses")
+        readers = self.criterion.readers("teacher_feature_map")
+        if self.teacher is not None and readers and not hasattr(self.teacher.backbone, "forward_features"):
+            raise ConfigError(f"losses {readers} read the teacher's feature maps: they need a torch teacher "
+                              "with forward_features")
 
     def build(self, trainer: Any) -> None:
         super().build(trainer)
@@ -367,12 +366,11 @@ class StudentTask(Task):
 
     def build_view(self, teacher_images: bool = False, views: int = 0) -> TrainView:
         """The training view the teacher's targets need (``teacher_image``, fixed views)."""
-        if self.teacher is None or not loss_flag(self.criterion, "needs_teacher") \
-                and not loss_flag(self.criterion, "needs_teacher_logits"):
+        if self.teacher is None or not self.criterion.reads & TEACHER_FIELDS:
             return super().build_view(teacher_images, views)
         from facekd.training.teaching import TEACHING, targets_name
 
-        self.targets = TEACHING.build(targets_name(self.cfg.teacher, loss_flag(self.criterion, "needs_feature_maps")),
+        self.targets = TEACHING.build(targets_name(self.cfg.teacher, "teacher_feature_map" in self.criterion.reads),
                                       task=self)
         LOG.info("teacher targets: %s", self.targets.name)
         return super().build_view(teacher_images or self.targets.teacher_images, views or self.targets.views)
@@ -408,7 +406,7 @@ class StudentTask(Task):
             self.cache = load_cache(self, trainer)
             clean = self.center_statistics(self.cache.embeddings[:, 0].float())
             labelled = clean[:self.labelled_count]
-            if loss_flag(self.criterion, "needs_teacher_logits") and not self.teacher_head_fits:
+            if "teacher_logits" in self.criterion.reads and not self.teacher_head_fits:
                 self.teacher.head = self.class_centre_head(labelled)
             for term in self.statistics_terms():
                 term.fit_selection(labelled.to(self.device), self.train_labels)
@@ -445,30 +443,34 @@ class StudentTask(Task):
 
     def statistics_terms(self) -> list:
         """Loss terms fitted once on the teacher's embeddings of the training set (neuron selection)."""
-        return [t for t in self.criterion.terms.values() if getattr(t, "needs_teacher_statistics", False)]
+        return [t for t in self.criterion.terms.values() if t.needs_teacher_statistics]
 
     def class_centre_head(self, clean_embeddings: torch.Tensor) -> nn.Module:
         """Hinton KD's teacher logits for a head-less teacher: scaled cosine to the identities' centres."""
         scale = self.cfg.teacher.class_centre_scale or self.criterion.margin_head.scale
-        LOG.info("hinton_kd: teacher logits = %.1f * cos(teacher embedding, centre of its identity's teacher "
-                 "embeddings) over %d identities", scale, self.dataset.num_classes)
+        LOG.info("teacher logits of %s = %.1f * cos(teacher embedding, centre of its identity's teacher "
+                 "embeddings) over %d identities", self.criterion.readers("teacher_logits"), scale,
+                 self.dataset.num_classes)
         centres = class_centres(clean_embeddings, self.train_labels, self.dataset.num_classes)
         return ClassCentreHead(centres, scale).to(self.device)
 
     def teacher_outputs(self, batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
-        if self.teacher is None:
+        """The teacher's :class:`~facekd.losses.LossInputs` fields the losses read, no others."""
+        reads = self.criterion.reads
+        if self.teacher is None or not reads & TEACHER_FIELDS:
             return {}
         out: Dict[str, torch.Tensor] = {}
         with torch.no_grad():
-            if self.teacher_online and loss_flag(self.criterion, "needs_feature_maps"):
+            if self.teacher_online and "teacher_feature_map" in reads:
                 images = self.teacher.input_batch(batch["teacher_image"])
                 out["teacher_feature_map"], embedding = self.teacher.backbone.forward_features(images)
             else:
                 embedding = self.targets.embeddings(batch)
-            out["teacher_embedding"] = self.centred(embedding)
-            if self.teacher.head is not None and loss_flag(self.criterion, "needs_teacher_logits"):
+            centred = self.centred(embedding)
+            if "teacher_embedding" in reads:
+                out["teacher_embedding"] = centred
+            if self.teacher.head is not None and "teacher_logits" in reads:
                 # the teacher's own margin head reads its raw embedding; class centres were fitted centred
                 centre_head = isinstance(self.teacher.head, ClassCentreHead)
-                out["teacher_logits"] = self.teacher.head.logits(
-                    (out["teacher_embedding"] if centre_head else embedding).float())
+                out["teacher_logits"] = self.teacher.head.logits((centred if centre_head else embedding).float())
         return out
