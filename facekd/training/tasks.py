@@ -1,8 +1,9 @@
 """Training tasks: what is trained and how a step's loss is computed.
 
-A task is a :class:`~facekd.training.trainer.Hook` that the :class:`~facekd.training.trainer.Trainer`
-builds (``build``) and asks for the loss of each batch (``compute_loss``).  Both tasks train a
-backbone with the weighted losses of ``cfg.losses`` (:func:`facekd.losses.build_losses`):
+A task fulfils the :class:`~facekd.training.task.Task` contract: the
+:class:`~facekd.training.trainer.Trainer` builds it (``build``) and asks for the loss of each
+batch (``compute_loss``).  Both tasks (:class:`BackboneTask`) train a backbone with the weighted
+losses of ``cfg.losses`` (:func:`facekd.losses.build_losses`):
 
 * :class:`TeacherTask` (``facekd train-teacher``) — a backbone + margin head
   (``arcface``/``cosface``, s=64, m=0.5 by default); losses that need a teacher are refused.
@@ -35,7 +36,7 @@ batch; only the distillation losses see them.
 from __future__ import annotations
 
 import logging
-from typing import Any, Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -45,10 +46,13 @@ from facekd.errors import CheckpointError, ConfigError
 from facekd.losses.base import TEACHER_FIELDS
 from facekd.preprocess import InputResize
 from facekd.registry import Registry
-from facekd.teachers import FrozenTeacher, Teacher, build_teacher, load_teacher  # noqa: F401 (re-exported)
+from facekd.teachers import Teacher, build_teacher
 from facekd.teachers.base import ClassCentreHead, class_centres
 from facekd.training.data import TrainView, batch_to_input, keep_uint8
-from facekd.training.hooks import Hook
+from facekd.training.task import StepBatch, Task
+
+if TYPE_CHECKING:  # annotations only
+    from facekd.training.trainer import Trainer
 
 LOG = logging.getLogger(__name__)
 
@@ -87,7 +91,7 @@ class TrainModule(nn.Module):
                                          student_feature_map=feature_map, **teacher))
 
 
-class Task(Hook):
+class BackboneTask(Task):
     """Common part of the tasks: data, backbone, losses, verification, checkpoint state.
 
     After :meth:`build`: ``dataset`` (the :class:`~facekd.data.FaceDataset`), ``train_set``
@@ -102,7 +106,7 @@ class Task(Hook):
         self.device = torch.device("cpu")
 
     # ------------------------------------------------------------------ building
-    def build(self, trainer: Any) -> None:
+    def build(self, trainer: "Trainer") -> None:
         """Build dataset, backbone and losses (called once by the trainer)."""
         from facekd.data import build_train_dataset
         from facekd.losses import build_losses
@@ -131,7 +135,7 @@ class Task(Hook):
         return {"num_classes": self.dataset.num_classes, "embedding_size": self.cfg.model.embedding_size,
                 "student_channels": getattr(self.backbone, "feature_channels", None)}
 
-    def prepare_teacher(self, trainer: Any) -> None:
+    def prepare_teacher(self, trainer: "Trainer") -> None:
         """Load whatever the losses need besides the backbone (nothing for a teacher run)."""
 
     def check_losses(self) -> None:
@@ -187,20 +191,25 @@ class Task(Hook):
         self.train_set.set_epoch(epoch)
 
     # ------------------------------------------------------------------ a step
-    def teacher_outputs(self, batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
+    def prepare_batch(self, batch: Dict[str, Any]) -> StepBatch:
+        """Images normalised on the device, labels, and the labelled rows (host tensor: no device sync)."""
+        images = batch_to_input(batch["image"], self.cfg.model.input_size, self.device, self.cfg.train.channels_last)
+        labelled_rows = int((batch["label"] >= 0).sum())
+        labels = batch["label"].to(self.device, non_blocking=True)
+        return StepBatch(images, labels, None if labelled_rows == len(batch["label"]) else labelled_rows)
+
+    def teacher_outputs(self, batch: Dict[str, Any], target: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
         """``LossInputs`` fields coming from the teacher (none for a teacher run)."""
         return {}
 
-    def compute_loss(self, trainer: Any, batch: Dict[str, Any]) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+    def compute_loss(self, trainer: "Trainer", batch: Dict[str, Any]) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         """``(total, terms)`` of ``batch`` through the (possibly DDP-wrapped) :class:`TrainModule`."""
-        images = batch_to_input(batch["image"], self.cfg.model.input_size, self.device, self.cfg.train.channels_last)
-        labelled_rows = int((batch["label"] >= 0).sum())          # host tensor: no device sync
-        labels = batch["label"].to(self.device, non_blocking=True)
-        extra = {} if labelled_rows == len(batch["label"]) else {"labelled_rows": labelled_rows}
-        return trainer.model(images, labels, **extra, **self.teacher_outputs(batch))
+        step = self.prepare_batch(batch)
+        extra = {} if step.labelled_rows is None else {"labelled_rows": step.labelled_rows}
+        return trainer.model(step.images, step.labels, **extra, **self.teacher_outputs(batch, step.teacher_target))
 
     # ------------------------------------------------------------------ verification
-    def verify(self, trainer: Any, pair_sets: list) -> Dict[str, Any]:
+    def verify(self, trainer: "Trainer", pair_sets: Sequence[Any]) -> Dict[str, Any]:
         """10-fold verification (flip-summed embeddings) of the backbone on each pair set."""
         from facekd.evaluation.embed import TorchEmbedder, extract_embeddings
         from facekd.evaluation.verification import evaluate, pair_embeddings
@@ -243,7 +252,7 @@ class Task(Hook):
 
 
 @TASKS.register("teacher")
-class TeacherTask(Task):
+class TeacherTask(BackboneTask):
     """Backbone + margin head (``facekd train-teacher``)."""
 
     name = "teacher"
@@ -257,7 +266,7 @@ class TeacherTask(Task):
 
 
 @TASKS.register("student")
-class StudentTask(Task):
+class StudentTask(BackboneTask):
     """A student distilled from a frozen teacher (``facekd train-student``).
 
     The teacher is any :mod:`facekd.teachers` source (``teacher.kind``).  Losses that need
@@ -288,7 +297,7 @@ class StudentTask(Task):
                  combined.labelled_count)
         return combined
 
-    def prepare_teacher(self, trainer: Any) -> None:
+    def prepare_teacher(self, trainer: "Trainer") -> None:
         """Load the teacher when a configured loss reads teacher outputs (or the student starts from it)."""
         from facekd.losses import declared_reads
 
@@ -359,7 +368,7 @@ class StudentTask(Task):
             raise ConfigError(f"losses {readers} read the teacher's feature maps: they need a torch teacher "
                               "with forward_features")
 
-    def build(self, trainer: Any) -> None:
+    def build(self, trainer: "Trainer") -> None:
         super().build(trainer)
         if self.cfg.init_from == "teacher":
             self.init_head_from_teacher()
@@ -395,7 +404,7 @@ class StudentTask(Task):
             head.weight.copy_(source.weight.to(head.weight.device))
         LOG.info("student's %s head initialised from the teacher's class centres", head.loss_name)
 
-    def on_train_start(self, trainer: Any) -> None:
+    def on_train_start(self, trainer: "Trainer") -> None:
         """Build the teacher's targets (:mod:`facekd.training.teaching`) and, when something is
         fitted on the teacher's statistics, the clean cache it is fitted on."""
         if self.targets is None:
@@ -454,8 +463,17 @@ class StudentTask(Task):
         centres = class_centres(clean_embeddings, self.train_labels, self.dataset.num_classes)
         return ClassCentreHead(centres, scale).to(self.device)
 
-    def teacher_outputs(self, batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
-        """The teacher's :class:`~facekd.losses.LossInputs` fields the losses read, no others."""
+    def prepare_batch(self, batch: Dict[str, Any]) -> StepBatch:
+        """The base task's step inputs plus the teacher's cached targets of the batch (when the
+        targets come from a cache; online targets are computed in the step)."""
+        step = super().prepare_batch(batch)
+        if self.targets is not None and not self.targets.teacher_images:
+            step.teacher_target = self.targets.embeddings(batch)
+        return step
+
+    def teacher_outputs(self, batch: Dict[str, Any], target: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+        """The teacher's :class:`~facekd.losses.LossInputs` fields the losses read, no others
+        (``target``: the batch's raw teacher embeddings when :meth:`prepare_batch` looked them up)."""
         reads = self.criterion.reads
         if self.teacher is None or not reads & TEACHER_FIELDS:
             return {}
@@ -465,7 +483,7 @@ class StudentTask(Task):
                 images = self.teacher.input_batch(batch["teacher_image"])
                 out["teacher_feature_map"], embedding = self.teacher.backbone.forward_features(images)
             else:
-                embedding = self.targets.embeddings(batch)
+                embedding = self.targets.embeddings(batch) if target is None else target
             centred = self.centred(embedding)
             if "teacher_embedding" in reads:
                 out["teacher_embedding"] = centred
