@@ -19,7 +19,7 @@ Where the teacher's outputs come from (``teacher.targets``, :mod:`facekd.trainin
 * embeddings: the clean cache (default; looked up by sample index and flip), a view cache of
   ``teacher.views`` fixed augmented views per face, or the teacher online on each batch's own
   view — the last two give the teacher exactly the student's (augmented, mixed) view;
-* margin-free logits (Hinton KD): the teacher checkpoint's margin head applied to the
+* margin-free logits (``teacher_logits``): the teacher checkpoint's margin head applied to the
   target embedding (one matrix product) when it covers the run's identities, else the
   class-centre logits of :class:`~facekd.teachers.base.ClassCentreHead`;
 * feature maps (a loss that reads ``teacher_feature_map``): the teacher runs online on the
@@ -31,7 +31,7 @@ What the losses read is their own declaration (:attr:`facekd.losses.Loss.reads`,
 Whatever is fitted on the teacher's statistics of the training set (``teacher.center``,
 class centres, neuron selection) comes from the clean cache, built when needed.
 ``data.unlabelled`` faces (label -1) follow the labelled ones in the dataset and in each
-batch; only the distillation losses see them.
+batch; only losses that do not read ``labels`` see them.
 """
 from __future__ import annotations
 
@@ -269,11 +269,12 @@ class TeacherTask(BackboneTask):
 class StudentTask(BackboneTask):
     """A student distilled from a frozen teacher (``facekd train-student``).
 
-    The teacher is any :mod:`facekd.teachers` source (``teacher.kind``).  Losses that need
-    only embeddings (triplet distillation, HR->LR, neuron selection) work with every source;
-    Hinton KD uses the teacher's margin head when it covers this run's identities, and
-    otherwise class-centre logits from the teacher's own embeddings of the training
-    identities (:class:`facekd.teachers.base.ClassCentreHead`).  ``init_from: teacher`` starts
+    The teacher is any :mod:`facekd.teachers` source (``teacher.kind``).  Losses that read
+    only ``teacher_embedding`` work with every source; ``teacher_logits`` come from the
+    teacher's margin head when it covers this run's identities, and otherwise are class-centre
+    logits from the teacher's own embeddings of the training identities
+    (:class:`facekd.teachers.base.ClassCentreHead`); ``teacher_feature_map`` needs a torch
+    teacher.  ``init_from: teacher`` starts
     the student from the teacher's weights (same architecture only; "transfer, then distil").
     """
 
