@@ -20,9 +20,12 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any, Dict, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Dict, Iterable, Optional
 
 from facekd.errors import ConfigError, DataError
+
+if TYPE_CHECKING:  # annotations only
+    from facekd.training.hooks import Hook
 
 LOG = logging.getLogger("facekd.train")
 AUTO_RESUME = "<last>"
@@ -95,7 +98,7 @@ def ensure_teacher(cfg: Any, dist: Any) -> None:
                           f"{teacher.train_config} into {run_dir} (it writes best.pt and last.pt there)")
 
 
-def run_training(cfg: Any, task_name: str, resume: Optional[str] = None, hooks: Iterable[Any] = (),
+def run_training(cfg: Any, task_name: str, resume: Optional[str] = None, hooks: Iterable["Hook"] = (),
                  dist: Any = None) -> Dict[str, Any]:
     """Build the task ``task_name`` (``teacher`` / ``student``, :data:`~facekd.training.tasks.TASKS`)
     and train it (``hooks``: extra :class:`~facekd.training.hooks.Hook` objects); return the summary."""
