@@ -45,27 +45,22 @@ import numpy as np
 import torch
 from torch import nn
 
-from facekd.export import (OnnxEmbedder, check_export, export_onnx, load_checkpoint_model, load_faces,
+from facekd.export import (OnnxEmbedder, check_export, check_int8, export_onnx, load_checkpoint_model, load_faces,
                            quantize_int8, synthetic_faces)
 from facekd.export.check import MIN_INT8_COSINE, take_faces
 from facekd.export.cpu_features import int8_capability
 from facekd.export.metadata import ExportMetadata
 from facekd.export.prelu import DEFAULT_PRELU_REWRITE, INT8_PRELU_REWRITE
 from facekd.export.quantize import Int8Options, int8_source
-from facekd.export.profiling import measure_memory_bandwidth, profile_layer_types
+from facekd.export.profiling import add_roofline, measure_memory_bandwidth, profile_layer_types
 from facekd.export.runtime import resize_faces
 from facekd.models import MODELS, count_macs, count_parameters
 from facekd.preprocess import normalize_uint8
 
-# the ratios, targets and report text (facekd.export.speed_report) and the timing primitives
-# (facekd.export.timing) are re-exported: bench_inference.X keeps working for every name it had
-from facekd.export.speed_report import (  # noqa: F401
-    BACKEND_LABELS, ORT_FP32, ORT_FP32_PRELU, ORT_INT8, RATIO_SPECS, TARGET_INT8_MAX_DROP_PT, TARGET_INT8_SPEEDUP,
-    TARGET_TEACHER_SPEEDUP, TORCH, compute_ratios, evaluate_targets, format_int8_options, format_layers,
-    format_report, format_speedup_vs_accuracy)
-from facekd.export.timing import (  # noqa: F401
-    MIN_RUNS, Measurement, measure, measure_matmul_peak, measurement_of, onnx_batch_runner, time_calls,
-    time_interleaved, torch_batch_runner)
+from facekd.export.speed_report import (BACKEND_LABELS, ORT_FP32, ORT_FP32_PRELU, ORT_INT8, TORCH, compute_ratios,
+                                        default_int8_row, evaluate_targets, format_report, int8_row, int8_speedups)
+from facekd.export.timing import (MIN_RUNS, Measurement, measure, measure_matmul_peak, measurement_of,
+                                  onnx_batch_runner, time_interleaved, torch_batch_runner)
 
 
 # --------------------------------------------------------------------------- settings and models
@@ -287,9 +282,10 @@ def run_benchmark(student: BenchModel, teacher: Optional[BenchModel] = None,
                                      lambda path: export_model(student, path, faces, settings, prelu=None))
         calibration = load_faces(settings.calibration, settings.calibration_faces, seed=1)
         drift_faces = faces if check_faces is None else check_faces
-        quant = quantize_int8(quantized_from, workdir / "student_int8.onnx", calibration,
-                              eval_faces=drift_faces, pair_sets=pair_sets, threads=settings.threads,
-                              prelu=settings.int8_prelu, calibration_source=settings.calibration)
+        quant = check_int8(quantize_int8(quantized_from, workdir / "student_int8.onnx", calibration,
+                                         prelu=settings.int8_prelu, rewrite_faces=drift_faces, threads=settings.threads,
+                                         calibration_source=settings.calibration),
+                           drift_faces, pair_sets, threads=settings.threads)
         onnx_info["student/ort-int8"] = {"path": quant.int8_path, "mb": quant.int8_mb}
         if teacher is not None and teacher_onnx:
             log("exporting the teacher to ONNX fp32")
@@ -302,7 +298,7 @@ def run_benchmark(student: BenchModel, teacher: Optional[BenchModel] = None,
         peak_start = measure_matmul_peak(settings.matmul_size, settings.matmul_repeats)
         bandwidth_start = measure_memory_bandwidth()
         measurements = [m for bench_model in models for m in time_model(bench_model, paths, faces, settings, log)]
-        variants = [_default_int8_row(quant, measurements)] + [
+        variants = [default_int8_row(quant, measurements)] + [
             time_int8_variant(student, quantized_from, workdir / f"student_int8_{number}.onnx", options,
                               calibration, drift_faces, pair_sets, faces, settings, paths["student/ort-fp32"], log)
             for number, options in enumerate(int8_variants, 1)]
@@ -347,28 +343,6 @@ def run_benchmark(student: BenchModel, teacher: Optional[BenchModel] = None,
     return report
 
 
-def _int8_row(options: str, quant: Any, speedups: Dict[str, float], min_cosine: float) -> Dict[str, Any]:
-    """One row of the report's ``int8_options`` table."""
-    drift = quant.drift
-    return {"options": options, "mean_cosine": drift.mean_cosine if drift else None,
-            "min_cosine": drift.min_cosine if drift else None,
-            "check": None if drift is None else ("pass" if drift.min_cosine >= min_cosine else "FAIL"),
-            "verification": quant.verification, "speedup_vs_fp32": speedups}
-
-
-def _speedups(int8: Sequence[Measurement], fp32: Sequence[Measurement]) -> Dict[str, float]:
-    """INT8 / ORT fp32 throughput by batch size (a JSON key), from measurements of the same run."""
-    by_size = {m.batch_size: m for m in fp32}
-    return {str(m.batch_size): m.images_per_s / by_size[m.batch_size].images_per_s
-            for m in int8 if m.batch_size in by_size}
-
-
-def _default_int8_row(quant: Any, measurements: Sequence[Measurement]) -> Dict[str, Any]:
-    int8 = [m for m in measurements if m.key == f"student/{ORT_INT8}"]
-    fp32 = [m for m in measurements if m.key == f"student/{ORT_FP32}"]
-    return _int8_row("default", quant, _speedups(int8, fp32), MIN_INT8_COSINE)
-
-
 def time_int8_variant(student: BenchModel, fp32_path: Path, path: Path, options: Int8Options, calibration: np.ndarray,
                       check_faces: np.ndarray, pair_sets: Sequence[Any], faces: np.ndarray,
                       settings: BenchSettings, timed_fp32: Path,
@@ -377,12 +351,13 @@ def time_int8_variant(student: BenchModel, fp32_path: Path, path: Path, options:
     accuracy, and time it at every batch size interleaved with the fp32 model ``timed_fp32`` (the export
     the default INT8 model is compared with): one ``int8_options`` row."""
     log(f"INT8 variant {options.describe()}")
-    quant = quantize_int8(fp32_path, path, calibration, eval_faces=check_faces,
-                          pair_sets=pair_sets, threads=settings.threads, prelu=settings.int8_prelu,
-                          calibration_source=settings.calibration, **options.as_kwargs())
+    quant = check_int8(quantize_int8(fp32_path, path, calibration, options, prelu=settings.int8_prelu,
+                                     rewrite_faces=check_faces, threads=settings.threads,
+                                     calibration_source=settings.calibration),
+                       check_faces, pair_sets, threads=settings.threads)
     paths = {f"student/{ORT_FP32}": timed_fp32, f"student/{ORT_INT8}": path}
     timed = time_model(student, paths, faces, settings, eager=False)
-    return _int8_row(options.describe(), quant, _speedups([m for m in timed if m.backend == ORT_INT8],
+    return int8_row(options.describe(), quant, int8_speedups([m for m in timed if m.backend == ORT_INT8],
                                                           [m for m in timed if m.backend == ORT_FP32]),
                      MIN_INT8_COSINE)
 
@@ -408,13 +383,6 @@ def profile_student(student: BenchModel, paths: Dict[str, Path], faces: np.ndarr
                                     element_bytes=element_bytes, cost_model=cost_model)
         out[key] = [{**stat.to_dict(), "batch_size": batch_size} for stat in stats]
     return out
-
-
-def add_roofline(stat: Dict[str, Any], peak_gflops: float, bandwidth_gbps: float) -> None:
-    """Set a layer-type stat's ``roofline_gflops`` = min(peak, intensity x bandwidth) and ``pct_roofline``."""
-    if stat["gflops"] and stat["intensity"]:
-        stat["roofline_gflops"] = min(peak_gflops, stat["intensity"] * bandwidth_gbps)
-        stat["pct_roofline"] = 100.0 * stat["gflops"] / stat["roofline_gflops"]
 
 
 def _onnxruntime_version() -> str:

@@ -8,7 +8,8 @@ times, with the real :class:`facekd.training.Trainer`:
 (a) ``model``: ``Trainer.train_step`` on batches already in device memory (forward,
     losses, backward, clipping, optimiser, schedule; the image normalisation on the device);
 (b) ``data``: the trainer's data loader alone — read/decode, flip, degradation, collation,
-    host->device copy and normalisation (plus the teacher-embedding lookup for the student);
+    and the step's own batch preparation (:meth:`facekd.training.task.Task.prepare_batch`:
+    host->device copy, normalisation, the student's cached teacher targets);
 (c) ``end_to_end``: ``Trainer.fit`` over a few epochs (loader + step + logging + the
     epoch-end checkpoint), and the share of its wall time spent at epoch ends.
 
@@ -55,21 +56,13 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence
 import torch
 
 from facekd.config import ExperimentConfig, from_dict, to_dict
+from facekd.evaluation.embed import available_cores
 from facekd.models import MODELS, count_macs
 from facekd.training import StudentTask, TeacherTask, Trainer
-from facekd.training.data import batch_to_input
 from facekd.training.distributed import DistInfo
 from facekd.training.hooks import Hook
+from facekd.training.throughput import evaluate_targets, format_report, matmul_peak, synchronize
 
-#: (model, quantity, threshold, device type) of issue 12
-TARGETS = [
-    ("teacher", "end_to_end_img_s", 4500.0, "cuda"),
-    ("student", "end_to_end_img_s", 20000.0, "cuda"),
-    ("teacher", "epoch_end_share", 0.02, "cuda"),
-    ("student", "epoch_end_share", 0.02, "cuda"),
-    ("teacher", "data_over_model", 3.0, "cpu"),
-    ("student", "data_over_model", 3.0, "cpu"),
-]
 STUDENT_LOSSES = [{"name": "arcface", "weight": 1.0, "scale": 64.0, "margin": 0.5},
                   {"name": "triplet_distill", "weight": 1.0, "m_min": 0.2, "m_max": 0.5},
                   {"name": "feature_distill", "weight": 1.0, "metric": "cosine"}]
@@ -154,41 +147,6 @@ def variant_settings(settings: "TrainBenchSettings", variant: str) -> "TrainBenc
             raise SystemExit(f"--step-variants: unknown variant {name!r} (known: {', '.join(STEP_VARIANTS)})")
         changes.update(STEP_VARIANTS[name])
     return dataclasses.replace(settings, **changes)
-
-
-def available_cores() -> int:
-    """CPU cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:   # not Linux
-        return os.cpu_count() or 1
-
-
-def synchronize(device: torch.device) -> None:
-    """Wait for the device's queued work (a no-op on the CPU)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def matmul_peak(device: torch.device, amp: str, size: int, repeats: int) -> Dict[str, Any]:
-    """The fastest of ``repeats`` ``size`` x ``size`` matrix products in the training dtype (GFLOP/s)."""
-    from facekd.precision import AMP_DTYPES
-
-    dtype = AMP_DTYPES[amp] if device.type == "cuda" and AMP_DTYPES[amp] is not None else torch.float32
-    generator = torch.Generator().manual_seed(0)
-    a = torch.randn(size, size, generator=generator).to(device, dtype)
-    b = torch.randn(size, size, generator=generator).to(device, dtype)
-    times = []
-    for i in range(repeats + 2):
-        synchronize(device)
-        start = time.perf_counter()
-        torch.mm(a, b)
-        synchronize(device)
-        if i >= 2:
-            times.append(time.perf_counter() - start)
-    flops = 2.0 * size ** 3
-    return {"dtype": str(dtype).replace("torch.", ""), "size": size, "gflops": flops / min(times) / 1e9,
-            "gflops_median": flops / statistics.median(times) / 1e9}
 
 
 # --------------------------------------------------------------------------- configs
@@ -288,17 +246,6 @@ def _loader_batches(trainer: Trainer) -> Iterator[Dict[str, Any]]:
         epoch += 1
 
 
-def _prepare(trainer: Trainer, batch: Dict[str, Any]) -> None:
-    """What the step does to a loader batch before the model: device copy, normalisation,
-    and (student) the teacher-embedding lookup."""
-    task = trainer.task
-    batch_to_input(batch["image"], task.cfg.model.input_size, trainer.device, task.cfg.train.channels_last)
-    batch["label"].to(trainer.device, non_blocking=True)
-    targets = getattr(task, "targets", None)
-    if targets is not None and not targets.teacher_images:     # a cached target (online: the step's work)
-        targets.embeddings(batch)
-
-
 def time_data(trainer: Trainer, settings: TrainBenchSettings, keep: int) -> Dict[str, Any]:
     """(b): the loader alone, whole epochs; returns img/s and the first ``keep`` batches (for the model phase)."""
     timed_epoch, trainer.steps_per_epoch = trainer.steps_per_epoch, len(trainer.sampler)
@@ -306,13 +253,13 @@ def time_data(trainer: Trainer, settings: TrainBenchSettings, keep: int) -> Dict
     kept = []
     for _ in range(settings.warmup):       # worker start-up is not counted
         batch = next(batches)
-        _prepare(trainer, batch)
+        trainer.task.prepare_batch(batch)     # the step's device copy, normalisation, cached targets
         kept.append(batch)
     synchronize(trainer.device)
     start = time.perf_counter()
     for _ in range(settings.data_batches):
         batch = next(batches)
-        _prepare(trainer, batch)
+        trainer.task.prepare_batch(batch)
         if len(kept) < keep:
             kept.append(batch)
     synchronize(trainer.device)
@@ -413,24 +360,6 @@ def bench_model(role: str, settings: TrainBenchSettings, workdir: Path, data_roo
     return result
 
 
-def evaluate_targets(device_type: str, models: Dict[str, Dict[str, Any]],
-                     settings: TrainBenchSettings) -> List[Dict[str, Any]]:
-    """PASS/MISS of the issue-12 targets measurable here (others: ``not measured``)."""
-    rows = []
-    for role, key, threshold, target_device in TARGETS:
-        value = models.get(role, {}).get(key)
-        lower_is_better = key == "epoch_end_share"
-        comparable = value is not None and device_type == target_device
-        if comparable and key == "end_to_end_img_s" and role == "teacher" and settings.teacher_arch != "iresnet100":
-            comparable = False     # the target is for IResNet-100
-        status = "not measured"
-        if comparable:
-            status = "PASS" if (value <= threshold if lower_is_better else value >= threshold) else "MISS"
-        rows.append({"model": role, "quantity": key, "target": ("<= " if lower_is_better else ">= ") + f"{threshold:g}",
-                     "device": target_device, "value": value, "status": status})
-    return rows
-
-
 def run_benchmark(settings: TrainBenchSettings, workdir: Optional[Path] = None) -> Dict[str, Any]:
     """Measure the peak, then every model in ``settings.models``; return the report (JSON-ready)."""
     device = torch.device(settings.device)
@@ -478,28 +407,6 @@ def run_benchmark(settings: TrainBenchSettings, workdir: Optional[Path] = None) 
         "settings": json.loads(json.dumps(dataclasses.asdict(settings))),   # tuples as lists
         "matmul_peak": {"start": peak_start, "end": peak_end},
         "models": models, "ratios": ratios, "targets": evaluate_targets(device.type, models, settings)}
-
-
-def format_report(report: Dict[str, Any]) -> str:
-    """A few lines for the terminal."""
-    peak = report["matmul_peak"]["start"]
-    lines = [f"device: {report['device']}  torch {report['environment']['torch']}, "
-             f"{report['environment']['threads']} threads, load before {report['environment']['load_average_before']}",
-             f"matmul peak ({peak['dtype']}, {peak['size']}): {peak['gflops']:.0f} GFLOP/s "
-             f"(end of run: {report['matmul_peak']['end']['gflops']:.0f})", "",
-             "| model | arch | batch | GFLOP/img | (a) model img/s | % peak | (b) data img/s | (c) end-to-end img/s "
-             "| epoch-end share |", "|---|---|---|---|---|---|---|---|---|"]
-    for role, m in report["models"].items():
-        lines.append(f"| {role} | {m['arch']} | {m['batch_size']} | {m['train_gflop_per_img']:.1f} | "
-                     f"{m['model_img_s']:.1f} | {m['model_pct_of_peak']:.0f} % | {m['data_img_s']:.1f} | "
-                     f"{m['end_to_end_img_s']:.1f} | {100 * m['epoch_end_share']:.1f} % |")
-    lines.append("")
-    lines.append("ratios (same run): " + ", ".join(f"{k} {v:.2f}x" for k, v in report["ratios"].items()))
-    for row in report["targets"]:
-        value = "-" if row["value"] is None else f"{row['value']:.3g}"
-        lines.append(f"target {row['model']} {row['quantity']} {row['target']} ({row['device']}): "
-                     f"{value} {row['status']}")
-    return "\n".join(lines)
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:

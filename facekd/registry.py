@@ -21,10 +21,15 @@ from typing import Any, Callable, Dict, Iterator, Optional
 
 
 class Registry:
-    """Maps names to factories (classes or functions) of one family."""
+    """Maps names to factories (classes or functions) of one family.
 
-    def __init__(self, family: str) -> None:
+    ``check(name, factory)``, when given, runs at registration and raises for a factory that
+    does not fulfil the family's contract (e.g. a loss that does not declare what it reads).
+    """
+
+    def __init__(self, family: str, check: Optional[Callable[[str, Callable[..., Any]], None]] = None) -> None:
         self.family = family
+        self.check = check
         self._entries: Dict[str, Callable[..., Any]] = {}
 
     def register(self, name: Optional[str] = None) -> Callable[[Callable], Callable]:
@@ -34,6 +39,8 @@ class Registry:
             key = name or factory.__name__
             if key in self._entries:
                 raise KeyError(f"{self.family} {key!r} is registered twice")
+            if self.check is not None:
+                self.check(key, factory)
             self._entries[key] = factory
             return factory
 

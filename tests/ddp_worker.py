@@ -32,8 +32,8 @@ def _clone(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
 def main(argv: List[str]) -> int:
     dump_dir = Path(argv[0])
     from facekd import cli
-    from facekd.training import trainer as trainer_module
-    from facekd.training.trainer import Hook
+    from facekd.training import launch
+    from facekd.training.hooks import Hook
 
     class Recorder(Hook):
         def __init__(self) -> None:
@@ -70,8 +70,8 @@ def main(argv: List[str]) -> int:
                 "step": trainer.step, "best": dict(trainer.best),
             }, dump_dir / f"rank{trainer.dist.rank}.pt")
 
-    # launch.train() imports run_training from facekd.training.trainer at call time: add the hook there.
-    trainer_module.run_training = functools.partial(trainer_module.run_training, hooks=[Recorder()])
+    # launch.train() calls launch.run_training (looked up at call time): add the hook there.
+    launch.run_training = functools.partial(launch.run_training, hooks=[Recorder()])
     return cli.main(argv[1:])
 
 

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from facekd.export import read_metadata, synthetic_faces
+from facekd.export.speed_report import RATIO_SPECS
 from facekd.models import MODELS
 
 from conftest import load_script
@@ -85,7 +86,7 @@ def test_results_arithmetic(report_and_dir):
 def test_ratios_are_throughput_quotients(report_and_dir):
     report, _ = report_and_dir
     throughput = {(r["key"], r["batch_size"]): r["images_per_s"] for r in report["results"]}
-    assert len(report["ratios"]) == len(bench.RATIO_SPECS) * 2      # every ratio at both batch sizes
+    assert len(report["ratios"]) == len(RATIO_SPECS) * 2      # every ratio at both batch sizes
     for ratio in report["ratios"]:
         expected = throughput[ratio["numerator"], ratio["batch_size"]] / throughput[ratio["denominator"],
                                                                                     ratio["batch_size"]]

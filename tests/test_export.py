@@ -17,8 +17,8 @@ from torch import nn
 from facekd.cli import main
 from facekd.config import ExperimentConfig, config_digest, to_dict
 from facekd.errors import DataError
-from facekd.export import (FaceEmbedder, ModelInputError, OnnxEmbedder, check_export, export_onnx,
-                           fold_batchnorm, quantize_int8, read_metadata, synthetic_faces)
+from facekd.export import (FaceEmbedder, Int8Options, ModelInputError, OnnxEmbedder, check_export, check_int8,
+                           export_onnx, fold_batchnorm, quantize_int8, read_metadata, synthetic_faces)
 from facekd.export.metadata import ExportMetadata
 from facekd.models import MODELS
 from facekd.preprocess import normalize_uint8
@@ -259,9 +259,9 @@ def test_int8_quantization_reports_drift_and_accuracy(tmp_path, exported):
 
     pair_set = synthetic_pair_set(num_pairs=40, num_folds=2, cache=True)
     out = tmp_path / "student_int8.onnx"
-    report = quantize_int8(exported["uint8"], out, synthetic_faces(32, seed=1),
-                           eval_faces=synthetic_faces(32, seed=2), pair_sets=[pair_set],
-                           keep_float=("first", "last"))
+    report = check_int8(quantize_int8(exported["uint8"], out, synthetic_faces(32, seed=1),
+                                      Int8Options(keep_float=("first", "last"))),
+                        eval_faces=synthetic_faces(32, seed=2), pair_sets=[pair_set])
     assert report.drift is not None and report.drift.mean_cosine >= 0.9 and report.drift.faces == 32
     assert report.quantized_nodes > 0 and len(report.kept_float) == 2
     assert report.int8_mb < report.fp32_mb

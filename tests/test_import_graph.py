@@ -1,4 +1,5 @@
-"""The import graph of facekd/ has no cycles (except the known ones being removed).
+"""The import graph of facekd/ has no cycles (except the known ones being removed), and no
+module imports one of a higher layer (:data:`LAYERS`).
 
 Every ``import`` / ``from ... import`` in a module counts, at module level and inside
 functions (a function-level import still closes a circle at run time); imports under
@@ -110,9 +111,11 @@ def test_cycle_finder_on_a_small_graph():
 
 def test_parser_sees_function_level_imports_and_skips_type_checking():
     graph = import_graph()
-    # run_training imports the task registry inside the function
-    assert "facekd.training.tasks" in graph["facekd.training.trainer"]
+    # the trainer imports the P x K sampler (facekd.data) inside _build_sampler only
+    assert "facekd.data" in graph["facekd.training.trainer"]
     assert "facekd.training.hooks" in graph["facekd.training.trainer"]
+    # run_training imports the task registry inside the function
+    assert "facekd.training.tasks" in graph["facekd.training.launch"]
     # hooks.py imports the Trainer only for annotations
     assert "facekd.training.trainer" not in graph["facekd.training.hooks"]
 
@@ -122,14 +125,45 @@ def test_no_new_import_cycles():
     assert cycles(graph) == []
 
 
-def test_precision_and_hooks_are_leaves_and_the_trainer_reexports_them():
+def test_precision_and_hooks_are_leaves():
     graph = import_graph()
     assert graph["facekd.precision"] <= {"facekd.errors"}
     assert graph["facekd.training.hooks"] == set()
     assert "facekd.training.trainer" not in graph["facekd.evaluation.embed"]
     from facekd import precision
     from facekd.evaluation import embed
-    from facekd.training import hooks, trainer
 
-    assert trainer.autocast_context is precision.autocast_context and trainer.resolve_amp is precision.resolve_amp
-    assert trainer.Hook is hooks.Hook and embed.AMP_DTYPES is precision.AMP_DTYPES
+    assert embed.AMP_DTYPES is precision.AMP_DTYPES
+
+
+#: layers of facekd.training, lowest first: a module may import its own layer and those below,
+#: never one above (the trainer runs any Task; the concrete tasks build on the trainer's contract)
+LAYERS = [
+    ("facekd.training.hooks",),
+    ("facekd.training.task",),
+    ("facekd.training.trainer",),
+    ("facekd.training.tasks", "facekd.training.teaching", "facekd.training.student_init"),
+    ("facekd.training.launch",),
+]
+
+
+def reachable(graph: Dict[str, Set[str]], start: str) -> Set[str]:
+    """Every module ``start`` imports, directly or through others."""
+    seen: Set[str] = set()
+    todo = [start]
+    while todo:
+        for imported in graph.get(todo.pop(), ()):
+            if imported not in seen:
+                seen.add(imported)
+                todo.append(imported)
+    return seen
+
+
+def test_no_module_imports_a_higher_layer():
+    graph = import_graph()
+    assert "facekd.training.tasks" not in graph["facekd.training.trainer"]     # the edge that pointed up
+    for level, modules in enumerate(LAYERS):
+        higher = {m for layer in LAYERS[level + 1:] for m in layer}
+        for module in modules:
+            assert module in graph, module
+            assert not reachable(graph, module) & higher, (module, sorted(reachable(graph, module) & higher))

@@ -129,14 +129,14 @@ def test_finetuning_reduces_the_simulated_int8_drift_on_held_out_faces(fragile_f
 
 
 def test_onnxruntime_int8_of_the_finetuned_student_drifts_less(fragile_finetune, tmp_path):
-    from facekd.export import export_onnx, quantize_int8
+    from facekd.export import check_int8, export_onnx, quantize_int8
 
     model, tuned, _, faces, held_out = fragile_finetune
     drift = {}
     for name, student in (("original", model), ("tuned", tuned)):
         fp32 = tmp_path / f"{name}.onnx"
         export_onnx(student, fp32, input_format="uint8")
-        report = quantize_int8(fp32, tmp_path / f"{name}_int8.onnx", faces, eval_faces=held_out, threads=1)
+        report = check_int8(quantize_int8(fp32, tmp_path / f"{name}_int8.onnx", faces, threads=1), held_out, threads=1)
         drift[name] = report.drift.mean_cosine
     assert drift["tuned"] > drift["original"] + 0.03                     # measured (40 steps): 0.80 -> 0.91
 

@@ -1,6 +1,7 @@
 """Losses: hand-computed values on tiny tensors, numpy-loop references, build_losses."""
 from __future__ import annotations
 
+import inspect
 import itertools
 import math
 
@@ -11,8 +12,9 @@ import torch.nn.functional as F
 
 from facekd.config import load_yaml_with_bases
 from facekd.errors import ConfigError
-from facekd.losses import (LOSSES, ArcFace, CosFace, LossInputs, WeightedLoss, adaptive_margin,
-                           build_losses, mine_triplets)
+from facekd.losses import (LOSSES, TEACHER_FIELDS, ArcFace, CosFace, Loss, LossInputs, WeightedLoss,
+                           adaptive_margin, build_losses, mine_triplets)
+from facekd.registry import Registry
 
 S = 64.0
 
@@ -367,7 +369,7 @@ def test_build_losses_total_is_weighted_sum_of_terms():
                                 "triplet", "triplet_2"]
     assert loss.terms["arcface"].scale == 32.0 and loss.terms["arcface"].weight.shape == (5, 8)
     assert loss.terms["feature_distill"].projection.weight.shape == (12, 8)
-    assert loss.needs_teacher and loss.needs_teacher_logits and not loss.needs_feature_maps
+    assert {"teacher_embedding", "teacher_logits"} <= loss.reads and "student_feature_map" not in loss.reads
     assert loss.margin_head is loss.terms["arcface"] and loss.margin_head_key == "arcface"
     assert loss.specs["triplet_2"] == specs[5]
 
@@ -391,9 +393,9 @@ def test_build_losses_total_is_weighted_sum_of_terms():
 def test_build_losses_defaults_and_flags():
     loss = build_losses([{"name": "cosface"}], num_classes=3, embedding_size=4)
     assert loss.weights == {"cosface": 1.0} and loss.terms["cosface"].margin == 0.35
-    assert not loss.needs_teacher and not loss.needs_teacher_logits
+    assert not loss.reads & TEACHER_FIELDS
     maps = build_losses([{"name": "feature_map_distill", "weight": 1.0}], **CONTEXT)
-    assert maps.needs_feature_maps and maps.needs_teacher and maps.margin_head is None
+    assert "student_feature_map" in maps.reads and maps.reads & TEACHER_FIELDS and maps.margin_head is None
     assert set(maps.state_dict()) == {"terms.feature_map_distill.adapter.weight"}
 
 
@@ -421,3 +423,72 @@ def test_build_losses_packaged_configs():
 def test_build_losses_errors_name_the_entry(specs, context, message):
     with pytest.raises(ConfigError, match=message):
         build_losses(specs, **context)
+
+
+# ----------------------------------------------------------------------------- every registered loss
+
+#: a value for each LossInputs field a loss may read: 8 rows of 4 identities, 5 classes
+SWEEP_CONTEXT = dict(num_classes=5, embedding_size=8, teacher_embedding_size=12, student_channels=4,
+                     teacher_channels=6)
+
+
+def declared_inputs(reads, generator):
+    """LossInputs with only the fields in ``reads`` set (the rest None); the student's require grad."""
+    values = {"student_embedding": torch.randn(8, 8, generator=generator),
+              "labels": torch.tensor([0, 0, 1, 1, 2, 2, 3, 3]),
+              "teacher_embedding": torch.randn(8, 12, generator=generator),
+              "teacher_logits": torch.randn(8, 5, generator=generator),
+              "student_logits": torch.randn(8, 5, generator=generator),
+              "student_feature_map": torch.randn(8, 4, 3, 3, generator=generator),
+              "teacher_feature_map": torch.randn(8, 6, 2, 2, generator=generator)}
+    for name in ("student_embedding", "student_logits", "student_feature_map"):
+        values[name].requires_grad_(True)
+    unknown = set(reads) - set(values) - {"extra"}
+    assert not unknown, f"the sweep has no value for {sorted(unknown)}: add one"
+    given = {name: values[name] if name in reads else None for name in values}
+    return LossInputs(**given, extra={} if "extra" in reads else None)
+
+
+@pytest.mark.parametrize("name", list(LOSSES))
+def test_every_registered_loss_runs_forward_and_backward_on_its_declared_inputs(name):
+    """Each loss gets only what its class declares in ``reads`` (every other field is None):
+    a finite scalar whose gradient reaches a student input or the loss's own parameters."""
+    generator = torch.Generator().manual_seed(0)
+    arguments = {k: v for k, v in SWEEP_CONTEXT.items() if k in inspect.signature(LOSSES.get(name)).parameters}
+    loss = LOSSES.build(name, **arguments)
+    assert loss.reads and loss.reads <= type(loss).reads
+    if loss.needs_teacher_statistics:
+        loss.fit_selection(torch.randn(40, 12, generator=generator), torch.arange(40) % 5)
+    batch = declared_inputs(loss.reads, generator)
+    value = loss(batch)
+    assert value.dim() == 0 and torch.isfinite(value)
+    value.backward()
+    student = [getattr(batch, f) for f in ("student_embedding", "student_logits", "student_feature_map")
+               if f in loss.reads]
+    gradients = [t.grad for t in student] + [p.grad for p in loss.parameters()]
+    assert any(g is not None and bool(g.abs().sum() > 0) for g in gradients), name
+
+
+def test_weighted_loss_reads_the_union_and_registration_checks_the_declaration():
+    loss = build_losses([{"name": "arcface"}, {"name": "feature_distill"}, {"name": "hinton_kd"}], **CONTEXT)
+    assert loss.reads == {"student_embedding", "labels", "teacher_embedding", "student_logits", "teacher_logits"}
+    assert loss.readers("teacher_embedding") == ["feature_distill"] and loss.readers("labels") == ["arcface"]
+    mixed = build_losses([{"name": "hinton_kd", "alpha": 0.5}], **CONTEXT)
+    assert "labels" in mixed.reads          # the hard-label term reads them
+
+    registry = Registry("loss", check=LOSSES.check)
+
+    class Undeclared(Loss):
+        pass
+
+    class Misspelt(Loss):
+        reads = frozenset({"teacher_embeding"})
+
+    class Plain(torch.nn.Module):
+        reads = frozenset({"labels"})
+
+    for cls, message in ((Undeclared, "non-empty frozenset"), (Misspelt, r"\['teacher_embeding'\]"),
+                         (Plain, "subclass of facekd.losses.Loss")):
+        with pytest.raises(TypeError, match=message):
+            registry.register("x")(cls)
+    assert "x" not in registry

@@ -115,7 +115,7 @@ def fitted_loss(metric="cosine", student_size=12):
 
 def test_loss_is_zero_when_projection_reproduces_the_selected_neurons():
     loss, x, y = fitted_loss()
-    assert loss.needs_teacher and NeuronSelectDistillLoss.needs_teacher_statistics and loss.is_fitted
+    assert "teacher_embedding" in loss.reads and NeuronSelectDistillLoss.needs_teacher_statistics and loss.is_fitted
     assert sorted(loss.selected.tolist()) == [0, 1, 2, 3]
     assert loss.projection.weight.shape == (4, 12) and loss.projection.bias is None
     with torch.no_grad():     # student embedding = teacher embedding; P picks the selected rows
@@ -197,7 +197,7 @@ def test_built_from_config_with_keep_ratio_and_bad_parameters_refused():
     context = dict(num_classes=5, embedding_size=8, teacher_embedding_size=12)
     built = build_losses([{"name": "neuron_select_distill", "keep_ratio": 0.25}], **context)
     term = built.terms["neuron_select_distill"]
-    assert term.num_neurons == 3 and term.projection.weight.shape == (3, 8) and built.needs_teacher
+    assert term.num_neurons == 3 and term.projection.weight.shape == (3, 8) and "teacher_embedding" in built.reads
     assert build_losses([{"name": "neuron_select_distill"}], **context).terms["neuron_select_distill"].num_neurons == 6
     for params, message in [({"num_neurons": 13}, "1..12"), ({"num_neurons": 2, "keep_ratio": 0.5}, "not both"),
                             ({"keep_ratio": 0.0}, "keep_ratio"), ({"metric": "manhattan"}, "manhattan")]:

@@ -126,7 +126,8 @@ def test_teacher_run_with_partial_fc_saves_a_head_the_student_can_load(tmp_path)
     from test_training import tiny_config
 
     from facekd.config import load_config
-    from facekd.training import load_checkpoint, load_teacher, run_training
+    from facekd.teachers import load_teacher
+    from facekd.training import load_checkpoint, run_training
 
     cfg = tiny_config(tmp_path, "pfc", losses=[{"name": "partial_fc", "sample_rate": 0.5, "scale": 32.0,
                                                 "margin": 0.3}], train={"max_steps_per_epoch": 3})

@@ -18,7 +18,8 @@ from onnx import TensorProto, helper, numpy_helper
 from facekd.cli import main
 from facekd.config import ExperimentConfig, to_dict
 from facekd.errors import ConfigError, DataError
-from facekd.export import FaceEmbedder, OnnxEmbedder, export_onnx, quantize_int8, read_metadata, synthetic_faces
+from facekd.export import (FaceEmbedder, OnnxEmbedder, check_int8, export_onnx, quantize_int8, read_metadata,
+                           synthetic_faces)
 from facekd.export.prelu import PRELU_REWRITES, rewrite_prelu, rewrite_prelu_file
 from facekd.export.protos import int8_sibling, model_for_precision
 from facekd.export.quantize import DEFAULT_INT8, MAX_REWRITE_DIFF, Int8Options, int8_source
@@ -143,14 +144,16 @@ def test_export_rewrites_all_mobilefacenet_prelus_and_stays_equal(tmp_path, stud
 
 def test_int8_with_rewrite_leaves_no_float_compute(tmp_path, plain_onnx):
     calibration, held_out = synthetic_faces(16, seed=1), synthetic_faces(16, seed=2)
-    chained = quantize_int8(plain_onnx, tmp_path / "chained.onnx", calibration, eval_faces=held_out, keep_float=())
+    chained = check_int8(quantize_int8(plain_onnx, tmp_path / "chained.onnx", calibration, Int8Options(keep_float=())),
+                         held_out)
     assert chained.prelu_rewrite == "dwconv1" and chained.prelu_rewritten == 33     # INT8's own default
     assert chained.rewrite_max_abs_diff <= MAX_REWRITE_DIFF
     # every conv, relu and add runs in int8; only the uint8 input's normalisation stays float
     assert chained.float_nodes == {"Mul": 1, "Sub": 1}
     assert "PRelu" not in ops(tmp_path / "chained.onnx")
     assert chained.drift.mean_cosine >= 0.9
-    old = quantize_int8(plain_onnx, tmp_path / "old.onnx", calibration, prelu=None, keep_float=("first", "last"))
+    old = quantize_int8(plain_onnx, tmp_path / "old.onnx", calibration, Int8Options(keep_float=("first", "last")),
+                        prelu=None)
     assert old.float_nodes == {"PRelu": 33, "Conv": 2, "Mul": 1, "Sub": 1}     # what issue 13 measured
     last = quantize_int8(plain_onnx, tmp_path / "last.onnx", calibration)    # default: keep the final layer
     assert last.float_nodes == {"Conv": 1, "Mul": 1, "Sub": 1} and last.kept_float == ["/model/linear/Conv"]
@@ -184,20 +187,22 @@ def test_int8_source_exports_a_prelu_graph_only_when_the_rewrites_differ(tmp_pat
 
 def test_int8_qoperator_u8u8_and_option_errors(tmp_path, plain_onnx):
     calibration = synthetic_faces(8, seed=1)
-    report = quantize_int8(plain_onnx, tmp_path / "qop.onnx", calibration, quant_format="qoperator",
-                           weight_type="u8", reduce_range=True, keep_float=())
+    report = quantize_int8(plain_onnx, tmp_path / "qop.onnx", calibration,
+                           Int8Options(quant_format="qoperator", weight_type="u8", reduce_range=True, keep_float=()))
     graph_ops = ops(tmp_path / "qop.onnx")
     assert graph_ops.count("QLinearConv") == 50 + 33 and "PRelu" not in graph_ops     # dwconv1: one per PReLU
     assert report.float_nodes == {"Mul": 1, "Sub": 1} and read_metadata(tmp_path / "qop.onnx").quantization == "int8-qoperator"
     assert "QOperator, U8U8" in str(report)
     for option, value, message in (("quant_format", "qint4", "quantisation format"),
-                                   ("weight_type", "s4", "weight type"), ("prelu", "relu6", "PReLU rewrite")):
+                                   ("weight_type", "s4", "weight type")):
         with pytest.raises(ConfigError, match=message):
-            quantize_int8(plain_onnx, tmp_path / "x.onnx", calibration, **{option: value})
+            Int8Options(**{option: value})          # the options are validated once, when made
+    with pytest.raises(ConfigError, match="PReLU rewrite"):
+        quantize_int8(plain_onnx, tmp_path / "x.onnx", calibration, prelu="relu6")
 
 
 def test_equal_batch_size_divides_the_face_count():
-    from facekd.export.quantize import equal_batch_size
+    from facekd.export.calibration import equal_batch_size
 
     assert [equal_batch_size(n, 16) for n in (1, 7, 16, 20, 200, 17, 256)] == [1, 7, 16, 10, 10, 1, 16]
     with pytest.raises(ConfigError, match="at least one face"):
@@ -208,14 +213,14 @@ def test_equal_batch_size_divides_the_face_count():
 def test_histogram_calibration_works_on_any_face_count(tmp_path, plain_onnx, method, count):
     """20 faces in batches of 16 left a ragged last batch: onnxruntime's histogram collector
     failed with 'inhomogeneous shape' (issue 21); every batch now has one size."""
-    from facekd.export.quantize import FaceCalibrationReader
+    from facekd.export.calibration import FaceCalibrationReader
 
     calibration, held_out = synthetic_faces(count, seed=1), synthetic_faces(8, seed=2)
     reader = FaceCalibrationReader(OnnxEmbedder(plain_onnx, resize=True), calibration, 16)
     assert len({batch.shape for batch in reader.batches}) == 1
     assert sum(len(batch) for batch in reader.batches) == count
-    report = quantize_int8(plain_onnx, tmp_path / "q.onnx", calibration, eval_faces=held_out,
-                           calibrate_method=method)
+    report = check_int8(quantize_int8(plain_onnx, tmp_path / "q.onnx", calibration,
+                                      Int8Options(calibrate_method=method)), held_out)
     assert report.calibration_faces == count and report.calibrate_method == method
     assert report.drift.faces == 8 and 0.3 <= report.drift.mean_cosine <= 1.0
 
@@ -233,7 +238,7 @@ def test_entropy_calibration_narrows_ranges_minmax_does_not(tmp_path, plain_onnx
     calibration = synthetic_faces(8, seed=1)
     scales = {}
     for method in ("minmax", "entropy"):
-        quantize_int8(plain_onnx, tmp_path / f"{method}.onnx", calibration, calibrate_method=method)
+        quantize_int8(plain_onnx, tmp_path / f"{method}.onnx", calibration, Int8Options(calibrate_method=method))
         scales[method] = activation_scales(tmp_path / f"{method}.onnx")
     assert scales["minmax"].keys() == scales["entropy"].keys()
     narrower = [name for name in scales["minmax"]
@@ -278,7 +283,7 @@ def test_fit_and_store_threshold(tmp_path, plain_onnx):
 
 def test_compare_verification_counts_changed_decisions_at_fp32_thresholds(plain_onnx):
     from facekd.data.synthetic import synthetic_pair_set
-    from facekd.export.quantize import compare_verification
+    from facekd.export.int8_check import compare_verification
 
     pair_set = synthetic_pair_set(num_pairs=40, num_folds=2, cache=True)
     same = compare_verification(OnnxEmbedder(plain_onnx, resize=True), OnnxEmbedder(plain_onnx, resize=True), pair_set)

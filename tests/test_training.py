@@ -564,7 +564,7 @@ def summary_dataset_labels(cfg: ExperimentConfig):
 
 
 def test_background_checkpoint_writer_copies_state_and_reraises_errors():
-    from facekd.training.trainer import CheckpointWriter, host_copy
+    from facekd.training.checkpoint_writer import CheckpointWriter, host_copy
 
     weight = torch.ones(3)
     state = host_copy({"model": {"w": weight}, "steps": [torch.tensor(1)], "name": "x"})

@@ -134,14 +134,14 @@ class ExportCommand(Command):
         return out
 
     def _int8(self, args: argparse.Namespace, model, metadata, faces, pair_sets):
-        """Quantise, check the INT8 model at batch 1/7/64 and compare fp32 vs int8 (fitting thresholds).
+        """Quantise, compare fp32 vs int8 (drift, accuracy; fitting thresholds), check the INT8 model at batch 1/7/64.
 
         The INT8 model gets its own PReLU rewrite (``--int8-prelu``): where it differs from the fp32
         file's, the model is exported once more with its ``PRelu`` nodes, which ``quantize_int8`` rewrites.
         """
         import tempfile
 
-        from facekd.export import ExportCheckError, check_export, export_onnx, load_faces, quantize_int8
+        from facekd.export import ExportCheckError, check_export, check_int8, export_onnx, load_faces, quantize_int8
         from facekd.export.cpu_features import describe_int8_capability
         from facekd.export.protos import int8_sibling
         from facekd.export.quantize import Int8Options, int8_source
@@ -159,9 +159,9 @@ class ExportCommand(Command):
                                  lambda path: export_onnx(model, path, input_format=args.input_format,
                                                           opset=args.opset, metadata=metadata,
                                                           exporter=args.exporter, prelu=None))
-            quant = quantize_int8(source, out, calibration, eval_faces=faces, pair_sets=pair_sets,
-                                  threads=args.threads, calibration_source=args.calib, prelu=int8_prelu,
-                                  **options.as_kwargs())
+            quant = quantize_int8(source, out, calibration, options, prelu=int8_prelu, rewrite_faces=faces,
+                                  threads=args.threads, calibration_source=args.calib)
+            check_int8(quant, faces, pair_sets, threads=args.threads)
         quant.fp32_path = args.out
         print(quant)
         print(describe_int8_capability())

@@ -245,3 +245,10 @@ def measure_memory_bandwidth(megabytes: int = 128, repeats: int = 5) -> float:
         target.copy_(source)
         best = min(best, time.perf_counter() - start)
     return 2 * source.numel() * 4 / best / 1e9
+
+
+def add_roofline(stat: Dict[str, Any], peak_gflops: float, bandwidth_gbps: float) -> None:
+    """Set a layer-type stat's ``roofline_gflops`` = min(peak, intensity x bandwidth) and ``pct_roofline``."""
+    if stat["gflops"] and stat["intensity"]:
+        stat["roofline_gflops"] = min(peak_gflops, stat["intensity"] * bandwidth_gbps)
+        stat["pct_roofline"] = 100.0 * stat["gflops"] / stat["roofline_gflops"]

@@ -1,17 +1,14 @@
 """Static INT8 quantisation of an exported model with onnxruntime.quantization.
 
-:func:`quantize_int8` first rewrites MobileFaceNet's PReLUs into operators the quantiser
-and the runtime chain in int8 (:mod:`facekd.export.prelu`; the rewritten fp32 graph is
-checked against the original before quantising), calibrates activation ranges on aligned
-faces (:class:`FaceCalibrationReader`), quantises weights (symmetric int8, per channel by
-default) and activations (uint8, per tensor), writes the QDQ (or QOperator) model, copies
-the fp32 model's metadata (with ``facekd.quantization = int8-qdq`` / ``int8-qoperator``)
-and reports
-
-* the *drift*: per-face cosine similarity between fp32 and int8 embeddings on faces that
-  were not used for calibration, and the maximum absolute difference;
-* given a verification pair set, the verification accuracy of fp32 and int8 (plain and
-  flip embeddings, :mod:`facekd.evaluation`).
+:func:`quantize_int8(fp32, int8, faces, options) <quantize_int8>` first rewrites
+MobileFaceNet's PReLUs into operators the quantiser and the runtime chain in int8
+(:mod:`facekd.export.prelu`; the rewritten fp32 graph is checked against the original before
+quantising), calibrates activation ranges on aligned faces (:mod:`facekd.export.calibration`),
+quantises weights (symmetric int8, per channel by default) and activations (uint8, per
+tensor), writes the QDQ (or QOperator) model and copies the fp32 model's metadata (with
+``facekd.quantization = int8-qdq`` / ``int8-qoperator`` and the options).  The choices travel
+as one :class:`Int8Options`, validated once when it is made.  How far the result is from the
+fp32 model (drift, verification accuracy) is :func:`facekd.export.int8_check.check_int8`'s job.
 
 ``keep_float=("last",)`` leaves the final linear layer in float (node names are accepted
 too); bench/README.md compares these options by speed and accuracy.
@@ -27,13 +24,12 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from facekd.embedding_math import row_cosine
 from facekd.errors import ConfigError
+from facekd.export.calibration import FaceCalibrationReader, entropy_ranges
 from facekd.export.metadata import update_metadata
 from facekd.export.prelu import INT8_PRELU_REWRITE, PRELU_REWRITES, rewrite_prelu_file
 from facekd.export.protos import load_onnx_proto
 from facekd.export.runtime import OnnxEmbedder, resize_faces
-from facekd.export.threshold import threshold_from_result, verification_results
 from facekd.fileio import PathLike
 
 #: operators that carry weights; "first"/"last" in ``keep_float`` refer to these
@@ -46,17 +42,15 @@ CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 QUANT_FORMATS = {"qdq": "QDQ", "qoperator": "QOperator"}
 #: ``weight_type`` names -> onnxruntime ``QuantType`` member names (activations are always uint8)
 WEIGHT_TYPES = {"s8": "QInt8", "u8": "QUInt8"}
+#: the :class:`Int8Options` fields with a fixed set of values: field -> (what it is, the choices)
+OPTION_CHOICES = {"calibrate_method": ("calibration method", CALIBRATION_METHODS),
+                  "quant_format": ("quantisation format", tuple(QUANT_FORMATS)),
+                  "weight_type": ("weight type", tuple(WEIGHT_TYPES))}
 #: largest |difference| of the rewritten fp32 graph vs the original, relative to max |output|:
 #: float rounding only.  ``dwconv1`` computes ``a * x`` as ``x + (a - 1) * x``, whose rounding error
 #: relative to the result grows as ``1 / a`` for small slopes; a random-init 112 px student reached
 #: 1.09e-5 on an AMD EPYC with AVX-512 (uint8 input), so 1e-5 refused exact rewrites
 MAX_REWRITE_DIFF = 1e-4
-#: histogram of the entropy (KL) calibration: 512 bins searched for the best 128-bin window.
-#: onnxruntime's own defaults (128 bins, 128 quantised bins) leave a single candidate, the full
-#: range, so its entropy calibration gave exactly minmax's scales, and ``quantize_static`` does not
-#: pass bin counts on: :func:`entropy_ranges` runs the calibrator itself.  Measured on the shipped
-#: distilled student: per-face cosine 0.9492 with 512 bins, 0.9457 with TensorRT's 2048 (3x slower).
-ENTROPY_HISTOGRAM = {"num_bins": 512, "num_quantized_bins": 128}
 
 
 @dataclass(frozen=True)
@@ -78,12 +72,25 @@ class Int8Options:
     weight_type: str = "s8"
     reduce_range: bool = False
 
+    def __post_init__(self) -> None:
+        """The one validation of the options: :class:`ConfigError` naming the option and its choices."""
+        if isinstance(self.keep_float, str) or not all(isinstance(name, str) for name in self.keep_float):
+            raise ConfigError(f"INT8 option keep_float={self.keep_float!r}: expected a tuple of layer names")
+        object.__setattr__(self, "keep_float", tuple(self.keep_float))
+        for name in ("per_channel", "reduce_range"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"INT8 option {name}={getattr(self, name)!r}: expected true or false")
+        for name, (what, choices) in OPTION_CHOICES.items():
+            if getattr(self, name) not in choices:
+                raise ConfigError(f"INT8 option {name}={getattr(self, name)!r} ({what}): expected one of {choices}")
+
     @classmethod
     def parse(cls, text: str, base: Optional["Int8Options"] = None) -> "Int8Options":
         """``"default"`` or ``key=value`` pairs separated by ``;`` over ``base`` (default: :data:`DEFAULT_INT8`),
         e.g. ``"calibrate_method=percentile;keep_float=first,last"``; ``keep_float=`` quantises every layer.
 
-        Raises :class:`ConfigError` naming an unknown key or a value that is not one of its choices.
+        Raises :class:`ConfigError` naming an unknown key or a value that is not one of its choices
+        (the latter from the options' own validation).
         """
         options = base or DEFAULT_INT8
         text = text.strip()
@@ -98,16 +105,10 @@ class Int8Options:
             if key == "keep_float":
                 changes[key] = tuple(name.strip() for name in value.split(",") if name.strip())
             elif key in ("per_channel", "reduce_range"):
-                if value.lower() not in ("true", "false"):
-                    raise ConfigError(f"INT8 option {key}={value!r}: expected true or false")
-                changes[key] = value.lower() == "true"
+                changes[key] = {"true": True, "false": False}.get(value.lower(), value)
             else:
-                choices = {"calibrate_method": CALIBRATION_METHODS, "quant_format": tuple(QUANT_FORMATS),
-                           "weight_type": tuple(WEIGHT_TYPES)}[key]
-                if value not in choices:
-                    raise ConfigError(f"INT8 option {key}={value!r}: expected one of {choices}")
                 changes[key] = value
-        return replace(options, **changes)
+        return replace(options, **changes)       # validated by __post_init__
 
     def describe(self) -> str:
         """What differs from :data:`DEFAULT_INT8`, as ``parse`` reads it (``"default"`` when nothing does)."""
@@ -118,10 +119,6 @@ class Int8Options:
     def spec(self) -> str:
         """Every field as ``key=value`` pairs (``parse`` reads it back): what an INT8 model's metadata records."""
         return ";".join(f"{name}={_option_text(getattr(self, name))}" for name in self.__dataclass_fields__)
-
-    def as_kwargs(self) -> Dict[str, Any]:
-        """The options as :func:`quantize_int8` keyword arguments."""
-        return {name: getattr(self, name) for name in self.__dataclass_fields__}
 
 
 #: the defaults of ``facekd export --int8`` and :func:`quantize_int8`, chosen by measurement on the
@@ -136,75 +133,6 @@ def _option_text(value: Any) -> str:
     if isinstance(value, tuple):
         return ",".join(value)
     return str(value).lower() if isinstance(value, bool) else str(value)
-
-
-def equal_batch_size(count: int, batch_size: int) -> int:
-    """The largest batch size ``<= batch_size`` that divides ``count`` (1 when none larger does).
-
-    onnxruntime's histogram calibrators (``entropy``, ``percentile``) stack every batch's
-    activations with ``np.asarray(list_of_batches)``, which fails on a shorter last batch
-    (``inhomogeneous shape``); batches of one size avoid that without repeating or dropping a face.
-    """
-    if count < 1 or batch_size < 1:
-        raise ConfigError(f"INT8 calibration needs at least one face and a batch of at least one, "
-                          f"got {count} faces and batch size {batch_size}")
-    return next(size for size in range(min(batch_size, count), 0, -1) if count % size == 0)
-
-
-class FaceCalibrationReader:
-    """An onnxruntime ``CalibrationDataReader`` over aligned faces in a model's input format.
-
-    Every batch has the same size (:func:`equal_batch_size`), so all calibration methods work
-    on any number of faces; min/max ranges do not depend on the batching.
-
-    Args:
-        embedder: the fp32 model (gives the input name, format and size).
-        faces: aligned uint8 RGB faces ``N x H x H x 3``.
-        batch_size: at most this many faces per calibration batch.
-    """
-
-    def __init__(self, embedder: OnnxEmbedder, faces: np.ndarray, batch_size: int = 16) -> None:
-        faces = resize_faces(np.asarray(faces), embedder.input_size)
-        batch_size = equal_batch_size(len(faces), batch_size)
-        self.input_name = embedder.input.name
-        self.batches = [embedder.input_format.from_uint8(faces[i:i + batch_size])
-                        for i in range(0, len(faces), batch_size)]
-        self._position = 0
-
-    def get_next(self) -> Optional[Dict[str, np.ndarray]]:
-        """The next ``{input_name: batch}``, or ``None`` at the end."""
-        if self._position >= len(self.batches):
-            return None
-        self._position += 1
-        return {self.input_name: self.batches[self._position - 1]}
-
-    def rewind(self) -> None:
-        """Start again from the first batch."""
-        self._position = 0
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-
-def entropy_ranges(model_path: PathLike, reader: FaceCalibrationReader, workdir: PathLike,
-                   op_types: Sequence[str] = DEFAULT_OPS) -> Dict[str, Dict[str, np.ndarray]]:
-    """Activation ranges of ``model_path`` by entropy (KL) calibration on ``reader``'s faces.
-
-    Returns ``{tensor: {"rmin": ..., "rmax": ...}}``, the form of onnxruntime's
-    ``TensorQuantOverrides``, with the histogram of :data:`ENTROPY_HISTOGRAM`; ``reader`` is
-    rewound afterwards.
-    """
-    from onnxruntime.quantization import CalibrationMethod, create_calibrator
-
-    calibrator = create_calibrator(os.fspath(model_path), list(op_types),
-                                   augmented_model_path=os.path.join(os.fspath(workdir), "entropy_augmented.onnx"),
-                                   calibrate_method=CalibrationMethod.Entropy,
-                                   extra_options={"symmetric": False, **ENTROPY_HISTOGRAM})
-    calibrator.collect_data(reader)
-    ranges = calibrator.compute_data()
-    reader.rewind()
-    return {name: {"rmin": np.asarray(data.range_value[0], np.float32),
-                   "rmax": np.asarray(data.range_value[1], np.float32)} for name, data in ranges.items()}
 
 
 def resolve_keep_float(model_path: PathLike, keep_float: Sequence[str]) -> List[str]:
@@ -296,44 +224,10 @@ class QuantizationReport:
         return "\n".join(lines)
 
 
-def measure_drift(fp32: OnnxEmbedder, int8: OnnxEmbedder, faces: np.ndarray, batch_size: int = 64) -> Drift:
-    """Cosine similarity and max absolute difference of fp32 vs int8 embeddings of ``faces``."""
-    faces = resize_faces(np.asarray(faces), fp32.input_size)
-    a = np.concatenate([fp32.embed_uint8(faces[i:i + batch_size]) for i in range(0, len(faces), batch_size)])
-    b = np.concatenate([int8.embed_uint8(faces[i:i + batch_size]) for i in range(0, len(faces), batch_size)])
-    cosine = row_cosine(a, b)
-    return Drift(len(faces), float(cosine.mean()), float(cosine.min()), float(np.abs(a - b).max()))
-
-
 def at_fp32_thresholds(metrics: Dict[str, Any]) -> str:
     """What INT8 changes at the fp32 model's thresholds, in words (a :func:`compare_verification` result)."""
     return (f"at fp32's thresholds int8 {100 * metrics['int8_flip_accuracy_at_fp32_thresholds']:.2f}%, "
             f"{metrics['decisions_changed']} of {metrics['pairs']} decisions changed")
-
-
-def compare_verification(fp32: OnnxEmbedder, int8: OnnxEmbedder, pair_set: Any,
-                         batch_size: int = 64) -> Dict[str, float]:
-    """fp32 and int8 verification accuracy on ``pair_set``, the drop (fp32 - int8) and each
-    model's own fitted cosine threshold (``fp32_threshold`` / ``int8_threshold``, flip embeddings).
-
-    Each model's accuracy uses thresholds fitted on its own distances, so a tiny drift can move a
-    fold's threshold and with it many pairs.  What int8 changes at fixed thresholds is reported
-    too (flip embeddings): ``int8_flip_accuracy_at_fp32_thresholds`` and ``decisions_changed``,
-    the number of pairs whose same / different decision differs from fp32's at fp32's thresholds.
-    """
-    metrics: Dict[str, float] = {}
-    flips = {}
-    for precision, embedder in (("fp32", fp32), ("int8", int8)):
-        plain, flips[precision] = verification_results(embedder, pair_set, batch_size)
-        metrics[f"{precision}_accuracy"] = plain.accuracy_mean
-        metrics[f"{precision}_flip_accuracy"] = flips[precision].accuracy_mean
-        metrics[f"{precision}_threshold"] = threshold_from_result(flips[precision], pair_set).threshold
-    metrics["drop"] = metrics["fp32_accuracy"] - metrics["int8_accuracy"]
-    metrics["flip_drop"] = metrics["fp32_flip_accuracy"] - metrics["int8_flip_accuracy"]
-    metrics["int8_flip_accuracy_at_fp32_thresholds"], metrics["decisions_changed"] = \
-        flips["fp32"].at_these_thresholds(flips["int8"].distances)
-    metrics["pairs"] = int(len(flips["fp32"].issame))
-    return metrics
 
 
 def _preprocess(source: str, target: str) -> bool:
@@ -403,52 +297,38 @@ def int8_source(fp32_path: PathLike, fp32_prelu: Optional[str], int8_prelu: Opti
 
 
 def quantize_int8(fp32_path: PathLike, int8_path: PathLike, calibration_faces: np.ndarray,
-                  eval_faces: Optional[np.ndarray] = None, pair_sets: Sequence[Any] = (),
-                  keep_float: Sequence[str] = DEFAULT_INT8.keep_float, per_channel: bool = DEFAULT_INT8.per_channel,
-                  calibrate_method: str = DEFAULT_INT8.calibrate_method, preprocess: bool = True,
+                  options: Int8Options = DEFAULT_INT8, *, prelu: Optional[str] = INT8_PRELU_REWRITE,
+                  rewrite_faces: Optional[np.ndarray] = None, preprocess: bool = True,
                   op_types: Sequence[str] = DEFAULT_OPS, calibration_batch: int = 16,
-                  threads: Optional[int] = None, prelu: Optional[str] = INT8_PRELU_REWRITE,
-                  quant_format: str = DEFAULT_INT8.quant_format, weight_type: str = DEFAULT_INT8.weight_type,
-                  reduce_range: bool = DEFAULT_INT8.reduce_range,
-                  calibration_source: str = "faces") -> QuantizationReport:
-    """Quantise ``fp32_path`` to a static INT8 model at ``int8_path``.
+                  threads: Optional[int] = None, calibration_source: str = "faces") -> QuantizationReport:
+    """Quantise ``fp32_path`` to a static INT8 model at ``int8_path`` with ``options``.
 
-    The option defaults are :data:`DEFAULT_INT8`'s; pass ``**Int8Options(...).as_kwargs()`` to
-    choose others.
+    What the INT8 model computes is decided by ``options`` (:class:`Int8Options`, validated when
+    it is made); the other arguments say how to get there.  The result is not measured here:
+    :func:`facekd.export.int8_check.check_int8` compares it with the fp32 model.  The INT8
+    model's metadata is the fp32 model's plus ``facekd.quantization`` and ``facekd.int8_options``.
 
     Args:
         fp32_path: an fp32 model written by :func:`facekd.export.export_onnx`.
         int8_path: where to write the INT8 model.
         calibration_faces: aligned uint8 RGB faces for the activation ranges (a few hundred
             real faces are typical; they are resized to the model's input size).
-        eval_faces: held-out aligned faces for the drift measurement (skipped when ``None``).
-        pair_sets: verification pair sets on which fp32 and int8 accuracy are compared.
-        keep_float: layers left in float: ``"first"``, ``"last"`` and/or node names.
-        per_channel: per-output-channel weight scales.
-        calibrate_method: ``"minmax"``, ``"entropy"`` or ``"percentile"``.
-        preprocess: run onnxruntime's ``quant_pre_process`` first.
-        op_types: operator types to quantise.
-        calibration_batch: faces per calibration batch.
-        threads: onnxruntime intra-op threads for the drift / accuracy runs.
+        options: keep_float, per_channel, calibrate_method, quant_format, weight_type, reduce_range.
         prelu: a :data:`facekd.export.prelu.PRELU_REWRITES` name applied to the graph's ``PRelu``
             nodes (and checked equal) before quantising (default ``dwconv1``), or ``None`` to quantise
             the graph as it is.  A graph exported with a rewrite has no ``PRelu`` left: export it with
             ``prelu=None`` for INT8 to get this rewrite.
-        quant_format: ``"qdq"`` (Quantize/Dequantize pairs the runtime fuses) or ``"qoperator"``
-            (QLinearConv & co. written directly).
-        weight_type: ``"s8"`` (U8S8: uint8 activations, int8 weights) or ``"u8"`` (U8U8).
-        reduce_range: 7-bit weights (avoids int16 overflow on CPUs without VNNI).
+        rewrite_faces: faces the rewritten fp32 graph is checked on (the first 8; default: the
+            calibration faces').
+        preprocess: run onnxruntime's ``quant_pre_process`` first.
+        op_types: operator types to quantise.
+        calibration_batch: faces per calibration batch.
+        threads: onnxruntime intra-op threads of the fp32 model (the rewrite check).
         calibration_source: what the calibration faces are, for the report (a folder, ``synthetic``).
     """
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    if calibrate_method not in CALIBRATION_METHODS:
-        raise ConfigError(f"calibration method must be one of {CALIBRATION_METHODS}, got {calibrate_method!r}")
-    if quant_format not in QUANT_FORMATS:
-        raise ConfigError(f"quantisation format must be one of {tuple(QUANT_FORMATS)}, got {quant_format!r}")
-    if weight_type not in WEIGHT_TYPES:
-        raise ConfigError(f"weight type must be one of {tuple(WEIGHT_TYPES)}, got {weight_type!r}")
     if prelu is not None and prelu not in PRELU_REWRITES:
         raise ConfigError(f"PReLU rewrite must be one of {tuple(PRELU_REWRITES)} or none, got {prelu!r}")
     fp32_path, int8_path = os.fspath(fp32_path), os.fspath(int8_path)
@@ -463,70 +343,49 @@ def quantize_int8(fp32_path: PathLike, int8_path: PathLike, calibration_faces: n
         if prelu is not None:
             current = os.path.join(tmp, "rewritten.onnx")
             rewritten = rewrite_prelu_file(fp32_path, current, prelu).rewritten
-            check_faces = calibration_faces[:8] if eval_faces is None or not len(eval_faces) else eval_faces[:8]
-            rewrite_diff = check_rewrite(fp32, current, check_faces)
+            faces = calibration_faces if rewrite_faces is None or not len(rewrite_faces) else rewrite_faces
+            rewrite_diff = check_rewrite(fp32, current, faces[:8])
         source = os.path.join(tmp, "prepared.onnx")
         if preprocess:
             preprocessed = _preprocess(current, source)
         else:
             shutil.copyfile(current, source)
             preprocessed = False
-        excluded = resolve_keep_float(source, keep_float)
-        options: Dict[str, Any] = {"ActivationSymmetric": False, "WeightSymmetric": weight_type == "s8"}
-        if calibrate_method == "entropy":   # ranges from our own entropy pass override minmax's
-            options["TensorQuantOverrides"] = {name: [bounds] for name, bounds in
-                                               entropy_ranges(source, reader, tmp, op_types).items()}
+        excluded = resolve_keep_float(source, options.keep_float)
+        extra: Dict[str, Any] = {"ActivationSymmetric": False, "WeightSymmetric": options.weight_type == "s8"}
+        if options.calibrate_method == "entropy":   # ranges from our own entropy pass override minmax's
+            extra["TensorQuantOverrides"] = {name: [bounds] for name, bounds in
+                                             entropy_ranges(source, reader, tmp, op_types).items()}
         method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.MinMax,
-                  "percentile": CalibrationMethod.Percentile}[calibrate_method]
-        quantize_static(source, int8_path, reader, quant_format=getattr(QuantFormat, QUANT_FORMATS[quant_format]),
-                        per_channel=per_channel, reduce_range=reduce_range, activation_type=QuantType.QUInt8,
-                        weight_type=getattr(QuantType, WEIGHT_TYPES[weight_type]),
+                  "percentile": CalibrationMethod.Percentile}[options.calibrate_method]
+        quantize_static(source, int8_path, reader,
+                        quant_format=getattr(QuantFormat, QUANT_FORMATS[options.quant_format]),
+                        per_channel=options.per_channel, reduce_range=options.reduce_range,
+                        activation_type=QuantType.QUInt8, weight_type=getattr(QuantType, WEIGHT_TYPES[options.weight_type]),
                         op_types_to_quantize=list(op_types), nodes_to_exclude=excluded,
-                        calibrate_method=method, extra_options=options)
+                        calibrate_method=method, extra_options=extra)
 
     proto = onnx.load(int8_path)
     meta = fp32.metadata
-    props = {**meta.to_props(), "facekd.quantization": f"int8-{quant_format}"}
+    props = {**meta.to_props(), "facekd.quantization": f"int8-{options.quant_format}"}
     if rewritten:
         props["facekd.prelu_rewrite"] = prelu
     del proto.metadata_props[:]
     onnx.helper.set_model_props(proto, props)
     proto.doc_string = (load_onnx_proto(fp32_path, load_weights=False).doc_string
-                        + f" INT8 ({QUANT_FORMATS[quant_format]}).")
+                        + f" INT8 ({QUANT_FORMATS[options.quant_format]}).")
     onnx.save(proto, int8_path)
+    update_metadata(int8_path, int8_options=options.spec())
 
     quantized = sum(node.op_type == "QuantizeLinear" or node.op_type.startswith("QLinear")
                     for node in proto.graph.node)
-    report = QuantizationReport(
+    return QuantizationReport(
         fp32_path=fp32_path, int8_path=int8_path, calibration_faces=int(len(calibration_faces)),
-        calibrate_method=calibrate_method, per_channel=per_channel, kept_float=excluded,
+        calibrate_method=options.calibrate_method, per_channel=options.per_channel, kept_float=excluded,
         preprocessed=preprocessed, fp32_mb=os.path.getsize(fp32_path) / 2 ** 20,
-        int8_mb=os.path.getsize(int8_path) / 2 ** 20, quantized_nodes=quantized, quant_format=quant_format,
-        weight_type=weight_type, reduce_range=reduce_range, calibration_source=calibration_source,
+        int8_mb=os.path.getsize(int8_path) / 2 ** 20, quantized_nodes=quantized, quant_format=options.quant_format,
+        weight_type=options.weight_type, reduce_range=options.reduce_range, calibration_source=calibration_source,
         # the rewrite the INT8 graph carries: this call's, or the fp32 export's own when it left no PRelu
         prelu_rewrite=prelu if rewritten else meta.prelu_rewrite, prelu_rewritten=rewritten,
         rewrite_max_abs_diff=rewrite_diff,
-        float_nodes=float_compute_nodes(proto, qdq=quant_format == "qdq"))
-    int8 = OnnxEmbedder(int8_path, threads=threads, resize=True)
-    if eval_faces is not None and len(eval_faces):
-        report.drift = measure_drift(fp32, int8, eval_faces)
-    for pair_set in pair_sets:
-        report.verification[pair_set.name] = compare_verification(fp32, int8, pair_set)
-    record_int8_results(report, Int8Options(tuple(keep_float), per_channel, calibrate_method, quant_format,
-                                            weight_type, reduce_range))
-    return report
-
-
-def record_int8_results(report: QuantizationReport, options: Int8Options) -> None:
-    """Write ``options`` and what ``report`` measured (drift, accuracy change on the first pair set)
-    into the INT8 model's ``facekd.int8_*`` metadata, where ``facekd verify`` users can read them."""
-    changes: Dict[str, Any] = {"int8_options": options.spec()}
-    if report.drift is not None:
-        changes["int8_min_cosine"] = report.drift.min_cosine
-    if report.verification:
-        name, metrics = next(iter(report.verification.items()))
-        changes["int8_accuracy_change"] = round(100 * -metrics["flip_drop"], 4)
-        changes["int8_accuracy_source"] = (f"{name} (flip): fp32 {100 * metrics['fp32_flip_accuracy']:.2f}% -> "
-                                           f"int8 {100 * metrics['int8_flip_accuracy']:.2f}%; "
-                                           + at_fp32_thresholds(metrics))
-    update_metadata(report.int8_path, **changes)
+        float_nodes=float_compute_nodes(proto, qdq=options.quant_format == "qdq"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Sequence
 
+from facekd.export.check import MIN_INT8_COSINE
 from facekd.export.cpu_features import describe_int8_capability
 from facekd.export.timing import Measurement
 
@@ -205,3 +206,26 @@ def format_layers(report: Dict[str, Any]) -> List[str]:
                          f"{st['gflops']:>8.2f} {st['gbps']:>6.2f} {st['intensity']:>7.2f} "
                          f"{_fmt(st.get('roofline_gflops'), '9.1f'):>9} {_fmt(st.get('pct_roofline'), '6.1f'):>6}%")
     return lines
+
+
+def int8_row(options: str, quant: Any, speedups: Dict[str, float], min_cosine: float) -> Dict[str, Any]:
+    """One row of the report's ``int8_options`` table."""
+    drift = quant.drift
+    return {"options": options, "mean_cosine": drift.mean_cosine if drift else None,
+            "min_cosine": drift.min_cosine if drift else None,
+            "check": None if drift is None else ("pass" if drift.min_cosine >= min_cosine else "FAIL"),
+            "verification": quant.verification, "speedup_vs_fp32": speedups}
+
+
+def int8_speedups(int8: Sequence[Measurement], fp32: Sequence[Measurement]) -> Dict[str, float]:
+    """INT8 / ORT fp32 throughput by batch size (a JSON key), from measurements of the same run."""
+    by_size = {m.batch_size: m for m in fp32}
+    return {str(m.batch_size): m.images_per_s / by_size[m.batch_size].images_per_s
+            for m in int8 if m.batch_size in by_size}
+
+
+def default_int8_row(quant: Any, measurements: Sequence[Measurement]) -> Dict[str, Any]:
+    """The ``int8_options`` row of the default INT8 model, from the student's measurements."""
+    int8 = [m for m in measurements if m.key == f"student/{ORT_INT8}"]
+    fp32 = [m for m in measurements if m.key == f"student/{ORT_FP32}"]
+    return int8_row("default", quant, int8_speedups(int8, fp32), MIN_INT8_COSINE)

@@ -20,13 +20,13 @@ import copy
 import dataclasses
 import inspect
 import numbers
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, FrozenSet, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
 from facekd.errors import ConfigError
-from facekd.losses.base import LOSSES, Loss, LossInputs
+from facekd.losses.base import LOSSES, READABLE_FIELDS, TEACHER_FIELDS, Loss, LossInputs
 from facekd.losses.feature import FeatureDistillLoss, FeatureMapDistillLoss
 from facekd.losses.hinton import HintonKDLoss
 from facekd.losses.margin import ArcFace, CosFace, MarginHead
@@ -35,7 +35,8 @@ from facekd.losses.partial_fc import PartialFC, PartialFCCosFace  # noqa: F401  
 from facekd.losses.triplet import (TripletDistillLoss, TripletLoss, adaptive_margin, mine_triplets,
                                    pairwise_distance)
 
-__all__ = ["LOSSES", "Loss", "LossInputs", "WeightedLoss", "build_losses", "MarginHead", "ArcFace",
+__all__ = ["LOSSES", "Loss", "LossInputs", "READABLE_FIELDS", "TEACHER_FIELDS", "WeightedLoss", "build_losses",
+           "declared_reads", "margin_head_names", "MarginHead", "ArcFace",
            "CosFace", "TripletLoss", "TripletDistillLoss", "FeatureDistillLoss",
            "FeatureMapDistillLoss", "HintonKDLoss", "adaptive_margin", "mine_triplets",
            "pairwise_distance", "CONTEXT_KEYS"]
@@ -55,10 +56,11 @@ class WeightedLoss(nn.Module):
     (class centres, projections, adapters) are ``self.parameters()`` — give them to the
     optimiser.
 
-    If a term needs ``student_logits`` and the step did not supply them, they are computed
-    once from :attr:`margin_head` (margin-free ``logits(student_embedding)``).  A term with
-    ``needs_labels`` sees only the labelled rows of a batch with unlabelled faces
-    (:meth:`LossInputs.labelled`); the distillation terms see every row.
+    What the sum reads is the union of what its terms read (:attr:`reads`).  If a term reads
+    ``student_logits`` and the step did not supply them, they are computed once from
+    :attr:`margin_head` (margin-free ``logits(student_embedding)``).  A term that reads
+    ``labels`` sees only the labelled rows of a batch with unlabelled faces
+    (:meth:`LossInputs.labelled`); the other terms see every row.
 
     Attributes:
         terms: ``nn.ModuleDict`` key -> loss module.
@@ -71,32 +73,24 @@ class WeightedLoss(nn.Module):
         super().__init__()
         if set(terms) != set(weights):
             raise ValueError(f"terms {sorted(terms)} and weights {sorted(weights)} differ")
+        for key, term in terms.items():
+            if not term.reads <= type(term).reads:
+                raise TypeError(f"loss term {key!r} reads {sorted(term.reads - type(term).reads)}, which its "
+                                f"class {type(term).__name__} does not declare")
         self.terms = nn.ModuleDict(terms)
         self.weights = {key: float(weights[key]) for key in terms}
         self.specs = {key: dict((specs or {}).get(key, {})) for key in terms}
 
-    def _any(self, flag: str) -> bool:
-        return any(getattr(term, flag, False) for term in self.terms.values())
-
     @property
-    def needs_teacher(self) -> bool:
-        """Some term reads the teacher's embeddings (or logits): run the teacher."""
-        return self._any("needs_teacher")
+    def reads(self) -> FrozenSet[str]:
+        """The :class:`LossInputs` fields some term reads (the union of the terms' ``reads``):
+        what the training task fills.  ``student_logits`` are filled here from
+        :attr:`margin_head` when the task leaves them None."""
+        return frozenset().union(*(term.reads for term in self.terms.values()))
 
-    @property
-    def needs_teacher_logits(self) -> bool:
-        """Some term reads ``teacher_logits`` (margin-free teacher head logits)."""
-        return self._any("needs_teacher_logits")
-
-    @property
-    def needs_student_logits(self) -> bool:
-        """Some term reads ``student_logits`` (filled from :attr:`margin_head` if absent)."""
-        return self._any("needs_student_logits")
-
-    @property
-    def needs_feature_maps(self) -> bool:
-        """Some term reads the intermediate feature maps (call ``forward_features``)."""
-        return self._any("needs_feature_maps")
+    def readers(self, field: str) -> List[str]:
+        """The keys of the terms that read ``field`` (for messages)."""
+        return [key for key, term in self.terms.items() if field in term.reads]
 
     @property
     def margin_head(self) -> Optional[MarginHead]:
@@ -109,14 +103,14 @@ class WeightedLoss(nn.Module):
         return next((k for k, t in self.terms.items() if isinstance(t, MarginHead)), None)
 
     def forward(self, inputs: LossInputs) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
-        if inputs.student_logits is None and self.needs_student_logits and self.margin_head is not None:
+        if inputs.student_logits is None and "student_logits" in self.reads and self.margin_head is not None:
             inputs = dataclasses.replace(
                 inputs, student_logits=self.margin_head.logits(inputs.student_embedding))
         total: Optional[torch.Tensor] = None
         values: Dict[str, torch.Tensor] = {}
         labelled = inputs.labelled()
         for key, term in self.terms.items():
-            value = term(labelled if getattr(term, "needs_labels", False) else inputs)
+            value = term(labelled if "labels" in term.reads else inputs)
             values[key] = value.detach()          # stays on the device: no host sync per term
             weighted = self.weights[key] * value
             total = weighted if total is None else total + weighted
@@ -198,3 +192,16 @@ def build_losses(specs: Sequence[Mapping[str, Any]], **context: Any) -> Weighted
             key = f"{name}_{suffix}"
         terms[key], weights[key], kept[key] = term, float(weight), copy.deepcopy(dict(spec))
     return WeightedLoss(terms, weights, kept)
+
+
+def declared_reads(specs: Sequence[Mapping[str, Any]]) -> FrozenSet[str]:
+    """What the losses of a ``losses:`` list read, from their classes' declarations (before
+    they are built: e.g. whether a teacher must be loaded to size them).  Entries that are
+    not registered losses are left to :func:`build_losses` to report."""
+    names = [spec.get("name") for spec in specs if isinstance(spec, Mapping)]
+    return frozenset().union(*(LOSSES.get(name).reads for name in names if name in LOSSES))
+
+
+def margin_head_names() -> List[str]:
+    """The registered losses that are margin heads (they give the student its logits)."""
+    return [name for name in LOSSES if issubclass(LOSSES.get(name), MarginHead)]

@@ -1,9 +1,9 @@
 """What every loss shares: the ``LOSSES`` registry, the step's :class:`LossInputs` and the
-:class:`Loss` base class with its capability flags."""
+:class:`Loss` base class, whose :attr:`Loss.reads` declares the inputs a loss reads."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, Dict, Optional
+from typing import Any, Callable, ClassVar, Dict, FrozenSet, Optional
 
 import torch
 from torch import nn
@@ -11,11 +11,26 @@ from torch import nn
 from facekd.errors import ConfigError
 from facekd.registry import Registry
 
-#: name -> loss factory (an ``nn.Module`` class).  Factories take the config parameters of a
-#: ``losses:`` entry plus whichever *context* arguments they name (``num_classes``,
-#: ``embedding_size``, ``teacher_embedding_size``, ``student_channels``,
+def _check_loss_class(name: str, factory: Callable[..., Any]) -> None:
+    """Registration check of :data:`LOSSES`: a :class:`Loss` subclass whose :attr:`~Loss.reads`
+    is a non-empty frozenset of :data:`READABLE_FIELDS`."""
+    if not (isinstance(factory, type) and issubclass(factory, Loss)):
+        raise TypeError(f"loss {name!r}: register a subclass of facekd.losses.Loss, got {factory!r}")
+    reads = factory.reads
+    if not isinstance(reads, frozenset) or not reads:
+        raise TypeError(f"loss {name!r}: {factory.__name__}.reads must be a non-empty frozenset of "
+                        f"LossInputs fields, got {reads!r}")
+    unknown = sorted(reads - set(READABLE_FIELDS))
+    if unknown:
+        raise TypeError(f"loss {name!r}: {factory.__name__}.reads names {unknown}, which are not "
+                        f"LossInputs fields a loss reads ({', '.join(READABLE_FIELDS)})")
+
+
+#: name -> loss class (a :class:`Loss` subclass, checked at registration).  Classes take the
+#: config parameters of a ``losses:`` entry plus whichever *context* arguments they name
+#: (``num_classes``, ``embedding_size``, ``teacher_embedding_size``, ``student_channels``,
 #: ``teacher_channels``); see :func:`facekd.losses.build_losses`.
-LOSSES = Registry("loss")
+LOSSES = Registry("loss", check=_check_loss_class)
 
 
 @dataclass
@@ -39,7 +54,7 @@ class LossInputs:
         extra: free-form per-step values for custom losses.
         labelled_rows: when some faces of the batch have no identity (``data.unlabelled``),
             the number of leading rows that have one (the rest have label -1); None: all.
-            :class:`~facekd.losses.WeightedLoss` gives a term with ``needs_labels`` only
+            :class:`~facekd.losses.WeightedLoss` gives a term that reads ``labels`` only
             the labelled rows (:meth:`labelled`).
     """
 
@@ -68,26 +83,31 @@ class LossInputs:
         return replace(self, labelled_rows=None, **cut)
 
 
+#: the :class:`LossInputs` fields a loss may declare in :attr:`Loss.reads` (``labelled_rows``
+#: is read by :class:`~facekd.losses.WeightedLoss`, which hands a term the rows it may see)
+READABLE_FIELDS = tuple(f.name for f in fields(LossInputs) if f.name != "labelled_rows")
+#: the fields that come from the teacher: a loss reading one of them needs a teacher
+TEACHER_FIELDS = frozenset({"teacher_embedding", "teacher_logits", "teacher_feature_map"})
+
+
 class Loss(nn.Module):
     """Base class of the registered losses: ``forward(inputs: LossInputs) -> scalar Tensor``.
 
-    The class attributes say which optional :class:`LossInputs` fields the loss reads, so
-    the training task computes only what is needed (teacher forward pass, teacher logits,
-    feature maps).
+    :attr:`reads` declares, once and beside the loss, which :class:`LossInputs` fields
+    ``forward`` reads; :data:`LOSSES` checks it at registration.  The training task fills
+    exactly the fields its losses read (teacher forward pass, teacher logits, feature maps),
+    and a loss that reads ``labels`` sees only the labelled rows of a batch with unlabelled
+    faces.  An instance may read fewer fields than its class declares (``hinton_kd`` with
+    ``alpha = 1`` reads no labels), never more.
     """
 
     #: registry name, used in error messages
     loss_name: str = "loss"
-    #: reads ``teacher_embedding``
-    needs_teacher: bool = False
-    #: reads ``teacher_logits``
-    needs_teacher_logits: bool = False
-    #: reads ``student_logits``
-    needs_student_logits: bool = False
-    #: reads ``student_feature_map`` / ``teacher_feature_map``
-    needs_feature_maps: bool = False
-    #: reads ``labels``: gets only the labelled rows of a batch with unlabelled faces
-    needs_labels: bool = False
+    #: the :data:`READABLE_FIELDS` ``forward`` reads
+    reads: FrozenSet[str] = frozenset()
+    #: fitted once on the teacher's embeddings of the training set before training
+    #: (``fit_selection(teacher_embeddings, labels)``), by the task that has them
+    needs_teacher_statistics: ClassVar[bool] = False
 
     def require(self, inputs: LossInputs, name: str) -> torch.Tensor:
         """``getattr(inputs, name)``, or a ``ValueError`` naming this loss when it is None."""

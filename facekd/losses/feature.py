@@ -75,7 +75,7 @@ class FeatureDistillLoss(Loss):
     """
 
     loss_name = "feature_distill"
-    needs_teacher = True
+    reads = frozenset({"student_embedding", "teacher_embedding"})
 
     def __init__(self, embedding_size: Optional[int] = None,
                  teacher_embedding_size: Optional[int] = None, metric: str = "cosine") -> None:
@@ -126,8 +126,7 @@ class FeatureMapDistillLoss(Loss):
     """
 
     loss_name = "feature_map_distill"
-    needs_teacher = True
-    needs_feature_maps = True
+    reads = frozenset({"student_feature_map", "teacher_feature_map"})
 
     def __init__(self, student_channels: Optional[int], teacher_channels: Optional[int],
                  normalize: bool = True) -> None:

@@ -35,9 +35,7 @@ class HintonKDLoss(Loss):
     """
 
     loss_name = "hinton_kd"
-    needs_teacher = True
-    needs_teacher_logits = True
-    needs_student_logits = True
+    reads = frozenset({"student_logits", "teacher_logits", "labels"})
 
     def __init__(self, temperature: float = 4.0, alpha: float = 1.0) -> None:
         super().__init__()
@@ -47,7 +45,8 @@ class HintonKDLoss(Loss):
             raise ConfigError(f"hinton_kd: alpha must be in [0, 1], got {alpha}")
         self.temperature = float(temperature)
         self.alpha = float(alpha)
-        self.needs_labels = self.alpha < 1.0      # the hard-label term reads labels
+        if self.alpha == 1.0:                     # only the hard-label term reads labels
+            self.reads = HintonKDLoss.reads - {"labels"}
 
     def forward(self, inputs: LossInputs) -> torch.Tensor:
         student = self.require(inputs, "student_logits").float()

@@ -39,7 +39,7 @@ class MarginHead(Loss):
         margin: the margin ``m`` (meaning depends on the subclass).
     """
 
-    needs_labels = True
+    reads = frozenset({"student_embedding", "labels"})
 
     def __init__(self, num_classes: int, embedding_size: int, scale: float, margin: float) -> None:
         super().__init__()

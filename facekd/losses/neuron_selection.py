@@ -219,7 +219,7 @@ class NeuronSelectDistillLoss(Loss):
     """
 
     loss_name = "neuron_select_distill"
-    needs_teacher = True
+    reads = frozenset({"student_embedding", "teacher_embedding"})
     #: the task must call :meth:`fit_selection` with the teacher's training-set embeddings
     needs_teacher_statistics = True
 

@@ -175,7 +175,7 @@ def _as_margin_fn(margin: Union[float, MarginFn]) -> MarginFn:
 class _TripletLoss(Loss):
     """Mining + ``relu(S(a,p) - S(a,n) + margin)`` averaged; subclasses supply the margins."""
 
-    needs_labels = True
+    reads = frozenset({"student_embedding", "labels"})
 
     def __init__(self, mining: str) -> None:
         super().__init__()
@@ -250,7 +250,7 @@ class TripletDistillLoss(_TripletLoss):
     """
 
     loss_name = "triplet_distill"
-    needs_teacher = True
+    reads = frozenset({"student_embedding", "labels", "teacher_embedding"})
 
     def __init__(self, m_min: float = 0.2, m_max: float = 0.5, d_max: Optional[float] = None,
                  mining: str = "semihard") -> None:

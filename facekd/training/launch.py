@@ -1,5 +1,6 @@
 """What ``facekd train-teacher`` / ``train-student`` (and ``train_face_student.py``) share:
-their options, config loading, the teacher-first rule and the final report.
+their options, config loading, the teacher-first rule, :func:`run_training` (a task by name,
+trained by the :class:`~facekd.training.trainer.Trainer`) and the final report.
 
 Options::
 
@@ -19,9 +20,12 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import TYPE_CHECKING, Any, Dict, Iterable, Optional
 
 from facekd.errors import ConfigError, DataError
+
+if TYPE_CHECKING:  # annotations only
+    from facekd.training.hooks import Hook
 
 LOG = logging.getLogger("facekd.train")
 AUTO_RESUME = "<last>"
@@ -94,10 +98,19 @@ def ensure_teacher(cfg: Any, dist: Any) -> None:
                           f"{teacher.train_config} into {run_dir} (it writes best.pt and last.pt there)")
 
 
+def run_training(cfg: Any, task_name: str, resume: Optional[str] = None, hooks: Iterable["Hook"] = (),
+                 dist: Any = None) -> Dict[str, Any]:
+    """Build the task ``task_name`` (``teacher`` / ``student``, :data:`~facekd.training.tasks.TASKS`)
+    and train it (``hooks``: extra :class:`~facekd.training.hooks.Hook` objects); return the summary."""
+    from facekd.training.tasks import TASKS
+    from facekd.training.trainer import Trainer
+
+    task = TASKS.build(task_name, cfg=cfg)
+    return Trainer(cfg, task, dist=dist, hooks=list(hooks)).fit(resume)
+
+
 def train(cfg: Any, task_name: str, resume: Optional[str] = None, dist: Any = None) -> Dict[str, Any]:
     """Train task ``task_name`` with ``cfg`` (``resume`` as ``--resume`` takes it); return the summary."""
-    from facekd.training.trainer import run_training
-
     return run_training(cfg, task_name, resume=resolve_resume(resume, cfg.output_dir), dist=dist)
 
 

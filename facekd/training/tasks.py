@@ -1,8 +1,9 @@
 """Training tasks: what is trained and how a step's loss is computed.
 
-A task is a :class:`~facekd.training.trainer.Hook` that the :class:`~facekd.training.trainer.Trainer`
-builds (``build``) and asks for the loss of each batch (``compute_loss``).  Both tasks train a
-backbone with the weighted losses of ``cfg.losses`` (:func:`facekd.losses.build_losses`):
+A task fulfils the :class:`~facekd.training.task.Task` contract: the
+:class:`~facekd.training.trainer.Trainer` builds it (``build``) and asks for the loss of each
+batch (``compute_loss``).  Both tasks (:class:`BackboneTask`) train a backbone with the weighted
+losses of ``cfg.losses`` (:func:`facekd.losses.build_losses`):
 
 * :class:`TeacherTask` (``facekd train-teacher``) — a backbone + margin head
   (``arcface``/``cosface``, s=64, m=0.5 by default); losses that need a teacher are refused.
@@ -18,43 +19,45 @@ Where the teacher's outputs come from (``teacher.targets``, :mod:`facekd.trainin
 * embeddings: the clean cache (default; looked up by sample index and flip), a view cache of
   ``teacher.views`` fixed augmented views per face, or the teacher online on each batch's own
   view — the last two give the teacher exactly the student's (augmented, mixed) view;
-* margin-free logits (Hinton KD): the teacher checkpoint's margin head applied to the
+* margin-free logits (``teacher_logits``): the teacher checkpoint's margin head applied to the
   target embedding (one matrix product) when it covers the run's identities, else the
   class-centre logits of :class:`~facekd.teachers.base.ClassCentreHead`;
-* feature maps (a loss with ``needs_feature_maps``): the teacher runs online on the clean
-  view of each batch (``forward_features``), and then provides the embedding too.
+* feature maps (a loss that reads ``teacher_feature_map``): the teacher runs online on the
+  clean view of each batch (``forward_features``), and then provides the embedding too.
+
+What the losses read is their own declaration (:attr:`facekd.losses.Loss.reads`, the union
+:attr:`~facekd.losses.WeightedLoss.reads`); the task fills exactly those fields.
 
 Whatever is fitted on the teacher's statistics of the training set (``teacher.center``,
 class centres, neuron selection) comes from the clean cache, built when needed.
 ``data.unlabelled`` faces (label -1) follow the labelled ones in the dataset and in each
-batch; only the distillation losses see them.
+batch; only losses that do not read ``labels`` see them.
 """
 from __future__ import annotations
 
 import logging
-from typing import Any, Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
 from facekd.config import ExperimentConfig, to_dict
 from facekd.errors import CheckpointError, ConfigError
+from facekd.losses.base import TEACHER_FIELDS
 from facekd.preprocess import InputResize
 from facekd.registry import Registry
-from facekd.teachers import FrozenTeacher, Teacher, build_teacher, load_teacher  # noqa: F401 (re-exported)
+from facekd.teachers import Teacher, build_teacher
 from facekd.teachers.base import ClassCentreHead, class_centres
 from facekd.training.data import TrainView, batch_to_input, keep_uint8
-from facekd.training.hooks import Hook
+from facekd.training.task import StepBatch, Task
+
+if TYPE_CHECKING:  # annotations only
+    from facekd.training.trainer import Trainer
 
 LOG = logging.getLogger(__name__)
 
 #: name -> task class taking ``cfg``
 TASKS = Registry("task")
-
-
-def loss_flag(criterion: nn.Module, flag: str) -> bool:
-    """``criterion.<flag>`` of a ``WeightedLoss`` (``needs_teacher``, ``needs_feature_maps``, ...)."""
-    return bool(getattr(criterion, flag, False))
 
 
 def loss_params(spec: Dict[str, Any]) -> Dict[str, Any]:
@@ -88,7 +91,7 @@ class TrainModule(nn.Module):
                                          student_feature_map=feature_map, **teacher))
 
 
-class Task(Hook):
+class BackboneTask(Task):
     """Common part of the tasks: data, backbone, losses, verification, checkpoint state.
 
     After :meth:`build`: ``dataset`` (the :class:`~facekd.data.FaceDataset`), ``train_set``
@@ -103,7 +106,7 @@ class Task(Hook):
         self.device = torch.device("cpu")
 
     # ------------------------------------------------------------------ building
-    def build(self, trainer: Any) -> None:
+    def build(self, trainer: "Trainer") -> None:
         """Build dataset, backbone and losses (called once by the trainer)."""
         from facekd.data import build_train_dataset
         from facekd.losses import build_losses
@@ -119,7 +122,7 @@ class Task(Hook):
         self.prepare_teacher(trainer)
         self.criterion = build_losses(cfg.losses, **self.loss_context())
         self.check_losses()
-        self.module = TrainModule(self.backbone, self.criterion, loss_flag(self.criterion, "needs_feature_maps"))
+        self.module = TrainModule(self.backbone, self.criterion, "student_feature_map" in self.criterion.reads)
         self.train_set = self.build_view()
 
     def add_unlabelled(self, dataset: Any) -> Any:
@@ -132,14 +135,15 @@ class Task(Hook):
         return {"num_classes": self.dataset.num_classes, "embedding_size": self.cfg.model.embedding_size,
                 "student_channels": getattr(self.backbone, "feature_channels", None)}
 
-    def prepare_teacher(self, trainer: Any) -> None:
+    def prepare_teacher(self, trainer: "Trainer") -> None:
         """Load whatever the losses need besides the backbone (nothing for a teacher run)."""
 
     def check_losses(self) -> None:
         """Refuse loss combinations the task cannot feed."""
-        if loss_flag(self.criterion, "needs_feature_maps") and not hasattr(self.backbone, "forward_features"):
-            raise ConfigError(f"model {self.cfg.model.name!r} has no forward_features; "
-                              "feature-map distillation is not available for it")
+        readers = self.criterion.readers("student_feature_map")
+        if readers and not hasattr(self.backbone, "forward_features"):
+            raise ConfigError(f"model {self.cfg.model.name!r} has no forward_features; losses {readers} read "
+                              "its feature maps (feature-map distillation is not available for it)")
 
     def build_view(self, teacher_images: bool = False, views: int = 0) -> TrainView:
         """The :class:`TrainView` of the dataset: flipped, augmented per ``cfg.augment``, degraded
@@ -187,20 +191,25 @@ class Task(Hook):
         self.train_set.set_epoch(epoch)
 
     # ------------------------------------------------------------------ a step
-    def teacher_outputs(self, batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
+    def prepare_batch(self, batch: Dict[str, Any]) -> StepBatch:
+        """Images normalised on the device, labels, and the labelled rows (host tensor: no device sync)."""
+        images = batch_to_input(batch["image"], self.cfg.model.input_size, self.device, self.cfg.train.channels_last)
+        labelled_rows = int((batch["label"] >= 0).sum())
+        labels = batch["label"].to(self.device, non_blocking=True)
+        return StepBatch(images, labels, None if labelled_rows == len(batch["label"]) else labelled_rows)
+
+    def teacher_outputs(self, batch: Dict[str, Any], target: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
         """``LossInputs`` fields coming from the teacher (none for a teacher run)."""
         return {}
 
-    def compute_loss(self, trainer: Any, batch: Dict[str, Any]) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+    def compute_loss(self, trainer: "Trainer", batch: Dict[str, Any]) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         """``(total, terms)`` of ``batch`` through the (possibly DDP-wrapped) :class:`TrainModule`."""
-        images = batch_to_input(batch["image"], self.cfg.model.input_size, self.device, self.cfg.train.channels_last)
-        labelled_rows = int((batch["label"] >= 0).sum())          # host tensor: no device sync
-        labels = batch["label"].to(self.device, non_blocking=True)
-        extra = {} if labelled_rows == len(batch["label"]) else {"labelled_rows": labelled_rows}
-        return trainer.model(images, labels, **extra, **self.teacher_outputs(batch))
+        step = self.prepare_batch(batch)
+        extra = {} if step.labelled_rows is None else {"labelled_rows": step.labelled_rows}
+        return trainer.model(step.images, step.labels, **extra, **self.teacher_outputs(batch, step.teacher_target))
 
     # ------------------------------------------------------------------ verification
-    def verify(self, trainer: Any, pair_sets: list) -> Dict[str, Any]:
+    def verify(self, trainer: "Trainer", pair_sets: Sequence[Any]) -> Dict[str, Any]:
         """10-fold verification (flip-summed embeddings) of the backbone on each pair set."""
         from facekd.evaluation.embed import TorchEmbedder, extract_embeddings
         from facekd.evaluation.verification import evaluate, pair_embeddings
@@ -243,29 +252,29 @@ class Task(Hook):
 
 
 @TASKS.register("teacher")
-class TeacherTask(Task):
+class TeacherTask(BackboneTask):
     """Backbone + margin head (``facekd train-teacher``)."""
 
     name = "teacher"
 
     def check_losses(self) -> None:
         super().check_losses()
-        for flag in ("needs_teacher", "needs_teacher_logits"):
-            if loss_flag(self.criterion, flag):
-                names = [s.get("name") for s in self.cfg.losses]
-                raise ConfigError(f"train-teacher: losses {names} include one that needs a teacher; "
-                                  "use train-student for distillation")
+        readers = [key for key, term in self.criterion.terms.items() if term.reads & TEACHER_FIELDS]
+        if readers:
+            raise ConfigError(f"train-teacher: losses {readers} read the teacher's outputs (each needs a teacher); "
+                              "use train-student for distillation")
 
 
 @TASKS.register("student")
-class StudentTask(Task):
+class StudentTask(BackboneTask):
     """A student distilled from a frozen teacher (``facekd train-student``).
 
-    The teacher is any :mod:`facekd.teachers` source (``teacher.kind``).  Losses that need
-    only embeddings (triplet distillation, HR->LR, neuron selection) work with every source;
-    Hinton KD uses the teacher's margin head when it covers this run's identities, and
-    otherwise class-centre logits from the teacher's own embeddings of the training
-    identities (:class:`facekd.teachers.base.ClassCentreHead`).  ``init_from: teacher`` starts
+    The teacher is any :mod:`facekd.teachers` source (``teacher.kind``).  Losses that read
+    only ``teacher_embedding`` work with every source; ``teacher_logits`` come from the
+    teacher's margin head when it covers this run's identities, and otherwise are class-centre
+    logits from the teacher's own embeddings of the training identities
+    (:class:`facekd.teachers.base.ClassCentreHead`); ``teacher_feature_map`` needs a torch
+    teacher.  ``init_from: teacher`` starts
     the student from the teacher's weights (same architecture only; "transfer, then distil").
     """
 
@@ -289,16 +298,11 @@ class StudentTask(Task):
                  combined.labelled_count)
         return combined
 
-    def _loss_class_flag(self, flag: str) -> bool:
-        from facekd.losses import LOSSES
-
-        return any(getattr(LOSSES.get(spec["name"]), flag, False)
-                   for spec in self.cfg.losses if spec.get("name") in LOSSES)
-
-    def prepare_teacher(self, trainer: Any) -> None:
+    def prepare_teacher(self, trainer: "Trainer") -> None:
         """Load the teacher when a configured loss reads teacher outputs (or the student starts from it)."""
-        needed = any(self._loss_class_flag(f) for f in ("needs_teacher", "needs_teacher_logits", "needs_feature_maps"))
-        if needed or self.cfg.init_from == "teacher":
+        from facekd.losses import declared_reads
+
+        if declared_reads(self.cfg.losses) & TEACHER_FIELDS or self.cfg.init_from == "teacher":
             if self.cfg.teacher is None:
                 raise ConfigError("the losses (or init_from: teacher) need a teacher but the config has no "
                                   "teacher: section")
@@ -336,7 +340,7 @@ class StudentTask(Task):
         from facekd.training.teaching import targets_name
 
         return self.teacher is not None and targets_name(
-            self.cfg.teacher, loss_flag(self.criterion, "needs_feature_maps")) == "online"
+            self.cfg.teacher, "teacher_feature_map" in self.criterion.reads) == "online"
 
     @property
     def needs_statistics(self) -> bool:
@@ -344,7 +348,7 @@ class StudentTask(Task):
         class-centre logits, neuron selection): the clean cache is built for it."""
         return self.teacher is not None and bool(
             self.cfg.teacher.center or self.statistics_terms()
-            or (loss_flag(self.criterion, "needs_teacher_logits") and not self.teacher_head_fits))
+            or ("teacher_logits" in self.criterion.reads and not self.teacher_head_fits))
 
     @property
     def teacher_head_fits(self) -> bool:
@@ -354,25 +358,29 @@ class StudentTask(Task):
 
     def check_losses(self) -> None:
         super().check_losses()
-        if loss_flag(self.criterion, "needs_student_logits") and self.criterion.margin_head is None:
-            raise ConfigError("hinton_kd needs the student's own margin head: add arcface or cosface to losses")
-        if self.teacher is not None and loss_flag(self.criterion, "needs_feature_maps") \
-                and not hasattr(self.teacher.backbone, "forward_features"):
-            raise ConfigError("feature-map distillation needs a torch teacher with forward_features")
+        from facekd.losses import margin_head_names
 
-    def build(self, trainer: Any) -> None:
+        readers = self.criterion.readers("student_logits")
+        if readers and self.criterion.margin_head is None:
+            raise ConfigError(f"losses {readers} read the student's logits, which come from its own margin head: "
+                              f"add one of {margin_head_names()} to losses")
+        readers = self.criterion.readers("teacher_feature_map")
+        if self.teacher is not None and readers and not hasattr(self.teacher.backbone, "forward_features"):
+            raise ConfigError(f"losses {readers} read the teacher's feature maps: they need a torch teacher "
+                              "with forward_features")
+
+    def build(self, trainer: "Trainer") -> None:
         super().build(trainer)
         if self.cfg.init_from == "teacher":
             self.init_head_from_teacher()
 
     def build_view(self, teacher_images: bool = False, views: int = 0) -> TrainView:
         """The training view the teacher's targets need (``teacher_image``, fixed views)."""
-        if self.teacher is None or not loss_flag(self.criterion, "needs_teacher") \
-                and not loss_flag(self.criterion, "needs_teacher_logits"):
+        if self.teacher is None or not self.criterion.reads & TEACHER_FIELDS:
             return super().build_view(teacher_images, views)
         from facekd.training.teaching import TEACHING, targets_name
 
-        self.targets = TEACHING.build(targets_name(self.cfg.teacher, loss_flag(self.criterion, "needs_feature_maps")),
+        self.targets = TEACHING.build(targets_name(self.cfg.teacher, "teacher_feature_map" in self.criterion.reads),
                                       task=self)
         LOG.info("teacher targets: %s", self.targets.name)
         return super().build_view(teacher_images or self.targets.teacher_images, views or self.targets.views)
@@ -397,7 +405,7 @@ class StudentTask(Task):
             head.weight.copy_(source.weight.to(head.weight.device))
         LOG.info("student's %s head initialised from the teacher's class centres", head.loss_name)
 
-    def on_train_start(self, trainer: Any) -> None:
+    def on_train_start(self, trainer: "Trainer") -> None:
         """Build the teacher's targets (:mod:`facekd.training.teaching`) and, when something is
         fitted on the teacher's statistics, the clean cache it is fitted on."""
         if self.targets is None:
@@ -408,7 +416,7 @@ class StudentTask(Task):
             self.cache = load_cache(self, trainer)
             clean = self.center_statistics(self.cache.embeddings[:, 0].float())
             labelled = clean[:self.labelled_count]
-            if loss_flag(self.criterion, "needs_teacher_logits") and not self.teacher_head_fits:
+            if "teacher_logits" in self.criterion.reads and not self.teacher_head_fits:
                 self.teacher.head = self.class_centre_head(labelled)
             for term in self.statistics_terms():
                 term.fit_selection(labelled.to(self.device), self.train_labels)
@@ -445,30 +453,43 @@ class StudentTask(Task):
 
     def statistics_terms(self) -> list:
         """Loss terms fitted once on the teacher's embeddings of the training set (neuron selection)."""
-        return [t for t in self.criterion.terms.values() if getattr(t, "needs_teacher_statistics", False)]
+        return [t for t in self.criterion.terms.values() if t.needs_teacher_statistics]
 
     def class_centre_head(self, clean_embeddings: torch.Tensor) -> nn.Module:
         """Hinton KD's teacher logits for a head-less teacher: scaled cosine to the identities' centres."""
         scale = self.cfg.teacher.class_centre_scale or self.criterion.margin_head.scale
-        LOG.info("hinton_kd: teacher logits = %.1f * cos(teacher embedding, centre of its identity's teacher "
-                 "embeddings) over %d identities", scale, self.dataset.num_classes)
+        LOG.info("teacher logits of %s = %.1f * cos(teacher embedding, centre of its identity's teacher "
+                 "embeddings) over %d identities", self.criterion.readers("teacher_logits"), scale,
+                 self.dataset.num_classes)
         centres = class_centres(clean_embeddings, self.train_labels, self.dataset.num_classes)
         return ClassCentreHead(centres, scale).to(self.device)
 
-    def teacher_outputs(self, batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
-        if self.teacher is None:
+    def prepare_batch(self, batch: Dict[str, Any]) -> StepBatch:
+        """The base task's step inputs plus the teacher's cached targets of the batch (when the
+        targets come from a cache; online targets are computed in the step)."""
+        step = super().prepare_batch(batch)
+        if self.targets is not None and not self.targets.teacher_images:
+            step.teacher_target = self.targets.embeddings(batch)
+        return step
+
+    def teacher_outputs(self, batch: Dict[str, Any], target: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+        """The teacher's :class:`~facekd.losses.LossInputs` fields the losses read, no others
+        (``target``: the batch's raw teacher embeddings when :meth:`prepare_batch` looked them up)."""
+        reads = self.criterion.reads
+        if self.teacher is None or not reads & TEACHER_FIELDS:
             return {}
         out: Dict[str, torch.Tensor] = {}
         with torch.no_grad():
-            if self.teacher_online and loss_flag(self.criterion, "needs_feature_maps"):
+            if self.teacher_online and "teacher_feature_map" in reads:
                 images = self.teacher.input_batch(batch["teacher_image"])
                 out["teacher_feature_map"], embedding = self.teacher.backbone.forward_features(images)
             else:
-                embedding = self.targets.embeddings(batch)
-            out["teacher_embedding"] = self.centred(embedding)
-            if self.teacher.head is not None and loss_flag(self.criterion, "needs_teacher_logits"):
+                embedding = self.targets.embeddings(batch) if target is None else target
+            centred = self.centred(embedding)
+            if "teacher_embedding" in reads:
+                out["teacher_embedding"] = centred
+            if self.teacher.head is not None and "teacher_logits" in reads:
                 # the teacher's own margin head reads its raw embedding; class centres were fitted centred
                 centre_head = isinstance(self.teacher.head, ClassCentreHead)
-                out["teacher_logits"] = self.teacher.head.logits(
-                    (out["teacher_embedding"] if centre_head else embedding).float())
+                out["teacher_logits"] = self.teacher.head.logits((centred if centre_head else embedding).float())
         return out

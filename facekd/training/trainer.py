@@ -2,8 +2,9 @@
 
 A :class:`Trainer` owns what every run needs — the P x K batch sampler and data loader,
 optimiser and LR schedule, autocast, gradient clipping, the NaN guard, DDP, checkpoints,
-metrics and periodic verification — and calls named hook points of a *task*
-(:mod:`facekd.training.tasks`) and of any extra :class:`Hook` objects:
+metrics and periodic verification — and calls named hook points of a *task* (any
+:class:`~facekd.training.task.Task`: the concrete ones are in :mod:`facekd.training.tasks`, a
+layer above, which this module does not import) and of any extra :class:`Hook` objects:
 
 ``on_train_start(trainer)`` -> per step ``before_step(trainer, batch)``,
 ``task.compute_loss(trainer, batch) -> (loss, terms)``, ``after_step(trainer, batch, loss, terms)``
@@ -31,10 +32,9 @@ import json
 import logging
 import math
 import shutil
-import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import yaml
@@ -44,17 +44,15 @@ from facekd.errors import CheckpointError, ConfigError, TrainingError
 from facekd.training.checkpoint import (CHECKPOINT_FORMAT, atomic_copy, atomic_save, load_checkpoint,
                                         rng_state, seed_everything, set_rng_state)
 from facekd.training.distributed import DistInfo, all_finite, barrier, broadcast_object
-from facekd.precision import AMP_DTYPES, autocast_context, resolve_amp
+from facekd.precision import autocast_context, resolve_amp
+from facekd.training.checkpoint_writer import CheckpointWriter, host_copy
 from facekd.training.hooks import HOOK_POINTS, Hook
 from facekd.training.metrics import MetricsLogger
 from facekd.training.optim import build_optimizer, build_scheduler
+from facekd.training.task import Task
 
 LOG = logging.getLogger(__name__)
 
-# re-exported for modules that still import them from here (facekd.precision and
-# facekd.training.hooks are their homes)
-__all__ = ["Trainer", "run_training", "Hook", "HOOK_POINTS", "AMP_DTYPES", "resolve_amp", "autocast_context",
-           "LossWatch", "CheckpointWriter", "host_copy"]
 
 class LossWatch:
     """The losses of the steps since the last check, kept on the device (no host sync per step).
@@ -91,80 +89,25 @@ class LossWatch:
         return self.pending[-1]
 
 
-def host_copy(obj: Any) -> Any:
-    """``obj`` with every tensor (in nested dicts, lists, tuples) copied to host memory.
-
-    Training continues to update parameters and optimiser state in place; a checkpoint
-    written in the background must hold copies taken at the step it describes.
-    """
-    if torch.is_tensor(obj):
-        return obj.detach().to("cpu", copy=True)
-    if isinstance(obj, dict):
-        return type(obj)((k, host_copy(v)) for k, v in obj.items())
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(host_copy(v) for v in obj)
-    return obj
-
-
-class CheckpointWriter:
-    """Runs checkpoint writes one at a time, in a background thread when ``background``.
-
-    :meth:`submit` first waits for the previous write; :meth:`wait` joins the current one
-    and re-raises an error it hit (``raise_errors=False`` only logs it).
-    """
-
-    def __init__(self, background: bool = True) -> None:
-        self.background = bool(background)
-        self._thread: Optional[threading.Thread] = None
-        self._error: Optional[BaseException] = None
-
-    def submit(self, write: Callable[[], None]) -> None:
-        """Run ``write()`` (after the previous write has finished)."""
-        self.wait()
-        if not self.background:
-            write()
-            return
-        self._thread = threading.Thread(target=self._run, args=(write,), name="facekd-checkpoint", daemon=False)
-        self._thread.start()
-
-    def _run(self, write: Callable[[], None]) -> None:
-        try:
-            write()
-        except BaseException as error:   # re-raised in the training thread by wait()
-            self._error = error
-
-    @property
-    def busy(self) -> bool:
-        """A write is in progress."""
-        return self._thread is not None and self._thread.is_alive()
-
-    def wait(self, raise_errors: bool = True) -> None:
-        """Block until the current write (if any) is done."""
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-        error, self._error = self._error, None
-        if error is not None:
-            if raise_errors:
-                raise error
-            LOG.error("writing a checkpoint failed: %s", error)
-
 class Trainer:
     """Runs a task's training loop.
 
     Args:
         cfg: the experiment config.
-        task: a :class:`facekd.training.tasks.Task` (built here with ``task.build(trainer)``).
+        task: a :class:`~facekd.training.task.Task` (built here with ``task.build(trainer)``).
         dist: this process's place in a ``torchrun`` group (default: a single process on the
             best device).
-        hooks: extra :class:`Hook` objects called after the task at each hook point.
+        hooks: extra :class:`Hook` objects called after the task at each hook point; a method
+            named like a hook point (``on_*``, ``before_*``, ``after_*``) that is not one of
+            :data:`~facekd.training.hooks.HOOK_POINTS` is refused (a misspelt hook would never run).
         output_dir: overrides ``cfg.output_dir``.
     """
 
-    def __init__(self, cfg: ExperimentConfig, task: Any, dist: Optional[DistInfo] = None,
+    def __init__(self, cfg: ExperimentConfig, task: Task, dist: Optional[DistInfo] = None,
                  hooks: Sequence[Hook] = (), output_dir: Optional[str] = None) -> None:
         from facekd.training.distributed import init_distributed
 
+        check_hook_names([task, *hooks])
         self.cfg = cfg
         self.task = task
         self.dist = dist or init_distributed()
@@ -234,8 +177,7 @@ class Trainer:
         sampler = PKBatchSampler(self.task.train_labels, self.cfg.train.identities_per_batch,
                                  self.cfg.train.images_per_identity, seed=self.cfg.seed,
                                  rank=self.dist.rank, world_size=self.dist.world_size)
-        wrap = getattr(self.task, "wrap_sampler", None)     # e.g. unlabelled faces beside each batch
-        return wrap(sampler) if wrap is not None else sampler
+        return self.task.wrap_sampler(sampler)     # e.g. unlabelled faces beside each batch
 
     def loader(self, epoch: int) -> torch.utils.data.DataLoader:
         """The training loader, positioned at ``epoch`` (built once; its workers stay alive).
@@ -261,7 +203,9 @@ class Trainer:
 
     # ------------------------------------------------------------------ hooks
     def call_hook(self, name: str, *args: Any) -> None:
-        """Call hook point ``name`` on the task and every extra hook, in order."""
+        """Call hook point ``name`` (one of :data:`HOOK_POINTS`) on the task and every extra hook, in order."""
+        if name not in HOOK_POINTS:
+            raise ValueError(f"{name!r} is not a hook point; hook points: {', '.join(HOOK_POINTS)}")
         for hook in self.hooks:
             method = getattr(hook, name, None)
             if method is not None:
@@ -399,7 +343,9 @@ class Trainer:
     def pair_sets(self) -> list:
         """The configured verification sets (built once)."""
         if self._pair_sets is None:
-            self._pair_sets = [_build_pair_set(s) for s in self.cfg.val.sets]
+            from facekd.data import build_pair_set
+
+            self._pair_sets = [build_pair_set(s.name, s.kind, s.path, **s.params) for s in self.cfg.val.sets]
         return self._pair_sets
 
     def validate(self) -> Dict[str, Any]:
@@ -515,23 +461,15 @@ class Trainer:
         barrier(self.dist)
 
 
-def _build_pair_set(spec: Any) -> Any:
-    # TEMPORARY shim (remove once facekd.data.build_pair_set no longer passes name= through
-    # Registry.build, whose own first parameter is called ``name``)
-    from facekd.data import PAIR_SOURCES, build_pair_set
-
-    try:
-        return build_pair_set(spec.name, spec.kind, spec.path, **spec.params)
-    except TypeError as error:
-        if "multiple values for argument 'name'" not in str(error):
-            raise
-        return PAIR_SOURCES.get(spec.kind)(path=spec.path, name=spec.name, **spec.params)
+#: prefixes of hook-point names: a hook's method with one of them must be a hook point
+HOOK_PREFIXES = ("on_", "before_", "after_")
 
 
-def run_training(cfg: ExperimentConfig, task_name: str, resume: Optional[str] = None,
-                 hooks: Iterable[Hook] = (), dist: Optional[DistInfo] = None) -> Dict[str, Any]:
-    """Build the task ``task_name`` (``teacher`` / ``student``) and train it; return the summary."""
-    from facekd.training.tasks import TASKS
-
-    task = TASKS.build(task_name, cfg=cfg)
-    return Trainer(cfg, task, dist=dist, hooks=list(hooks)).fit(resume)
+def check_hook_names(hooks: Sequence[Hook]) -> None:
+    """Refuse a hook whose method looks like a hook point but is not one (``on_epoch_ends``)."""
+    for hook in hooks:
+        unknown = sorted(name for name in dir(type(hook)) if name.startswith(HOOK_PREFIXES)
+                         and name not in HOOK_POINTS and callable(getattr(type(hook), name)))
+        if unknown:
+            raise ValueError(f"{type(hook).__name__} has method(s) {unknown} named like hook points, which "
+                             f"the trainer never calls; hook points: {', '.join(HOOK_POINTS)}")

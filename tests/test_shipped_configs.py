@@ -1,0 +1,66 @@
+"""Every shipped config builds: each ``configs/**/*.yaml`` (found by glob, so a new file or
+folder is covered without touching this test) loads, and its model, its losses and its
+teacher's spec are built without weights or data.  Networks are built on the meta device
+(shapes only), which keeps IResNet-100 instant."""
+from __future__ import annotations
+
+from typing import Any, Optional, Tuple
+
+import pytest
+import torch
+
+from facekd.config import CONFIG_DIR, load_config
+from facekd.data import PAIR_SOURCES, TRAIN_SOURCES
+from facekd.data.augment import build_augment
+from facekd.losses import TEACHER_FIELDS, build_losses
+from facekd.models import build_model
+from facekd.teachers import DLIB_BACKENDS, DLIB_FRAMING, TEACHERS, Framing, framing_from_config
+from facekd.training.student_init import architecture_differences
+from facekd.training.teaching import targets_name
+
+CONFIGS = sorted(CONFIG_DIR.rglob("*.yaml"))
+
+
+def test_the_glob_finds_the_shipped_configs():
+    assert len(CONFIGS) >= 5 and CONFIG_DIR / "base.yaml" in CONFIGS
+
+
+def teacher_spec(teacher: Any) -> Tuple[int, Optional[int], Framing]:
+    """``(embedding size, feature-map channels, framing)`` of a teacher config, without its weights."""
+    assert teacher.kind in TEACHERS, teacher.kind
+    if teacher.kind == "torch":
+        with torch.device("meta"):
+            network = build_model(teacher.model)
+        framing = framing_from_config(teacher.framing, Framing(int(teacher.model.input_size)))
+        return teacher.model.embedding_size, getattr(network, "feature_channels", None), framing
+    if teacher.kind == "dlib":
+        assert (teacher.backend or "torch") in DLIB_BACKENDS, teacher.backend
+        return 128, None, framing_from_config(teacher.framing, DLIB_FRAMING)
+    raise AssertionError(f"teacher.kind {teacher.kind!r}: its spec needs its file; teach teacher_spec this kind")
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda path: str(path.relative_to(CONFIG_DIR)))
+def test_shipped_config_builds_its_model_losses_and_teacher(path):
+    cfg = load_config(path)
+    with torch.device("meta"):
+        model = build_model(cfg.model)
+    assert cfg.data.source in TRAIN_SOURCES and all(s.kind in PAIR_SOURCES for s in cfg.val.sets)
+    build_augment(cfg.augment)
+    context = {"num_classes": 10, "embedding_size": cfg.model.embedding_size,
+               "student_channels": getattr(model, "feature_channels", None)}
+    if cfg.teacher is not None:
+        size, channels, framing = teacher_spec(cfg.teacher)
+        assert framing.input_size > 0
+        context.update(teacher_embedding_size=size, teacher_channels=channels)
+    losses = build_losses(cfg.losses, **context)
+    assert list(losses.terms)[0].startswith(cfg.losses[0]["name"])
+    # what the student task would refuse when the run starts
+    if losses.reads & TEACHER_FIELDS or cfg.init_from == "teacher":
+        assert cfg.teacher is not None, "the losses (or init_from) need a teacher: section"
+        targets_name(cfg.teacher, "teacher_feature_map" in losses.reads)
+    if "student_logits" in losses.reads:
+        assert losses.margin_head is not None, losses.readers("student_logits")
+    if "student_feature_map" in losses.reads:
+        assert hasattr(model, "forward_features")
+    if cfg.init_from == "teacher":
+        assert cfg.teacher.kind == "torch" and not architecture_differences(cfg.model, cfg.teacher.model)
