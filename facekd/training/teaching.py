@@ -43,14 +43,15 @@ def cache_dir(task: Any, trainer: Any) -> str:
 
 def load_cache(task: Any, trainer: Any, images: Any = None) -> Any:
     """The :class:`~facekd.training.teacher_cache.TeacherCache` of the task's teacher and data
-    (``images``: what is embedded per sample; default the clean face and its mirror)."""
+    (``images``: what is embedded per sample; default the clean face and its mirror), in a
+    memory-mapped store with ``teacher.store``."""
     from facekd.training.teacher_cache import TeacherCache
 
     cfg = task.cfg
     return TeacherCache.load_or_build(
         task.teacher, task.dataset, cache_dir(task, trainer), dist=trainer.dist, batch_size=cfg.val.batch_size,
         dtype=cfg.teacher.cache_dtype, num_workers=cfg.data.num_workers, progress=cfg.train.progress,
-        images=images)
+        images=images, store=cfg.teacher.store)
 
 
 class TeacherTargets:
