@@ -21,6 +21,10 @@ each a registered class in :data:`TEACHING`:
 The teacher's statistics of the training set (``teacher.center``'s mean, neuron selection's
 Fisher ratios, Hinton KD's class centres) always come from the clean cache, which is built
 whenever one of them is needed, whatever the targets' source.
+
+With ``teacher.store`` both caches are memory-mapped files
+(:class:`~facekd.training.target_store.TargetStore`): the same targets, read from disk row by
+row instead of held in memory.
 """
 from __future__ import annotations
 
