@@ -106,12 +106,16 @@ class TargetStore:
         """Map the store at ``path``; ``key``/``shape``/``dtype``, when given, must match its header.
 
         Raises:
-            DataError: (one line naming ``path``) not a store, another version, another key,
-                dtype or shape, or a size that does not match its header (truncated).
+            DataError: (one line naming ``path``) missing or unreadable, not a store, another
+                version, another key, dtype or shape, or a size that does not match its header
+                (truncated).
         """
         path = Path(path)
-        with open(path, "rb") as stream:
-            head = stream.read(HEADER_BYTES)
+        try:
+            with open(path, "rb") as stream:
+                head = stream.read(HEADER_BYTES)
+        except OSError as error:
+            raise DataError(path, f"cannot read the teacher-target store ({error.strerror})") from None
         if not head.startswith(MAGIC):
             raise DataError(path, "not a facekd teacher-target store (bad magic); delete it to rebuild")
         try:
