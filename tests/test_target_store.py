@@ -201,3 +201,22 @@ def test_two_ranks_fill_one_store_each_with_its_half_or_both_stop(tmp_path, monk
     reference = build_store(tiny_torch_teacher(32), SyntheticFaces(4, 4, seed=3), tmp_path / "one")
     for result in results:
         assert torch.equal(result["rows"], reference.embeddings)
+
+
+def test_ddp_student_fed_from_the_store_stays_in_sync(tmp_path, teacher_ckpt):
+    """train-student on two gloo ranks with teacher.store: the ranks fill one store file between
+    them (no .pt cache, nothing gathered) and end with the same weights."""
+    from tests.test_distributed import REPO_ROOT, TINY_MODEL, TINY_RUN, _sets, check_ranks_in_sync, run_ddp
+
+    cache_dir = tmp_path / "cache"
+    command = ["train-student", "--config", str(REPO_ROOT / "configs" / "student_synthetic.yaml"),
+               "--output-dir", str(tmp_path / "run"),
+               *_sets(f"model={TINY_MODEL}", f"teacher.model={TINY_MODEL}", f"teacher.checkpoint={teacher_ckpt}",
+                      "teacher.train_config=null", f"teacher.cache_dir={cache_dir}", "teacher.cache=true",
+                      "teacher.store=true", "teacher.cache_dtype=float16",
+                      "losses=[{name: arcface, weight: 1.0, scale: 32.0, margin: 0.3}, "
+                      "{name: triplet_distill, weight: 1.0}]", *TINY_RUN, "val.every_epochs=0")]
+    check_ranks_in_sync(run_ddp(tmp_path / "dumps", command))
+    stores = list(cache_dir.iterdir())
+    assert [p.suffix for p in stores] == [".store"]
+    assert TargetStore.open(stores[0]).complete
