@@ -91,23 +91,55 @@ def test_store_refuses_a_truncated_file_and_a_wrong_header_with_one_line(tmp_pat
     assert build_store(teacher, dataset, tmp_path).from_disk                   # the intact file is served
 
 
-def test_interrupted_store_build_resumes_with_only_the_missing_rows(tmp_path):
-    teacher, dataset = tiny_torch_teacher(32), SyntheticFaces(4, 4, seed=3)   # 16 samples, 4 batches of 4
-    reference = build_store(teacher, dataset, tmp_path / "ref").embeddings
+KILLED_BUILD = """
+    import os, signal, sys
+    from facekd.data import SyntheticFaces
+    from facekd.training import TeacherCache
+    from tests.test_teachers import tiny_torch_teacher
 
-    dying = FailingTeacher(teacher, fail_after=2)
-    with pytest.raises(KeyboardInterrupt):
-        build_store(dying, dataset, tmp_path / "c")
-    path = TeacherCache.store_file_for(tmp_path / "c", cache_key(teacher, dataset), "float16")
+    teacher, calls = tiny_torch_teacher(32), [0]
+    real = teacher.embed
+
+    def dying(images):                                   # killed while embedding the 3rd of 4 batches
+        calls[0] += 1
+        if calls[0] == 3:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(images)
+
+    teacher.embed = dying
+    TeacherCache.load_or_build(teacher, SyntheticFaces(4, 4, seed=3), sys.argv[1], batch_size=4, dtype="float16",
+                               store=True, partial_every_s=0.0)
+"""
+
+
+def resumes_the_missing_rows(cache_dir: Path, reference: torch.Tensor, done: int) -> None:
+    """The store in ``cache_dir`` has its first ``done`` rows; a rebuild embeds only the rest."""
+    teacher, dataset = tiny_torch_teacher(32), SyntheticFaces(4, 4, seed=3)
+    path = TeacherCache.store_file_for(cache_dir, cache_key(teacher, dataset), "float16")
     partial = TargetStore.open(path)
-    assert not partial.complete and partial.missing().tolist() == list(range(8, 16))   # two batches kept
-
+    assert not partial.complete and partial.missing().tolist() == list(range(done, 16))
     CACHE_STATS.reset()
     resumed = FailingTeacher(teacher)
-    cache = build_store(resumed, dataset, tmp_path / "c")
-    assert resumed.batches == 2 and CACHE_STATS.misses == 1                  # only the remaining half
+    cache = build_store(resumed, dataset, cache_dir)
+    assert resumed.batches == (16 - done) // 4 and CACHE_STATS.misses == 1
     assert torch.equal(cache.embeddings, reference)
-    assert build_store(teacher, dataset, tmp_path / "c").from_disk
+    assert build_store(teacher, dataset, cache_dir).from_disk
+
+
+def test_interrupted_store_build_resumes_with_only_the_missing_rows(tmp_path):
+    """Interrupted in Python after two of four batches (rows synced as the build stops), or killed
+    by SIGKILL in the third (rows synced every batch): the next build embeds only what is missing."""
+    from tests.test_faults import killed, run_python
+
+    teacher, dataset = tiny_torch_teacher(32), SyntheticFaces(4, 4, seed=3)   # 16 samples, 4 batches of 4
+    reference = build_store(teacher, dataset, tmp_path / "ref").embeddings
+    with pytest.raises(KeyboardInterrupt):
+        build_store(FailingTeacher(teacher, fail_after=2), dataset, tmp_path / "interrupted")
+    resumes_the_missing_rows(tmp_path / "interrupted", reference, done=8)
+
+    child = run_python(KILLED_BUILD, tmp_path / "killed", cwd=tmp_path)
+    assert killed(child), child.stderr
+    resumes_the_missing_rows(tmp_path / "killed", reference, done=8)
 
 
 # --------------------------------------------------------------------------- store-fed runs

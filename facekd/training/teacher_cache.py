@@ -152,14 +152,14 @@ class TeacherCache:
         gathered, and rank 0 writes the file.  A single-process build saves its progress
         every ``partial_every_s`` seconds and resumes from it when restarted.  With ``store``
         the cache is a memory-mapped :class:`~facekd.training.target_store.TargetStore`
-        (:meth:`load_or_build_store`).
+        (:meth:`load_or_build_store`; its progress is synced every ``partial_every_s`` too).
         """
         dist = dist or DistInfo()
         images = images if images is not None else CleanImages(dataset)
         key = cache_key(teacher, dataset, images)
         if store:
-            return cls.load_or_build_store(teacher, images, key, cache_dir, dist, dtype,
-                                           batch_size=batch_size, num_workers=num_workers, progress=progress)
+            return cls.load_or_build_store(teacher, images, key, cache_dir, dist, dtype, batch_size=batch_size,
+                                           num_workers=num_workers, progress=progress, sync_every_s=partial_every_s)
         path = cls.file_for(cache_dir, key)
         cached = broadcast_object(_readable_cache(path, key, len(dataset), images.columns), dist)
         if cached:
@@ -186,7 +186,7 @@ class TeacherCache:
                             dist: DistInfo, dtype: str = "float16", **embedding: Any) -> "TeacherCache":
         """The cache as a :class:`~facekd.training.target_store.TargetStore` of ``dtype`` rows: opened
         when complete, else created (rank 0) and filled by every rank with its share of the
-        missing rows (:func:`fill_store`; ``embedding``: its batch size, workers, progress).
+        missing rows (:func:`fill_store`; ``embedding``: its batch size, workers, progress, sync interval).
         ``embeddings`` is then a tensor on the mapped file.
 
         Raises:
@@ -321,9 +321,11 @@ def compute_embeddings(teacher: Teacher, images: Any, dist: Optional[DistInfo] =
 
 @torch.inference_mode()
 def fill_store(teacher: Teacher, images: Any, store: TargetStore, dist: Optional[DistInfo] = None,
-               batch_size: int = 128, num_workers: int = 0, progress: bool = False) -> int:
+               batch_size: int = 128, num_workers: int = 0, progress: bool = False,
+               sync_every_s: float = 60.0) -> int:
     """Embed this rank's share of the rows ``store`` is missing and write them into it batch by
-    batch (a killed build keeps every batch it wrote); returns the number of rows embedded here."""
+    batch, synced every ``sync_every_s`` seconds and when the build stops (a killed build keeps
+    what it synced); returns the number of rows embedded here."""
     from tqdm import tqdm
 
     dist = dist or DistInfo()
@@ -335,14 +337,21 @@ def fill_store(teacher: Teacher, images: Any, store: TargetStore, dist: Optional
     if not len(mine):
         return 0
     looked_up = teacher.embed_dataset_rows(images.dataset, mine) if isinstance(images, CleanImages) else None
-    if looked_up is not None:
-        store.write(mine, looked_up.float())
-        return len(mine)
-    with tqdm(total=len(mine), desc="teacher cache", unit="img", leave=False,
-              disable=not (progress and dist.is_main)) as bar:
-        for rows, embedded in embedded_batches(teacher, images, mine, batch_size, num_workers):
-            store.write(rows, embedded)
-            bar.update(len(rows))
+    synced = time.monotonic()
+    try:
+        if looked_up is not None:
+            store.write(mine, looked_up.float())
+            return len(mine)
+        with tqdm(total=len(mine), desc="teacher cache", unit="img", leave=False,
+                  disable=not (progress and dist.is_main)) as bar:
+            for rows, embedded in embedded_batches(teacher, images, mine, batch_size, num_workers):
+                store.write(rows, embedded)
+                bar.update(len(rows))
+                if time.monotonic() - synced >= sync_every_s:
+                    store.sync()
+                    synced = time.monotonic()
+    finally:
+        store.sync()
     return len(mine)
 
 
