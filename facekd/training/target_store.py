@@ -65,10 +65,15 @@ def _header(key: str, shape: Shape, dtype: str) -> bytes:
     return header.ljust(HEADER_BYTES, b" ")
 
 
+def rows_size(shape: Shape, dtype: str) -> int:
+    """Bytes of ``shape`` rows of ``dtype``."""
+    n, v, d = shape
+    return n * v * d * np.dtype(dtype).itemsize
+
+
 def file_size(shape: Shape, dtype: str) -> int:
     """Bytes of a store of ``shape`` rows of ``dtype``: header, rows and completeness map."""
-    n, v, d = shape
-    return HEADER_BYTES + n * v * d * np.dtype(dtype).itemsize + n
+    return HEADER_BYTES + rows_size(shape, dtype) + shape[0]
 
 
 class TargetStore:
@@ -81,10 +86,10 @@ class TargetStore:
     def __init__(self, path: Path, key: str, shape: Shape, dtype: str, writable: bool) -> None:
         self.path, self.key, self.shape, self.dtype, self.writable = path, key, shape, dtype, writable
         mode = "r+" if writable else "c"
-        rows_bytes = file_size(shape, dtype) - HEADER_BYTES - shape[0]
         self.rows = np.memmap(path, dtype=np.dtype(dtype).newbyteorder("<"), mode=mode, offset=HEADER_BYTES,
                               shape=shape)
-        self.done = np.memmap(path, dtype=np.uint8, mode=mode, offset=HEADER_BYTES + rows_bytes, shape=(shape[0],))
+        self.done = np.memmap(path, dtype=np.uint8, mode=mode, offset=HEADER_BYTES + rows_size(shape, dtype),
+                              shape=(shape[0],))
         self._unsynced: List[np.ndarray] = []
 
     # ------------------------------------------------------------------ files
