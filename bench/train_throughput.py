@@ -27,6 +27,12 @@ dtype on CUDA), same-run ratios and the issue-12 targets (PASS/MISS, printed, no
 variant (:data:`STEP_VARIANTS`, ``+`` combines them) with everything else equal, and reports each
 variant's model step against the plain student's from the same run (``student+<variant>_speedup``).
 
+``--step-variants store`` (or ``--store`` for every student of the run) takes the student's
+teacher targets from the memory-mapped float16 store (``teacher.store``,
+:mod:`facekd.training.target_store`) instead of today's in-memory float32 cache: the lookup is
+inside the model step, so ``student+store_speedup`` is the store's step against today's cached
+step from the same run; each student reports which cache fed it (``teacher_cache``).
+
 ``--teaching`` times the student once per source of its teacher targets
 (:mod:`facekd.training.teaching`), all on the same augmented views (:data:`TEACHING_AUGMENT`):
 ``clean_cache`` (today's cached step), ``view_cache`` (4 fixed views per face, embedded once:
@@ -61,7 +67,8 @@ from facekd.models import MODELS, count_macs
 from facekd.training import StudentTask, TeacherTask, Trainer
 from facekd.training.distributed import DistInfo
 from facekd.training.hooks import Hook
-from facekd.training.throughput import evaluate_targets, format_report, matmul_peak, synchronize
+from facekd.training.throughput import (cache_kind, evaluate_targets, format_report, matmul_peak, synchronize,
+                                       time_targets)
 
 STUDENT_LOSSES = [{"name": "arcface", "weight": 1.0, "scale": 64.0, "margin": 0.5},
                   {"name": "triplet_distill", "weight": 1.0, "m_min": 0.2, "m_max": 0.5},
@@ -109,6 +116,7 @@ class TrainBenchSettings:
     teaching_teacher: str = "tiny"          # tiny | dlib: the teacher of the --teaching variants
     teaching_views: int = 4
     step_variants: Sequence[str] = ()       # STEP_VARIANTS names (a+b combines) timed beside the student
+    store: bool = False                     # the student's teacher caches as float16 memory-mapped stores
 
     @property
     def batch_size(self) -> int:
@@ -136,6 +144,7 @@ STEP_VARIANTS: Dict[str, Dict[str, Any]] = {
     "nchw": {"channels_last": False},
     "bf16": {"amp": "bf16"},
     "compile": {"compile": True},
+    "store": {"store": True},
 }
 
 
@@ -182,7 +191,8 @@ def experiment_config(role: str, settings: TrainBenchSettings, workdir: Path, da
                     losses=[head])
     else:
         teacher = {"model": _cache_teacher_model(settings), "checkpoint": str(teacher_checkpoint),
-                   "cache": True, "cache_dir": str(workdir / "teacher_cache")}
+                   "cache": True, "cache_dir": str(workdir / "teacher_cache"), "store": settings.store,
+                   "cache_dtype": "float16" if settings.store else "float32"}
         embedding_size = settings.embedding_size
         _, _, targets = role.partition(":")
         if targets:            # a --teaching variant: augmented views, targets from that source
@@ -342,7 +352,8 @@ def bench_model(role: str, settings: TrainBenchSettings, workdir: Path, data_roo
     task.on_train_start(trainer)            # the student builds its teacher-embedding cache here
     cache_s = time.perf_counter() - start
     data = time_data(trainer, settings, keep=4)
-    model = time_model(trainer, data.pop("kept"), settings.model_steps[role.partition(":")[0]], settings.warmup)
+    kept = data.pop("kept")
+    model = time_model(trainer, kept, settings.model_steps[role.partition(":")[0]], settings.warmup)
     end_to_end = time_end_to_end(trainer, clock, settings)
     flop = train_flop_per_image(trainer)
     result = {
@@ -357,6 +368,8 @@ def bench_model(role: str, settings: TrainBenchSettings, workdir: Path, data_roo
         "data_over_model": data["img_s"] / model["img_s"], "end_to_end_over_model": end_to_end["img_s"] / model["img_s"],
         "timed": {"model_steps": model["steps"], "data_batches": data["batches"], "end_to_end_steps": end_to_end["steps"],
                   "cache_build_s": cache_s}}
+    if student:
+        result.update(teacher_cache=cache_kind(task), targets_ms=time_targets(task, kept))
     return result
 
 
@@ -436,6 +449,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                                            "clean_cache,view_cache,online (same augmented views)")
     parser.add_argument("--teaching-teacher", choices=("tiny", "dlib"),
                         help="teacher of the --teaching variants (default tiny; dlib: the torch port)")
+    parser.add_argument("--store", action=argparse.BooleanOptionalAction, default=None,
+                        help="every student's teacher targets from the float16 memory-mapped store")
     parser.add_argument("--step-variants", help="also time the student with each of these step variants, e.g. "
                         f"channels_last,bf16,channels_last+bf16 (known: {', '.join(STEP_VARIANTS)})")
     parser.add_argument("--out", help="write the report as JSON")

@@ -174,6 +174,9 @@ class TeacherConfig:
     cache_dir: Optional[str] = None    # default: <output_dir>/../teacher_cache
     # added for facekd.training: storage dtype of cached teacher embeddings (float32 | float16)
     cache_dtype: str = "float32"
+    # keep the caches in memory-mapped stores (facekd.training.target_store): rows stay on disk,
+    # each rank writes and reads only its rows; with cache_dtype float16 for 100k+ faces x views
+    store: bool = False
     # added for facekd.training: if `checkpoint` does not exist, train-student first trains a
     # teacher with this config file (e.g. teacher_synthetic.yaml) and uses its best.pt
     train_config: Optional[str] = None

@@ -131,3 +131,15 @@ def test_step_variants_time_the_student_again_with_each_change():
     assert set(report["models"]) == {"student", "student+channels_last"}
     assert report["ratios"]["student+channels_last_speedup"] == pytest.approx(
         report["models"]["student"]["model_step_ms"] / report["models"]["student+channels_last"]["model_step_ms"])
+
+
+def test_store_variant_takes_the_targets_from_the_memory_mapped_store():
+    """--step-variants store: the same student fed from the float16 store, against today's cache."""
+    report = bench.run_benchmark(tiny_settings(models=("student",), step_variants=("store",)))
+    models = report["models"]
+    assert models["student"]["teacher_cache"] == "file float32"
+    assert models["student+store"]["teacher_cache"] == "store float16"
+    assert 0 < models["student+store"]["targets_ms"] < models["student+store"]["model_step_ms"]
+    assert report["ratios"]["student+store_speedup"] == pytest.approx(
+        models["student"]["model_step_ms"] / models["student+store"]["model_step_ms"])
+    assert bench.settings_from_args(bench.parse_args(["--store"])).store is True

@@ -21,6 +21,10 @@ each a registered class in :data:`TEACHING`:
 The teacher's statistics of the training set (``teacher.center``'s mean, neuron selection's
 Fisher ratios, Hinton KD's class centres) always come from the clean cache, which is built
 whenever one of them is needed, whatever the targets' source.
+
+With ``teacher.store`` both caches are memory-mapped files
+(:class:`~facekd.training.target_store.TargetStore`): the same targets, read from disk row by
+row instead of held in memory.
 """
 from __future__ import annotations
 
@@ -43,14 +47,15 @@ def cache_dir(task: Any, trainer: Any) -> str:
 
 def load_cache(task: Any, trainer: Any, images: Any = None) -> Any:
     """The :class:`~facekd.training.teacher_cache.TeacherCache` of the task's teacher and data
-    (``images``: what is embedded per sample; default the clean face and its mirror)."""
+    (``images``: what is embedded per sample; default the clean face and its mirror), in a
+    memory-mapped store with ``teacher.store``."""
     from facekd.training.teacher_cache import TeacherCache
 
     cfg = task.cfg
     return TeacherCache.load_or_build(
         task.teacher, task.dataset, cache_dir(task, trainer), dist=trainer.dist, batch_size=cfg.val.batch_size,
         dtype=cfg.teacher.cache_dtype, num_workers=cfg.data.num_workers, progress=cfg.train.progress,
-        images=images)
+        images=images, store=cfg.teacher.store)
 
 
 class TeacherTargets:

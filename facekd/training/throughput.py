@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import torch
 
@@ -81,9 +81,37 @@ def format_report(report: Dict[str, Any]) -> str:
                      f"{m['model_img_s']:.1f} | {m['model_pct_of_peak']:.0f} % | {m['data_img_s']:.1f} | "
                      f"{m['end_to_end_img_s']:.1f} | {100 * m['epoch_end_share']:.1f} % |")
     lines.append("")
+    for role, m in report["models"].items():
+        if m.get("teacher_cache"):
+            lines.append(f"{role}: teacher targets from the {m['teacher_cache']} cache, lookup {m['targets_ms']:.3f} ms "
+                         f"per batch in a {m['model_step_ms']:.0f} ms model step")
     lines.append("ratios (same run): " + ", ".join(f"{k} {v:.2f}x" for k, v in report["ratios"].items()))
     for row in report["targets"]:
         value = "-" if row["value"] is None else f"{row['value']:.3g}"
         lines.append(f"target {row['model']} {row['quantity']} {row['target']} ({row['device']}): "
                      f"{value} {row['status']}")
     return "\n".join(lines)
+
+
+def time_targets(task: Any, batches: List[Dict[str, Any]], repeats: int = 50) -> Optional[float]:
+    """Median ms of the step's teacher-target lookup for one batch (the part of the step a cache
+    serves; None for online targets, which are the teacher's forward pass)."""
+    targets = task.targets
+    if targets is None or targets.teacher_images:
+        return None
+    times = []
+    for i in range(repeats):
+        start = time.perf_counter()
+        targets.embeddings(batches[i % len(batches)])
+        synchronize(task.device)
+        times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times)
+
+
+def cache_kind(task: Any) -> Optional[str]:
+    """Which cache feeds the student's targets: ``store float16``, ``file float32`` or None (online)."""
+    targets = task.targets
+    if targets is None or targets.teacher_images:
+        return None
+    cache = getattr(targets, "cache", None) or task.cache
+    return f"{'store' if cache.store is not None else 'file'} {str(cache.embeddings.dtype).replace('torch.', '')}"
