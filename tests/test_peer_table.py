@@ -65,9 +65,10 @@ def test_results_of_several_files_merge_by_label_into_one_row(tmp_path):
     b.write_text(json.dumps(fake_results("M", [("cfp_fp", "cfp_fp", 0.93, 0.4)])))
     evals = peers.load_eval([str(a), str(b)])
     assert evals["M"]["devtest"]["acc"] == 99.0 and evals["M"]["cfp_fp"]["acc"] == 93.0
-    table = peers.markdown(["M"], evals, {"M": {"params": 1_240_000, "macs": 47_000_000, "input_size": 112}},
-                           {"M": {"median_ms": 2.5, "cpu_median_ms": 2.25}}, {"M": {"training_data": "WebFace12M", "source": "s",
-                                                            "licence": "BSD-3"}})
+    complexity = {"M": {"params": 1_240_000, "macs": 47_000_000, "input_size": 112}}
+    timing = {"M": {"median_ms": 2.5, "cpu_median_ms": 2.25}}
+    meta = {"M": {"training_data": "WebFace12M", "source": "s", "licence": "BSD-3"}}
+    table = peers.markdown(["M"], evals, complexity, timing, meta)
     row = table.splitlines()[2]
     assert row == ("| M | 1.24 M | 47 M | WebFace12M | 99.00 ± 1.00 | 93.00 ± 1.00 | 40.0 (FAR not reached: 4.0e-03) "
                    "| 2.50 / 2.25 | s | BSD-3 |")
