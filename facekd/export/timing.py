@@ -44,7 +44,8 @@ def time_calls(fn: Callable[[], Any], runs: int, warmup: int, max_seconds: Optio
 
 
 def time_interleaved(fns: Mapping[str, Callable[[], Any]], runs: int, warmup: int,
-                     max_seconds: Optional[float] = None, block_seconds: float = 0.05) -> Dict[str, List[float]]:
+                     max_seconds: Optional[float] = None, block_seconds: float = 0.05,
+                     clock: Optional[Callable[[], float]] = None) -> Dict[str, List[float]]:
     """Wall seconds per call of each of ``fns``, timed in alternating rounds: ``{name: [seconds, ...]}``.
 
     Timed one after the other, two functions see different moments of a shared machine (another
@@ -54,7 +55,13 @@ def time_interleaved(fns: Mapping[str, Callable[[], Any]], runs: int, warmup: in
     records a block's mean per call.  ``runs`` rounds after ``warmup`` untimed calls of each; with
     ``max_seconds`` the rounds stop once they have taken that long and at least ``min(MIN_RUNS, runs)``
     were made.
+
+    ``clock`` (default ``time.perf_counter``, wall time) reads the seconds the blocks are timed
+    with; ``time.thread_time`` gives the CPU time of the calling thread instead: on a machine whose
+    cores other processes oversubscribe, that leaves out the time a call waited while descheduled
+    (single-threaded calls only: work of other threads is not counted).  Blocks are sized by wall time.
     """
+    clock = clock or time.perf_counter
     names = list(fns)
     blocks = {}
     for name in names:
@@ -67,10 +74,10 @@ def time_interleaved(fns: Mapping[str, Callable[[], Any]], runs: int, warmup: in
     spent = 0.0
     for round_index in range(runs):
         for name in names[round_index % len(names):] + names[:round_index % len(names)]:
-            start = time.perf_counter()
+            start = clock()
             for _ in range(blocks[name]):
                 fns[name]()
-            elapsed = time.perf_counter() - start
+            elapsed = clock() - start
             spent += elapsed
             times[name].append(elapsed / blocks[name])
         if max_seconds is not None and spent > max_seconds and round_index + 1 >= min(MIN_RUNS, runs):
