@@ -36,6 +36,14 @@ def teacher_spec(teacher: Any) -> Tuple[int, Optional[int], Framing]:
     if teacher.kind == "dlib":
         assert (teacher.backend or "torch") in DLIB_BACKENDS, teacher.backend
         return 128, None, framing_from_config(teacher.framing, DLIB_FRAMING)
+    if teacher.kind == "sface":
+        from facekd.teachers.onnx_teacher import SFACE_FRAMING
+
+        return 128, None, framing_from_config(teacher.framing, SFACE_FRAMING)
+    if teacher.kind == "ensemble":
+        members = [teacher_spec(member) for member in teacher.members]
+        assert members and len(teacher.member_weights) in (0, len(members))
+        return sum(size for size, _, _ in members), None, members[0][2]
     raise AssertionError(f"teacher.kind {teacher.kind!r}: its spec needs its file; teach teacher_spec this kind")
 
 
