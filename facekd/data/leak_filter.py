@@ -4,8 +4,8 @@ Unlabelled faces gathered from the web may show people of the test sets (LFW, CF
 celebrities).  A face is dropped when its teacher embedding is closer to any test face than a
 threshold at which the teacher's false-match rate between *different* people is ``far``
 (default 1e-6 per comparison).  The threshold is measured, not assumed: on every pair of test
-faces of different identities within each test set (LFW View 1's 4,992 faces give 12.4 M such
-pairs, CFP's 7,000 give 24.4 M), it is the value that at most ``floor(far * pairs)`` of them
+faces of different identities within each test set (LFW View 1's 4,992 faces give 12.45 M such
+pairs, CFP's 7,000 give 24.45 M), it is the value that at most ``floor(far * pairs)`` of them
 exceed (:func:`false_match_threshold`).  The 50/50 verification threshold would drop nearly
 every face: against ~12 k test faces a training face of a stranger is compared 12 k times.
 
