@@ -167,7 +167,7 @@ def test_align_tree_counts_log_and_resume(tmp_path, photo_tree):
     assert all(read_image(dst / rel).shape == (112, 112, 3) for rel in outputs)
     log = read_align_log(report.log_path)
     assert log["counts"] == {"total": 5, "aligned": 3, "existing": 0, "center_fallback": 0, "no_face": 1,
-                             "too_small": 0, "unreadable": 1}
+                             "too_small": 0, "unreadable": 1, "retried": 0}
     assert log["no_face"] == ["s3/blank.png"] and log["unreadable"] == ["s2/corrupt.jpg"]
 
     before = {p: p.stat().st_mtime_ns for p in dst.rglob("*.jpg")}
@@ -283,3 +283,61 @@ def test_real_photos_align_beside_a_tiny_one_and_verify_names_it(tmp_path, share
         embedder.embed_photos([aligned[0], src / "tiny.jpg"])
     assert str(info.value) == f"{src / 'tiny.jpg'}: photo too small to hold a face: 10x10 px, " \
                               "the smallest face searched for is 20 px"
+
+
+def _tight_crops(root, shared_data_dir):
+    """Photos whose face fills the frame: the central 30 % of LFW's 250 px images (12 people),
+    or, without the shared data, generated 112 px faces with no border."""
+    if shared_data_dir is not None and (shared_data_dir / "lfw-view1").is_dir():
+        for path in sorted((shared_data_dir / "lfw-view1" / "images").glob("*/*_0001.jpg"))[:12]:
+            image = read_image(path)
+            side = int(image.shape[0] * 0.3)
+            top = (image.shape[0] - side) // 2
+            write_image(root / path.name.replace(".jpg", ".png"), image[top:top + side, top:top + side])
+    else:
+        generator = SyntheticFaceGenerator(0)
+        for identity in range(6):
+            write_image(root / f"face{identity}.png", generator(identity, 0))
+    return root
+
+
+def test_padding_finds_tight_crops_the_unpadded_run_drops(tmp_path):
+    """Issue 34: tight crops (FairFace's 224 px, faces filling the frame) lose faces without a
+    border.  Each extra pad is a retry, counted in the report and the log."""
+    from tests.conftest import SHARED_DATA
+
+    src = _tight_crops(tmp_path / "tight", SHARED_DATA if SHARED_DATA.is_dir() else None)
+    total = len(list(src.iterdir()))
+    bare = align_tree(src, tmp_path / "bare", pad=0.0, progress=False)
+    padded = align_tree(src, tmp_path / "padded", pad=0.25, progress=False)
+    both = align_tree(src, tmp_path / "both", pad=(0.0, 0.25), progress=False)
+    assert bare.total == padded.total == both.total == total
+    assert padded.aligned > bare.aligned and bare.retried == [] and padded.retried == []
+    assert len(bare.no_face) == total - bare.aligned and bare.dropped == len(bare.no_face)
+    # the retry rescues exactly what pad 0 drops and 0.25 finds
+    rescued = sorted(set(bare.no_face) - set(padded.no_face))
+    assert sorted(rel for rel, _ in both.retried) == rescued and rescued
+    assert all(how == "pad=0.25" for _, how in both.retried)
+    assert both.aligned == total - len(set(bare.no_face) & set(padded.no_face))
+    log = read_align_log(both.log_path)
+    assert log["counts"]["retried"] == len(rescued) and log["retried"] == both.retried
+    # a resumed run skips every output and still counts the earlier retries
+    again = align_tree(src, tmp_path / "both", pad=(0.0, 0.25), progress=False)
+    assert again.existing == both.aligned and again.retried == both.retried
+    # replicated borders are an option of their own
+    replicate = align_tree(src, tmp_path / "replicate", pad=0.25, pad_mode="replicate", progress=False)
+    assert replicate.total == total
+
+
+def test_align_command_pad_options(tmp_path, capsys):
+    from facekd.cli import main
+
+    src = tmp_path / "src"
+    write_image(src / "face.png", SyntheticFaceGenerator(0)(2, 0))     # found with a border only
+    assert main(["align", str(src), str(tmp_path / "out"), "--pad", "0,0.25", "--no-progress"]) == 0
+    assert "aligned=1" in capsys.readouterr().out
+    assert read_align_log(tmp_path / "out" / "align_log.txt")["retried"] == [("face.png", "pad=0.25")]
+    with pytest.raises(SystemExit):
+        main(["align", str(src), str(tmp_path / "x"), "--pad", "0,-1"])
+    with pytest.raises(ValueError, match="pad mode"):
+        FaceAligner(pad_mode="mirror")

@@ -11,11 +11,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from facekd.errors import ConfigError
 from facekd.preprocess import denormalize_to_uint8
 from facekd.teachers import (dlib_teacher, dlib_torch, embeddings_teacher, ensemble_teacher,  # noqa: F401 (register)
                              onnx_teacher, torch_teacher)
-from facekd.teachers.base import TEACHERS, Teacher, file_digest, state_dict_digest
+from facekd.teachers.base import TEACHERS, Teacher, build_registered, file_digest, state_dict_digest
 from facekd.teachers.dlib_teacher import DLIB_BACKENDS, DLIB_FRAMING, DlibTeacher
 from facekd.teachers.dlib_torch import DlibTorchTeacher
 from facekd.teachers.embeddings_teacher import EmbeddingsTeacher, save_embeddings
@@ -36,10 +35,7 @@ PACKAGED_KINDS = ("dlib", "sface", "ensemble")
 
 def build_teacher(teacher_cfg: Any, device: torch.device = torch.device("cpu"), amp: str = "none") -> Teacher:
     """The teacher of a ``TeacherConfig`` (``kind``: a :data:`TEACHERS` name)."""
-    kind = getattr(teacher_cfg, "kind", "torch")
-    if kind not in TEACHERS:
-        raise ConfigError(f"teacher.kind {kind!r} is unknown; known: {sorted(TEACHERS)}")
-    return TEACHERS.get(kind)(teacher_cfg, device=torch.device(device), amp=amp)
+    return build_registered(teacher_cfg, device, amp)
 
 
 class TeacherEmbedder:

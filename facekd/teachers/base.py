@@ -188,3 +188,14 @@ def packaged_file(package: str, relative: str, kind: str, install_hint: str) -> 
     if not os.path.isfile(path):
         raise DataError(path, f"the {kind} model file is missing from the installed {package} package")
     return path
+
+
+def build_registered(teacher_cfg: Any, device: torch.device = torch.device("cpu"), amp: str = "none") -> "Teacher":
+    """The teacher of a ``TeacherConfig`` from :data:`TEACHERS` (``kind`` checked; what
+    :func:`facekd.teachers.build_teacher` is, for sources that build other teachers)."""
+    from facekd.errors import ConfigError
+
+    kind = getattr(teacher_cfg, "kind", "torch")
+    if kind not in TEACHERS:
+        raise ConfigError(f"teacher.kind {kind!r} is unknown; known: {sorted(TEACHERS)}")
+    return TEACHERS.get(kind)(teacher_cfg, device=torch.device(device), amp=amp)

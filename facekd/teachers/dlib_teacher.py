@@ -16,7 +16,6 @@ its own copy of the model (started once, with ``spawn``, on the first large batc
 """
 from __future__ import annotations
 
-import os
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any, List, Optional

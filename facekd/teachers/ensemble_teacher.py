@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from facekd.errors import ConfigError
-from facekd.teachers.base import TEACHERS, Teacher
+from facekd.teachers.base import TEACHERS, Teacher, build_registered
 
 
 class EnsembleTeacher(Teacher):
@@ -81,10 +81,8 @@ class EnsembleTeacher(Teacher):
 def build_ensemble_teacher(teacher_cfg: Any, device: torch.device = torch.device("cpu"),
                            amp: str = "none") -> EnsembleTeacher:
     """The :class:`EnsembleTeacher` of ``teacher.members`` (each a teacher config) and ``teacher.member_weights``."""
-    from facekd.teachers import build_teacher
-
     members_cfg = list(getattr(teacher_cfg, "members", None) or [])
     if any(getattr(member, "kind", None) == "ensemble" for member in members_cfg):
         raise ConfigError("teacher.members: an ensemble cannot be a member of an ensemble")
-    members = [build_teacher(member, device, amp) for member in members_cfg]
+    members = [build_registered(member, device, amp) for member in members_cfg]
     return EnsembleTeacher(members, getattr(teacher_cfg, "member_weights", None), device)
