@@ -101,6 +101,7 @@ class Task(Hook):
     def __init__(self, cfg: ExperimentConfig) -> None:
         self.cfg = cfg
         self.device = torch.device("cpu")
+        self.rank, self.world_size = 0, 1
 
     # ------------------------------------------------------------------ building
     def build(self, trainer: Any) -> None:
@@ -111,6 +112,7 @@ class Task(Hook):
 
         cfg = self.cfg
         self.device = trainer.device
+        self.rank, self.world_size = trainer.dist.rank, trainer.dist.world_size    # where a sharded head sits
         self.dataset = build_train_dataset(cfg.data, transform=keep_uint8)
         if cfg.data.unlabelled:
             self.dataset = self.add_unlabelled(self.dataset)
@@ -130,7 +132,8 @@ class Task(Hook):
     def loss_context(self) -> Dict[str, Any]:
         """The context arguments loss factories may take."""
         return {"num_classes": self.dataset.num_classes, "embedding_size": self.cfg.model.embedding_size,
-                "student_channels": getattr(self.backbone, "feature_channels", None)}
+                "student_channels": getattr(self.backbone, "feature_channels", None),
+                "rank": self.rank, "world_size": self.world_size}
 
     def prepare_teacher(self, trainer: Any) -> None:
         """Load whatever the losses need besides the backbone (nothing for a teacher run)."""

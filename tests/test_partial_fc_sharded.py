@@ -1,0 +1,200 @@
+"""Model-parallel PartialFC (facekd/losses/partial_fc_sharded.py, facekd/training/sharding.py) on
+CPU gloo ranks started with ``torch.multiprocessing.spawn``.
+
+Each rank trains a tiny "backbone" (a linear layer, in DDP) and its shard of the head (outside
+DDP, as the trainer does) on its share of a fixed global batch of 24 rows; the test repeats the
+same steps in one process with the whole head (``world_size=1``, today's loss) and compares:
+the loss (every rank holds the global batch's loss), the embedding gradient (``W`` times the
+single process's, which DDP's averaging divides again), the backbone's gradient after DDP,
+each shard's gradient (its rows of the whole head's), and the weights after a few SGD steps
+with momentum and global-norm clipping.  The 2-rank run saves a checkpoint (the whole head and
+momentum, gathered on rank 0); the 4-rank run resumes from it (re-shard 2 -> 4) and must take
+the same next step as the single process.  C = 37 classes: shards of unequal size.
+"""
+from __future__ import annotations
+
+import datetime
+from pathlib import Path
+from typing import Any, Dict, List
+
+import pytest
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from facekd.losses import LOSSES, LossInputs
+from facekd.losses.partial_fc_sharded import ClassShard, initial_centres
+from facekd.training.distributed import DistInfo
+from facekd.training.sharding import ShardedParameters
+
+C, D, D_IN, GLOBAL_BATCH, STEPS = 37, 16, 8, 24, 3
+HEADS = {"partial_fc": {"scale": 16.0, "margin": 0.5}, "partial_fc_cosface": {"scale": 16.0, "margin": 0.35}}
+MAX_NORM = 0.5          # small enough that every step is clipped
+TOL = dict(rtol=1e-5, atol=1e-5)
+
+
+class Net(nn.Module):
+    """Linear backbone + margin head; remembers the embedding (for its gradient)."""
+
+    def __init__(self, head: nn.Module) -> None:
+        super().__init__()
+        self.backbone = nn.Linear(D_IN, D)
+        with torch.no_grad():
+            generator = torch.Generator().manual_seed(3)
+            self.backbone.weight.copy_(torch.randn(D, D_IN, generator=generator) * 0.3)
+            self.backbone.bias.zero_()
+        self.head = head
+        self.embedding: Any = None
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        self.embedding = self.backbone(x)
+        self.embedding.retain_grad()
+        return self.head(LossInputs(student_embedding=self.embedding, labels=labels))
+
+
+def global_batch(step: int):
+    generator = torch.Generator().manual_seed(100 + step)
+    return torch.randn(GLOBAL_BATCH, D_IN, generator=generator), torch.randint(0, C, (GLOBAL_BATCH,), generator=generator)
+
+
+def build(name: str, rank: int, world: int):
+    head = LOSSES.build(name, num_classes=C, embedding_size=D, sample_rate=1.0, rank=rank, world_size=world,
+                        **HEADS[name])
+    torch.manual_seed(0)
+    head.load_state_dict({"weight": initial_centres(ClassShard(C), D)})     # a whole head: each rank keeps its rows
+    net = Net(head)
+    info = DistInfo(rank, world, rank, torch.device("cpu"), "gloo" if world > 1 else None)
+    sharded = ShardedParameters(net, info)
+    model = net
+    if world > 1:
+        sharded.exclude_from_ddp(net)
+        model = nn.parallel.DistributedDataParallel(net)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.5, momentum=0.9)
+    optimizer.register_load_state_dict_pre_hook(sharded.slice_optimizer_state)
+    return net, model, sharded, optimizer
+
+
+def train(net, model, sharded, optimizer, rank: int, world: int, steps) -> List[Dict[str, torch.Tensor]]:
+    """SGD steps on this rank's rows of each global batch; what each step saw."""
+    records = []
+    rows = slice(rank * GLOBAL_BATCH // world, (rank + 1) * GLOBAL_BATCH // world)
+    for step in steps:
+        x, labels = global_batch(step)
+        optimizer.zero_grad()
+        loss = model(x[rows], labels[rows])
+        loss.backward()
+        sharded.clip_grad_norm_(list(net.parameters()), MAX_NORM)
+        records.append({"loss": loss.detach().clone(), "embedding_grad": net.embedding.grad.clone(),
+                        "backbone_grad": net.backbone.weight.grad.clone(),
+                        "head_grad": net.head.weight.grad.clone()})
+        optimizer.step()
+    return records
+
+
+def checkpoint(net, sharded, optimizer) -> Dict[str, Any]:
+    """The whole state (rank 0; ``{}`` elsewhere) as the trainer writes it."""
+    whole = sharded.gather(optimizer)
+    if sharded.info.rank != 0:
+        return {}
+    return sharded.fill({"net": net.state_dict(), "optimizer": optimizer.state_dict()}, whole)
+
+
+def worker(rank: int, world: int, root: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{root}/store{world}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=60))
+    try:
+        out: Dict[str, Any] = {}
+        for name in HEADS:
+            net, model, sharded, optimizer = build(name, rank, world)
+            start = checkpoint(net, sharded, optimizer)
+            records = train(net, model, sharded, optimizer, rank, world, range(STEPS))
+            out[name] = {"start": start, "records": records, "end": checkpoint(net, sharded, optimizer),
+                         "shard": (net.head.shard.start, net.head.shard.stop)}
+        if world == 2 and rank == 0:
+            torch.save(out["partial_fc"]["end"], f"{root}/pfc_after_{STEPS}.pt")
+        if world == 4:      # resume the 2-rank run: the whole head is re-sharded over 4 ranks
+            dist.barrier()
+            net, model, sharded, optimizer = build("partial_fc", rank, world)
+            saved = torch.load(f"{root}/pfc_after_{STEPS}.pt", weights_only=True)
+            net.load_state_dict(saved["net"])
+            optimizer.load_state_dict(saved["optimizer"])
+            out["resumed"] = {"records": train(net, model, sharded, optimizer, rank, world, [STEPS]),
+                              "end": checkpoint(net, sharded, optimizer)}
+        torch.save(out, f"{root}/world{world}_rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def run_world(world: int, root: Path) -> Dict[int, Dict[str, Any]]:
+    if not dist.is_available() or not dist.is_gloo_available():
+        pytest.skip("torch.distributed with gloo is not available")
+    # fork: the ranks inherit the imported modules (spawning 6 fresh interpreters costs ~10 s of CPU)
+    torch.multiprocessing.start_processes(worker, args=(world, str(root)), nprocs=world, start_method="fork")
+    return {rank: torch.load(root / f"world{world}_rank{rank}.pt", weights_only=False) for rank in range(world)}
+
+
+def single_process(name: str, steps: int):
+    net, model, sharded, optimizer = build(name, 0, 1)
+    start = {k: v.clone() for k, v in net.state_dict().items()}
+    records = train(net, model, sharded, optimizer, 0, 1, range(steps))
+    return start, records, net.state_dict()
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sharded_pfc")
+    return {2: run_world(2, root), 4: run_world(4, root)}      # 4 resumes 2's checkpoint
+
+
+@pytest.mark.parametrize("world", [2, 4])
+@pytest.mark.parametrize("name", list(HEADS))
+def test_sharded_head_equals_the_single_process_head(runs, world, name):
+    start, reference, final = single_process(name, STEPS)
+    dumps = runs[world]
+    assert torch.equal(dumps[0][name]["start"]["net"]["head.weight"], start["head.weight"]), \
+        "the sharded run did not start from the single process's head"
+    for rank, dump in dumps.items():
+        lo, hi = dump[name]["shard"]
+        assert (lo, hi) == (ClassShard(C, rank, world).start, ClassShard(C, rank, world).stop)
+        rows = slice(rank * GLOBAL_BATCH // world, (rank + 1) * GLOBAL_BATCH // world)
+        for step, (got, want) in enumerate(zip(dump[name]["records"], reference)):
+            where = f"rank {rank} of {world}, step {step}"
+            torch.testing.assert_close(got["loss"], want["loss"], **TOL, msg=f"loss, {where}")
+            torch.testing.assert_close(got["embedding_grad"] / world, want["embedding_grad"][rows], **TOL,
+                                       msg=f"embedding gradient, {where}")
+            torch.testing.assert_close(got["backbone_grad"], want["backbone_grad"], **TOL,
+                                       msg=f"backbone gradient after DDP, {where}")
+            torch.testing.assert_close(got["head_grad"], want["head_grad"][lo:hi], **TOL, msg=f"shard gradient, {where}")
+    end = dumps[0][name]["end"]["net"]
+    for key in final:
+        torch.testing.assert_close(end[key], final[key], **TOL, msg=f"{key} after {STEPS} steps")
+
+
+def test_checkpoint_holds_the_whole_head_and_resumes_on_more_ranks(runs):
+    saved = runs[2][0]["partial_fc"]["end"]
+    assert saved["net"]["head.weight"].shape == (C, D)
+    momentum = [s["momentum_buffer"] for s in saved["optimizer"]["state"].values()]
+    assert sorted(tuple(m.shape) for m in momentum) == sorted([(C, D), (D, D_IN), (D,)])
+    assert runs[2][1]["partial_fc"]["end"] == {}          # only rank 0 assembles the checkpoint
+
+    _, reference, final = single_process("partial_fc", STEPS + 1)
+    for rank, dump in runs[4].items():
+        torch.testing.assert_close(dump["resumed"]["records"][0]["loss"], reference[STEPS]["loss"], **TOL)
+    end = runs[4][0]["resumed"]["end"]["net"]
+    for key in final:
+        torch.testing.assert_close(end[key], final[key], **TOL, msg=f"{key} after resuming on 4 ranks")
+
+
+def test_initial_centres_do_not_depend_on_the_world_size():
+    torch.manual_seed(7)
+    whole = initial_centres(ClassShard(70_000), 4)
+    parts = torch.cat([initial_centres(ClassShard(70_000, r, 3), 4) for r in range(3)])
+    assert torch.equal(whole, parts) and 0.009 < float(whole.std()) < 0.011
+
+
+def test_shards_cover_the_classes_once():
+    for classes, world in [(37, 2), (37, 4), (8, 8), (10, 3)]:
+        shards = [ClassShard(classes, r, world) for r in range(world)]
+        assert [s.start for s in shards] == [0] + [s.stop for s in shards[:-1]] and shards[-1].stop == classes
+        assert max(s.size for s in shards) - min(s.size for s in shards) <= 1
