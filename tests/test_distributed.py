@@ -66,7 +66,8 @@ def run_ddp(dump_dir: Path, command: List[str]) -> Dict[int, Dict[str, Any]]:
     """Run ``facekd <command>`` on WORLD_SIZE gloo ranks; return each rank's dump."""
     _require_gloo()
     dump_dir.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])))
     env.pop("CUDA_VISIBLE_DEVICES", None)
     if sys.platform.startswith("linux") and os.path.isdir("/sys/class/net/lo"):
         env.setdefault("GLOO_SOCKET_IFNAME", "lo")   # single host: don't depend on hostname resolution
