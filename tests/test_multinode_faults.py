@@ -1,0 +1,84 @@
+"""Multi-node runs that never hang: two gloo ranks on localhost, each started on its own as
+a node's only process would be (tests/rank_fault_worker.py, no torchrun agent).
+
+* A node that cannot see the checkpoint (no shared filesystem: each rank gets its own
+  ``--output-dir``, only rank 0's holds ``last.pt``): both ranks stop before training, each
+  with one line naming the rank and the missing file.
+* A rank killed mid-step: the other ends within the collective timeout with one line.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import List, Tuple
+
+import pytest
+import torch
+
+from test_distributed import REPO_ROOT, TINY_MODEL, TINY_RUN, _free_port, _require_gloo, _sets
+
+WORKER = Path(__file__).with_name("rank_fault_worker.py")
+LIMIT_S = 60
+CONFIG = str(REPO_ROOT / "configs" / "teacher_synthetic.yaml")
+
+
+def run_ranks(commands: List[List[str]], die_at: int = 0, timeout_s: float = 20) -> List[Tuple[int, str, float]]:
+    """Start one process per rank; ``(exit code, stderr, seconds)`` of each (killed after LIMIT_S)."""
+    _require_gloo()
+    port = _free_port()
+    procs = []
+    start = time.monotonic()
+    for rank, command in enumerate(commands):
+        env = dict(os.environ, RANK=str(rank), LOCAL_RANK="0", WORLD_SIZE=str(len(commands)),
+                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1",
+                   FACEKD_COLLECTIVE_TIMEOUT_S=str(timeout_s),
+                   PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])))
+        if os.path.isdir("/sys/class/net/lo"):
+            env.setdefault("GLOO_SOCKET_IFNAME", "lo")
+        procs.append(subprocess.Popen([sys.executable, str(WORKER), str(die_at), *command, "--device", "cpu"],
+                                      cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                      text=True, start_new_session=True))
+    results = []
+    for proc in procs:
+        try:
+            _, err = proc.communicate(timeout=max(1.0, LIMIT_S - (time.monotonic() - start)))
+        except subprocess.TimeoutExpired:
+            for other in procs:
+                if other.poll() is None:
+                    os.killpg(other.pid, signal.SIGKILL)
+            pytest.fail(f"a rank was still running after {LIMIT_S} s (a hang)")
+        results.append((proc.returncode, err, time.monotonic() - start))
+    return results
+
+
+def error_lines(stderr: str) -> List[str]:
+    return [line for line in stderr.splitlines() if line.startswith("facekd ") and ": error: " in line]
+
+
+def test_a_node_without_the_checkpoint_stops_every_rank_with_one_line(tmp_path):
+    dirs = [tmp_path / "node0", tmp_path / "node1"]
+    dirs[0].mkdir()
+    torch.save({"step": 3, "epoch": 0}, dirs[0] / "last.pt")      # only the step is read before agreeing
+    commands = [["train-teacher", "--config", CONFIG, "--output-dir", str(d), "--resume",
+                 *_sets(f"model={TINY_MODEL}", *TINY_RUN)] for d in dirs]
+    results = run_ranks(commands)
+    for rank, (code, err, _) in enumerate(results):
+        lines = error_lines(err)
+        assert code == 2 and len(lines) == 1, f"rank {rank} exited with {code}:\n{err[-3000:]}"
+        assert "rank 1 cannot see" in lines[0] and "rank 0 at step 3" in lines[0], lines[0]
+        assert str(dirs[rank] / "last.pt") in lines[0]
+    assert not (dirs[1] / "metrics.jsonl").exists()
+
+
+def test_a_rank_killed_mid_step_ends_the_others_within_the_timeout(tmp_path):
+    commands = [["train-teacher", "--config", CONFIG, "--output-dir", str(tmp_path / "run"),
+                 *_sets(f"model={TINY_MODEL}", *TINY_RUN, "val.every_epochs=0")]] * 2
+    (code0, err0, seconds), (code1, _, _) = run_ranks(commands, die_at=2)
+    assert code1 == -signal.SIGKILL
+    lines = error_lines(err0)
+    assert code0 == 2 and len(lines) == 1, f"rank 0 exited with {code0} after {seconds:.0f} s:\n{err0[-3000:]}"
+    assert "rank 0 of 2: lost the other ranks" in lines[0], lines[0]
