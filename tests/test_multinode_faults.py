@@ -82,3 +82,24 @@ def test_a_rank_killed_mid_step_ends_the_others_within_the_timeout(tmp_path):
     lines = error_lines(err0)
     assert code0 == 2 and len(lines) == 1, f"rank 0 exited with {code0} after {seconds:.0f} s:\n{err0[-3000:]}"
     assert "rank 0 of 2: lost the other ranks" in lines[0], lines[0]
+
+
+def test_single_process_resume_rules_are_unchanged(tmp_path):
+    from facekd.errors import DataError
+    from facekd.training.resume import AUTO_RESUME, resolve_resume
+
+    assert resolve_resume(None, str(tmp_path)) is None
+    assert resolve_resume(AUTO_RESUME, str(tmp_path)) is None              # nothing yet: a fresh start
+    with pytest.raises(DataError, match="checkpoint to resume from not found"):
+        resolve_resume(str(tmp_path / "gone.pt"), str(tmp_path))
+    (tmp_path / "last.pt").write_bytes(b"")
+    assert resolve_resume(AUTO_RESUME, str(tmp_path)) == str(tmp_path / "last.pt")
+
+
+def test_the_disagreement_line_names_every_rank_and_step():
+    from facekd.training.resume import NO_FILE, UNREADABLE, disagreement
+
+    line = disagreement([3, 2, NO_FILE, UNREADABLE, 3], "/runs/x/last.pt", "empty file")
+    assert "\n" not in line
+    assert "rank 2 cannot see /runs/x/last.pt" in line and "rank 3 cannot read /runs/x/last.pt (empty file)" in line
+    assert "rank 1 at step 2" in line and "ranks 0, 4 at step 3" in line

@@ -14,6 +14,7 @@ the same next step as the single process.  C = 37 classes: shards of unequal siz
 from __future__ import annotations
 
 import datetime
+import math
 from pathlib import Path
 from typing import Any, Dict, List
 
@@ -99,6 +100,16 @@ def checkpoint(net, sharded, optimizer) -> Dict[str, Any]:
     return sharded.fill({"net": net.state_dict(), "optimizer": optimizer.state_dict()}, whole)
 
 
+def sample_once(rank: int, world: int) -> Dict[str, Any]:
+    """One forward at sample_rate 0.3: the shard's sampled centres and the generator after it."""
+    torch.manual_seed(5)
+    head = LOSSES.build("partial_fc", num_classes=C, embedding_size=D, sample_rate=0.3, rank=rank, world_size=world)
+    x, labels = global_batch(9)
+    rows = slice(rank * 4, rank * 4 + 4)          # 4 rows per rank: the global batch is smaller than C
+    head(LossInputs(student_embedding=torch.randn(4, D), labels=labels[rows]))
+    return {"index": head.last_index, "labels": labels[:4 * world], "rng": torch.get_rng_state()}
+
+
 def worker(rank: int, world: int, root: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{root}/store{world}", rank=rank, world_size=world,
@@ -111,6 +122,7 @@ def worker(rank: int, world: int, root: str) -> None:
             records = train(net, model, sharded, optimizer, rank, world, range(STEPS))
             out[name] = {"start": start, "records": records, "end": checkpoint(net, sharded, optimizer),
                          "shard": (net.head.shard.start, net.head.shard.stop)}
+        out["sampled"] = sample_once(rank, world)
         if world == 2 and rank == 0:
             torch.save(out["partial_fc"]["end"], f"{root}/pfc_after_{STEPS}.pt")
         if world == 4:      # resume the 2-rank run: the whole head is re-sharded over 4 ranks
@@ -184,6 +196,19 @@ def test_checkpoint_holds_the_whole_head_and_resumes_on_more_ranks(runs):
     end = runs[4][0]["resumed"]["end"]["net"]
     for key in final:
         torch.testing.assert_close(end[key], final[key], **TOL, msg=f"{key} after resuming on 4 ranks")
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_each_rank_samples_its_positives_and_the_generators_stay_in_step(runs, world):
+    for rank, dump in runs[world].items():
+        shard, sampled = ClassShard(C, rank, world), dump["sampled"]
+        index, labels = sampled["index"], sampled["labels"]
+        assert index.numel() == max(math.ceil(0.3 * shard.size), 4 * world) or index.numel() == shard.size
+        assert torch.equal(index, index.unique()) and int(index.max()) < shard.size
+        positives = {int(y) - shard.start for y in labels if shard.start <= y < shard.stop}
+        assert positives <= set(index.tolist()), f"rank {rank} of {world} left out a positive"
+        assert torch.equal(sampled["rng"], runs[world][0]["sampled"]["rng"])
+    assert len({tuple(runs[world][r]["sampled"]["index"].tolist()) for r in range(world)}) > 1
 
 
 def test_initial_centres_do_not_depend_on_the_world_size():
