@@ -392,12 +392,12 @@ class StudentTask(Task):
         if head is None:
             return
         source = self.teacher.head if self.teacher_head_fits else None
-        if source is None or getattr(source, "weight", None) is None or source.weight.shape != head.weight.shape:
+        shape = (head.num_classes, head.embedding_size)
+        if source is None or getattr(source, "weight", None) is None or tuple(source.weight.shape) != shape:
             LOG.warning("init_from: teacher: the teacher has no margin head over this run's %d identities with "
                         "the student's shape; the student's %s head starts fresh", head.num_classes, head.loss_name)
             return
-        with torch.no_grad():
-            head.weight.copy_(source.weight.to(head.weight.device))
+        head.load_state_dict({"weight": source.weight.detach()})     # a sharded head keeps its rows
         LOG.info("student's %s head initialised from the teacher's class centres", head.loss_name)
 
     def on_train_start(self, trainer: Any) -> None:
