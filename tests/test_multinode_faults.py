@@ -4,7 +4,8 @@ a node's only process would be (tests/rank_fault_worker.py, no torchrun agent).
 * A node that cannot see the checkpoint (no shared filesystem: each rank gets its own
   ``--output-dir``, only rank 0's holds ``last.pt``): both ranks stop before training, each
   with one line naming the rank and the missing file.
-* A rank killed mid-step: the other ends within the collective timeout with one line.
+* A rank killed (or stopped, so its connections stay open) mid-step: the other ends within
+  the collective timeout with one line.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from typing import List, Tuple
 import pytest
 import torch
 
+from facekd.training.metrics import read_metrics
 from test_distributed import REPO_ROOT, TINY_MODEL, TINY_RUN, _free_port, _require_gloo, _sets
 
 WORKER = Path(__file__).with_name("rank_fault_worker.py")
@@ -26,8 +28,10 @@ LIMIT_S = 60
 CONFIG = str(REPO_ROOT / "configs" / "teacher_synthetic.yaml")
 
 
-def run_ranks(commands: List[List[str]], die_at: int = 0, timeout_s: float = 20) -> List[Tuple[int, str, float]]:
-    """Start one process per rank; ``(exit code, stderr, seconds)`` of each (killed after LIMIT_S)."""
+def run_ranks(commands: List[List[str]], fault: str = "none", timeout_s: float = 20,
+              wait_for: int = 0) -> List[Tuple[int, str, float]]:
+    """Start one process per rank; ``(exit code, stderr, seconds)`` of the first ``wait_for`` ranks
+    (default: all; the others are then killed).  A rank still running after LIMIT_S fails the test."""
     _require_gloo()
     port = _free_port()
     procs = []
@@ -39,19 +43,22 @@ def run_ranks(commands: List[List[str]], die_at: int = 0, timeout_s: float = 20)
                    PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])))
         if os.path.isdir("/sys/class/net/lo"):
             env.setdefault("GLOO_SOCKET_IFNAME", "lo")
-        procs.append(subprocess.Popen([sys.executable, str(WORKER), str(die_at), *command, "--device", "cpu"],
+        procs.append(subprocess.Popen([sys.executable, str(WORKER), fault, *command, "--device", "cpu"],
                                       cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                       text=True, start_new_session=True))
     results = []
-    for proc in procs:
-        try:
-            _, err = proc.communicate(timeout=max(1.0, LIMIT_S - (time.monotonic() - start)))
-        except subprocess.TimeoutExpired:
-            for other in procs:
-                if other.poll() is None:
-                    os.killpg(other.pid, signal.SIGKILL)
-            pytest.fail(f"a rank was still running after {LIMIT_S} s (a hang)")
-        results.append((proc.returncode, err, time.monotonic() - start))
+    try:
+        for proc in procs[:wait_for or len(procs)]:
+            try:
+                _, err = proc.communicate(timeout=max(1.0, LIMIT_S - (time.monotonic() - start)))
+            except subprocess.TimeoutExpired:
+                pytest.fail(f"a rank was still running after {LIMIT_S} s (a hang)")
+            results.append((proc.returncode, err, time.monotonic() - start))
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.communicate()
     return results
 
 
@@ -74,14 +81,18 @@ def test_a_node_without_the_checkpoint_stops_every_rank_with_one_line(tmp_path):
     assert not (dirs[1] / "metrics.jsonl").exists()
 
 
-def test_a_rank_killed_mid_step_ends_the_others_within_the_timeout(tmp_path):
+@pytest.mark.parametrize("fault", ["kill", "stop"])
+def test_a_rank_that_dies_or_hangs_mid_step_ends_the_others_within_the_timeout(tmp_path, fault):
+    """SIGKILL: gloo sees the closed connection at once; SIGSTOP: the collective timeout (10 s;
+    it also bounds the start-up rendezvous, so not shorter on a busy machine)."""
     commands = [["train-teacher", "--config", CONFIG, "--output-dir", str(tmp_path / "run"),
                  *_sets(f"model={TINY_MODEL}", *TINY_RUN, "val.every_epochs=0")]] * 2
-    (code0, err0, seconds), (code1, _, _) = run_ranks(commands, die_at=2)
-    assert code1 == -signal.SIGKILL
+    [(code0, err0, seconds)] = run_ranks(commands, fault=f"{fault}:2", timeout_s=10, wait_for=1)
     lines = error_lines(err0)
     assert code0 == 2 and len(lines) == 1, f"rank 0 exited with {code0} after {seconds:.0f} s:\n{err0[-3000:]}"
     assert "rank 0 of 2: lost the other ranks" in lines[0], lines[0]
+    steps = [r["step"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl", "train")]
+    assert steps == [1], f"the fault should strike in step 2 (rank 0 logged steps {steps})"
 
 
 def test_single_process_resume_rules_are_unchanged(tmp_path):
