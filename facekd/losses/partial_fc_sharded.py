@@ -52,7 +52,7 @@ class ClassShard:
     def __post_init__(self) -> None:
         if not 0 <= self.rank < self.world_size:
             raise ConfigError(f"rank {self.rank} is not in a world of {self.world_size}")
-        if self.num_classes < self.world_size:
+        if self.sharded and self.num_classes < self.world_size:
             raise ConfigError(f"{self.num_classes} classes cannot be sharded over {self.world_size} ranks")
 
     @property
