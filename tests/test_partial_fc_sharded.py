@@ -7,7 +7,7 @@ same steps in one process with the whole head (``world_size=1``, today's loss) a
 the loss (every rank holds the global batch's loss), the embedding gradient (``W`` times the
 single process's, which DDP's averaging divides again), the backbone's gradient after DDP,
 each shard's gradient (its rows of the whole head's), and the weights after a few SGD steps
-with momentum and global-norm clipping.  The 2-rank run saves a checkpoint (the whole head and
+with momentum and global-norm clipping (and, looser, one step under bf16 autocast).  The 2-rank run saves a checkpoint (the whole head and
 momentum, gathered on rank 0); the 4-rank run resumes from it (re-shard 2 -> 4) and must take
 the same next step as the single process.  C = 37 classes: shards of unequal size.
 """
@@ -110,6 +110,17 @@ def sample_once(rank: int, world: int) -> Dict[str, Any]:
     return {"index": head.last_index, "labels": labels[:4 * world], "rng": torch.get_rng_state()}
 
 
+def bf16_step(rank: int, world: int) -> Dict[str, torch.Tensor]:
+    """Loss and backbone gradient of one global batch under bf16 autocast (no optimiser step)."""
+    net, model, _, _ = build("partial_fc", rank, world)
+    x, labels = global_batch(0)
+    rows = slice(rank * GLOBAL_BATCH // world, (rank + 1) * GLOBAL_BATCH // world)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model(x[rows], labels[rows])
+    loss.float().backward()
+    return {"loss": loss.detach().float(), "backbone_grad": net.backbone.weight.grad.clone()}
+
+
 def worker(rank: int, world: int, root: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{root}/store{world}", rank=rank, world_size=world,
@@ -123,6 +134,7 @@ def worker(rank: int, world: int, root: str) -> None:
             out[name] = {"start": start, "records": records, "end": checkpoint(net, sharded, optimizer),
                          "shard": (net.head.shard.start, net.head.shard.stop)}
         out["sampled"] = sample_once(rank, world)
+        out["bf16"] = bf16_step(rank, world)
         if world == 2 and rank == 0:
             torch.save(out["partial_fc"]["end"], f"{root}/pfc_after_{STEPS}.pt")
         if world == 4:      # resume the 2-rank run: the whole head is re-sharded over 4 ranks
@@ -209,6 +221,15 @@ def test_each_rank_samples_its_positives_and_the_generators_stay_in_step(runs, w
         assert positives <= set(index.tolist()), f"rank {rank} of {world} left out a positive"
         assert torch.equal(sampled["rng"], runs[world][0]["sampled"]["rng"])
     assert len({tuple(runs[world][r]["sampled"]["index"].tolist()) for r in range(world)}) > 1
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_bf16_autocast_matches_the_single_process_head(runs, world):
+    reference = bf16_step(0, 1)
+    for rank, dump in runs[world].items():
+        torch.testing.assert_close(dump["bf16"]["loss"], reference["loss"], rtol=2e-3, atol=2e-3)
+        grad, want = dump["bf16"]["backbone_grad"], reference["backbone_grad"]
+        assert float((grad - want).norm() / want.norm()) < 1e-2, f"rank {rank} of {world}"    # bf16: ~3 digits
 
 
 def test_initial_centres_do_not_depend_on_the_world_size():
