@@ -39,14 +39,21 @@ def add_training_arguments(parser: argparse.ArgumentParser, default_config: str)
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
 
 
-def load_run_config(args: argparse.Namespace) -> Any:
-    """The ``ExperimentConfig`` of ``--config`` + ``--set`` + ``--output-dir``."""
-    from facekd.config import load_config
+def load_run_config(args: argparse.Namespace, task_name: Optional[str] = None) -> Any:
+    """The ``ExperimentConfig`` of ``--config`` + ``--set`` + ``--output-dir``, every value checked
+    (with ``task_name``, also against the registries: :mod:`facekd.training.preflight`)."""
+    from facekd.config import Origins, load_config
 
     overrides = list(args.overrides)
     if args.output_dir:
         overrides.append(f"output_dir={args.output_dir}")
-    return load_config(args.config, overrides)
+    origins = Origins()
+    cfg = load_config(args.config, overrides, origins)
+    if task_name is not None:
+        from facekd.training.preflight import check_run
+
+        check_run(cfg, task_name, origins)
+    return cfg
 
 
 def resolve_resume(resume: Optional[str], output_dir: str) -> Optional[str]:
@@ -123,7 +130,7 @@ def run_command(args: argparse.Namespace, task_name: str) -> int:
     """Body of the training commands: config, (teacher first), train, report; returns the exit code."""
     from facekd.training.distributed import cleanup_distributed, init_distributed
 
-    cfg = load_run_config(args)
+    cfg = load_run_config(args, task_name)
     dist = init_distributed(args.device)
     setup_logging(dist.is_main)
     try:

@@ -530,8 +530,13 @@ def _build_pair_set(spec: Any) -> Any:
 
 def run_training(cfg: ExperimentConfig, task_name: str, resume: Optional[str] = None,
                  hooks: Iterable[Hook] = (), dist: Optional[DistInfo] = None) -> Dict[str, Any]:
-    """Build the task ``task_name`` (``teacher`` / ``student``) and train it; return the summary."""
+    """Build the task ``task_name`` (``teacher`` / ``student``) and train it; return the summary.
+
+    The config is checked against the registries first (:func:`facekd.training.preflight.check_run`).
+    """
+    from facekd.training.preflight import check_run
     from facekd.training.tasks import TASKS
 
+    check_run(cfg, task_name)
     task = TASKS.build(task_name, cfg=cfg)
     return Trainer(cfg, task, dist=dist, hooks=list(hooks)).fit(resume)
