@@ -241,7 +241,7 @@ class TeacherConfig:
     # the student's view) | view_cache (teacher.views fixed augmented views per face, embedded once)
     # | online (the teacher embeds every batch's own view)
     targets: str = "clean_cache"
-    views: int = bounded(0, ge=0)      # view_cache: views per face (>= 1 there)
+    views: int = bounded(0, ge=0, le=100)   # view_cache: views per face (>= 1 there; the cache holds them all)
     cache_dir: Optional[str] = None    # default: <output_dir>/../teacher_cache
     # added for facekd.training: storage dtype of cached teacher embeddings (float32 | float16)
     cache_dtype: str = "float32"

@@ -5,10 +5,13 @@ the registries know is checked here, so that a typo fails in a second, not after
 cache is built:
 
 * every name is registered: ``model.name``, ``optim.optimizer``, ``optim.scheduler``,
-  ``train.amp``, ``data.source``, each ``val.sets.<i>.kind`` and, for a student, ``teacher.kind``
-  and ``teacher.targets``;
+  ``train.amp``, ``data.source``, each ``val.sets.<i>.kind`` and, for a student, the teacher's
+  ``kind``, ``targets``, ``cache_dtype``, framing ``template`` / ``channel_order``, ``backend``
+  and (kind ``torch``) ``model.name``; ``model.params`` are arguments the model takes and every
+  val set but a synthetic one has a path;
 * every ``augment:`` entry builds, and every ``losses:`` entry builds on a stand-in of the run's
-  context (:func:`stand_in_context`): numbers in its parameters are finite, its weight is >= 0.
+  context (:func:`stand_in_context`): a parameter whose default is a number is a finite number
+  (not ``true``), the weight is >= 0.
 
 What depends on the data or the teacher's file (identities per batch on folder data, the
 teacher's real embedding size) is checked where they are loaded.
@@ -61,14 +64,31 @@ def _check_names(cfg: ExperimentConfig, task_name: str, origins: Origins) -> Non
              ("optim.scheduler", cfg.optim.scheduler, SCHEDULES), ("train.amp", cfg.train.amp, AMP_DTYPES),
              ("data.source", cfg.data.source, TRAIN_SOURCES)]
     names += [(f"val.sets.{i}.kind", spec.kind, PAIR_SOURCES) for i, spec in enumerate(cfg.val.sets)]
-    if task_name == "student" and cfg.teacher is not None:
-        from facekd.teachers import TEACHERS
+    teacher = cfg.teacher if task_name == "student" else None
+    if teacher is not None:
+        from facekd.teachers import TEACHERS, TEMPLATES
+        from facekd.teachers.dlib_teacher import DLIB_BACKENDS
+        from facekd.training.teacher_cache import DTYPES
         from facekd.training.teaching import TEACHING
 
-        names += [("teacher.kind", cfg.teacher.kind, TEACHERS), ("teacher.targets", cfg.teacher.targets, TEACHING)]
+        names += [("teacher.kind", teacher.kind, TEACHERS), ("teacher.targets", teacher.targets, TEACHING),
+                  ("teacher.cache_dtype", teacher.cache_dtype, DTYPES)]
+        names += [(key, value, known) for key, value, known in (
+            ("teacher.framing.template", teacher.framing.template, TEMPLATES),
+            ("teacher.framing.channel_order", teacher.framing.channel_order, ("RGB", "BGR")),
+            ("teacher.backend", teacher.backend, DLIB_BACKENDS)) if value is not None]
+        if teacher.kind == "torch":
+            names.append(("teacher.model.name", teacher.model.name, MODELS))
     for key, value, known in names:
         if value not in known:
             _refuse(origins, key, f"{key} must be one of {', '.join(known)}; got {value!r}")
+    try:
+        MODELS.check_arguments(cfg.model.name, cfg.model.params)
+    except TypeError as error:
+        _refuse(origins, "model.params", f"model.params: {error}")
+    for i, spec in enumerate(cfg.val.sets):
+        if spec.path is None and spec.kind != "synthetic":
+            _refuse(origins, f"val.sets.{i}.path", f"val.sets.{i}.path: a {spec.kind} set needs a path")
 
 
 def _check_augment(cfg: ExperimentConfig, origins: Origins) -> None:
@@ -82,6 +102,22 @@ def _check_augment(cfg: ExperimentConfig, origins: Origins) -> None:
         _refuse(origins, "augment", f"augment: {error}")
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _numeric_defaults(name: Any) -> Dict[str, Any]:
+    """The parameters of loss ``name`` whose default is a number (plus ``weight``): they take numbers only."""
+    import inspect
+
+    from facekd.losses import LOSSES
+
+    if not isinstance(name, str) or name not in LOSSES:
+        return {}
+    params = inspect.signature(LOSSES.get(name)).parameters
+    return {"weight": 1.0, **{k: p.default for k, p in params.items() if _is_number(p.default)}}
+
+
 def _check_losses(cfg: ExperimentConfig, origins: Origins) -> None:
     from facekd.losses import build_losses
 
@@ -90,11 +126,14 @@ def _check_losses(cfg: ExperimentConfig, origins: Origins) -> None:
     context = stand_in_context(cfg)
     for index, spec in enumerate(cfg.losses):
         where = f"losses.{index}"
+        defaults = _numeric_defaults(spec.get("name")) if isinstance(spec, dict) else {}
         for param, value in (spec.items() if isinstance(spec, dict) else ()):
+            if param in defaults and not _is_number(value):
+                _refuse(origins, f"{where}.{param}", f"{where}.{param} must be a number, got {value!r}")
             if isinstance(value, float) and not math.isfinite(value):
                 _refuse(origins, f"{where}.{param}", f"{where}.{param} must be a finite number, got {value}")
         weight = spec.get("weight", 1.0) if isinstance(spec, dict) else 1.0
-        if isinstance(weight, numbers.Real) and not isinstance(weight, bool) and weight < 0:
+        if _is_number(weight) and weight < 0:
             _refuse(origins, f"{where}.weight", f"{where}.weight must be >= 0, got {weight}")
         try:
             build_losses([spec], **context)
