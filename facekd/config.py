@@ -500,10 +500,10 @@ def from_dict(cls: type, data: Dict[str, Any], source: Union[str, Origins] = "<d
     origins = source if isinstance(source, Origins) else Origins(source)
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
+    unknown = sorted((key for key in data if key not in fields), key=str)    # YAML keys may be numbers
     if unknown:
-        keys = ", ".join(prefix + key for key in unknown)
-        raise ConfigError(f"{origins.of(prefix + unknown[0])}: unknown config key(s) {keys}; "
+        keys = ", ".join(f"{prefix}{key}" for key in unknown)
+        raise ConfigError(f"{origins.of(f'{prefix}{unknown[0]}')}: unknown config key(s) {keys}; "
                           f"valid keys of {prefix.rstrip('.') or 'the top level'}: {sorted(fields)}")
     kwargs = {}
     for key, value in data.items():
