@@ -36,6 +36,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from facekd.argtypes import OneLineParser, non_negative_int, number_list, positive_float, positive_int  # noqa: E402
 from facekd.models.dlib_resnet import DlibFaceResNet  # noqa: E402
 from facekd.teachers.dlib_teacher import DLIB_FRAMING, DlibTeacher, default_model_path  # noqa: E402
 
@@ -92,14 +93,14 @@ def run(args: argparse.Namespace) -> Dict:
     """All configurations and the same-run ratios."""
     load_at_start = os.getloadavg()
     path = default_model_path()
-    sizes = [int(s) for s in args.batch_sizes.split(",")]
+    sizes = args.batch_sizes
     chips = load_chips(Path(args.faces), max(sizes))
     network = DlibFaceResNet.from_file(path)
     in_process = DlibTeacher(path, threads=1)
     workers = DlibTeacher(path, threads=args.threads)
     configs: Dict[str, Callable[[np.ndarray], Callable[[], object]]] = {
         f"torch-{t}t": (lambda c, t=t: torch_call(network, c, torch.device("cpu"), t))
-        for t in (int(v) for v in args.torch_threads.split(","))}
+        for t in args.torch_threads}
     configs.update({
         "dlib-bin": lambda c: (lambda: in_process.embed_frames(c)),
         f"dlib-bin-{args.threads}proc": lambda c: (lambda: workers.embed_frames(c)),
@@ -141,18 +142,19 @@ def run(args: argparse.Namespace) -> Dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--torch-threads", help="torch thread counts to time (default: --threads,1)")
-    parser.add_argument("--batch-sizes", default="1,64")
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--max-seconds", type=float, default=20.0)
+    parser = OneLineParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--threads", type=positive_int, default=2)
+    parser.add_argument("--torch-threads", type=number_list(int, ge=1),
+                        help="torch thread counts to time (default: --threads,1)")
+    parser.add_argument("--batch-sizes", type=number_list(int, ge=1), default="1,64")
+    parser.add_argument("--runs", type=positive_int, default=5)
+    parser.add_argument("--warmup", type=non_negative_int, default=1)
+    parser.add_argument("--max-seconds", type=positive_float, default=20.0)
     parser.add_argument("--statistic", choices=("median", "min"), default="median")
     parser.add_argument("--faces", default=str(DEFAULT_FACES), help="aligned 112 px faces (default: celeba-extra)")
     parser.add_argument("--out", help="write the report as JSON")
     args = parser.parse_args(argv)
-    args.torch_threads = args.torch_threads or f"{args.threads},1"
+    args.torch_threads = args.torch_threads or [args.threads, 1]
     report = run(args)
     for key, value in report["ratios"].items():
         print(f"ratio {key}: {value:.2f}x")

@@ -45,6 +45,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from facekd.argtypes import OneLineParser, input_size, non_negative_int, number_list, positive_float, positive_int
 from facekd.export import (OnnxEmbedder, check_export, check_int8, export_onnx, load_checkpoint_model, load_faces,
                            quantize_int8, synthetic_faces)
 from facekd.export.check import MIN_INT8_COSINE, take_faces
@@ -395,18 +396,18 @@ def _onnxruntime_version() -> str:
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     """Command-line options (see ``--help``)."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--student", help="facekd student checkpoint (default: random-init MobileFaceNet)")
     parser.add_argument("--teacher", default="iresnet100", help="teacher checkpoint or architecture name (default: iresnet100)")
     parser.add_argument("--skip-teacher", action="store_true", help="benchmark the student only")
     parser.add_argument("--teacher-onnx", action="store_true", help="also time the teacher's ONNX (fp32)")
-    parser.add_argument("--input-size", type=int, default=112, help="face side of random-init models (default 112)")
-    parser.add_argument("--embedding-size", type=int, default=128, help="random-init student's embedding size (default 128)")
-    parser.add_argument("--batch-sizes", help="comma separated (default 1,64; 1,8 with --quick)")
-    parser.add_argument("--threads", type=int, default=2, help="torch and onnxruntime intra-op threads (default 2)")
-    parser.add_argument("--runs", type=int, help="timed calls per measurement (default 20; 3 with --quick)")
-    parser.add_argument("--warmup", type=int, help="untimed calls first (default 3; 1 with --quick)")
-    parser.add_argument("--max-seconds", type=float,
+    parser.add_argument("--input-size", type=input_size, default=112, help="face side of random-init models (default 112)")
+    parser.add_argument("--embedding-size", type=positive_int, default=128, help="random-init student's embedding size (default 128)")
+    parser.add_argument("--batch-sizes", type=number_list(int, ge=1), help="comma separated (default 1,64; 1,8 with --quick)")
+    parser.add_argument("--threads", type=positive_int, default=2, help="torch and onnxruntime intra-op threads (default 2)")
+    parser.add_argument("--runs", type=positive_int, help="timed calls per measurement (default 20; 3 with --quick)")
+    parser.add_argument("--warmup", type=non_negative_int, help="untimed calls first (default 3; 1 with --quick)")
+    parser.add_argument("--max-seconds", type=positive_float,
                         help=f"stop a measurement after this many timed seconds (>= {MIN_RUNS} runs; "
                              "default 30; 5 with --quick)")
     parser.add_argument("--input-format", choices=("float", "uint8"), default="float",
@@ -415,7 +416,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--calib", default="synthetic",
                         help="INT8 calibration faces: a folder of aligned real faces (e.g. runs/cpu_scale/aligned/"
                              "celeba) or 'synthetic' (default)")
-    parser.add_argument("--calib-count", type=int, help="INT8 calibration faces (default 128; 16 with --quick)")
+    parser.add_argument("--calib-count", type=positive_int, help="INT8 calibration faces (default 128; 16 with --quick)")
     parser.add_argument("--prelu", default=DEFAULT_PRELU_REWRITE,
                         help=f"PReLU rewrite of the ONNX exports (default {DEFAULT_PRELU_REWRITE}; 'none' keeps PRelu)")
     parser.add_argument("--int8-prelu", default=INT8_PRELU_REWRITE,
@@ -450,7 +451,7 @@ def settings_from_args(args: argparse.Namespace) -> BenchSettings:
                                  "prelu_baseline": args.prelu_baseline, "profile": not args.no_profile,
                                  "statistic": args.statistic}
     if args.batch_sizes:
-        overrides["batch_sizes"] = tuple(int(b) for b in args.batch_sizes.split(",") if b.strip())
+        overrides["batch_sizes"] = tuple(args.batch_sizes)
     for option, name in (("runs", "runs"), ("warmup", "warmup"), ("max_seconds", "max_seconds"),
                          ("calib_count", "calibration_faces")):
         if getattr(args, option) is not None:

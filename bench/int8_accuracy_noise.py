@@ -22,6 +22,7 @@ from typing import Dict
 
 import numpy as np
 
+from facekd.argtypes import OneLineParser, positive_int, seed
 from facekd.embedding_math import l2_normalize, row_cosine
 from facekd.evaluation import evaluate, extract_embeddings, pair_embeddings
 from facekd.evaluation.runner import ValSpec, build_pair_sets
@@ -65,14 +66,14 @@ def noise_report(fp32: np.ndarray, int8: np.ndarray, issame: np.ndarray, pairs: 
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("fp32", help="the fp32 ONNX export")
     parser.add_argument("int8", help="its INT8 model")
     parser.add_argument("--val", required=True, action="append", metavar="KIND:PATH",
                         help="pair list(s), as for facekd eval")
-    parser.add_argument("--draws", type=int, default=200, help="random perturbations for the noise floor")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--draws", type=positive_int, default=200, help="random perturbations for the noise floor")
+    parser.add_argument("--threads", type=positive_int, default=2)
+    parser.add_argument("--seed", type=seed, default=0)
     parser.add_argument("--out", help="write the numbers as JSON here")
     args = parser.parse_args(argv)
 

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from facekd.argtypes import OneLineParser, positive_int
 from facekd.evaluation.report import markdown_table
 from facekd.training.metrics import read_metrics
 
@@ -48,10 +49,10 @@ def curves_table(runs: List[Path], val_set: Optional[str] = None, every: int = 1
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = OneLineParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path, help="run directories (output_dir of facekd train-*)")
     parser.add_argument("--set", dest="val_set", help="verification set name (default: the first logged)")
-    parser.add_argument("--every", type=int, default=1, help="show every N-th epoch (and the last)")
+    parser.add_argument("--every", type=positive_int, default=1, help="show every N-th epoch (and the last)")
     args = parser.parse_args(argv)
     try:
         header, rows = curves_table(args.runs, args.val_set, max(1, args.every))

@@ -18,6 +18,7 @@ from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
+from facekd.argtypes import OneLineParser, positive_int, seed
 from facekd.data.folders import images_under
 
 Pair = Tuple[str, str, bool]
@@ -65,10 +66,10 @@ def sample_pairs(identities: Dict[str, Sequence[str]], pairs: int, seed: int = 0
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("root", type=Path, help="identity-folder tree of aligned faces")
-    parser.add_argument("--pairs", type=int, default=1000, help="same pairs (and as many different ones)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--pairs", type=positive_int, default=1000, help="same pairs (and as many different ones)")
+    parser.add_argument("--seed", type=seed, default=0)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     pairs = sample_pairs(identity_images(args.root), args.pairs, args.seed)

@@ -57,10 +57,11 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
+from facekd.argtypes import OneLineParser, input_size, non_negative_int, number, number_list, positive_int
 from facekd.config import ExperimentConfig, from_dict, to_dict
 from facekd.evaluation.embed import available_cores
 from facekd.models import MODELS, count_macs
@@ -422,29 +423,37 @@ def run_benchmark(settings: TrainBenchSettings, workdir: Optional[Path] = None) 
         "models": models, "ratios": ratios, "targets": evaluate_targets(device.type, models, settings)}
 
 
+def batch_shape(text: str) -> Tuple[int, int]:
+    """``--batch PxK``: two counts >= 1."""
+    p, sep, k = text.lower().partition("x")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"expected P x K such as 64x4, got {text!r}")
+    return positive_int(p), positive_int(k)
+
+
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     """The command line (see the module docstring)."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    parser = OneLineParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
     parser.add_argument("--teacher-arch", help="teacher backbone (CPU default: half-width iresnet18, CUDA: "
                                                "iresnet100); a named arch is built at full width")
-    parser.add_argument("--teacher-width", help="teacher stage widths, e.g. 32,64,128,256")
+    parser.add_argument("--teacher-width", type=number_list(int, ge=1), help="teacher stage widths, e.g. 32,64,128,256")
     parser.add_argument("--teacher-loss", choices=("arcface", "partial_fc"), help="teacher margin head")
-    parser.add_argument("--sample-rate", type=float, help="partial_fc share of class centres")
+    parser.add_argument("--sample-rate", type=number(float, gt=0, le=1), help="partial_fc share of class centres")
     parser.add_argument("--models", default="teacher,student", help="which steps to time (default %(default)s)")
     parser.add_argument("--data", dest="data_dir", help="an aligned identity-folder tree (default: synthetic)")
     parser.add_argument("--synthetic", choices=("tree", "generator"),
                         help="synthetic faces as a JPEG tree on disk (default) or generated in memory")
-    parser.add_argument("--identities", dest="num_identities", type=int, help="synthetic identities")
-    parser.add_argument("--images-per-identity-data", type=int, help="synthetic images per identity")
-    parser.add_argument("--batch", help="P x K, e.g. 64x4")
-    parser.add_argument("--workers", type=int, help="loader worker processes")
-    parser.add_argument("--threads", type=int, help="torch threads on the CPU (default: the available cores)")
+    parser.add_argument("--identities", dest="num_identities", type=positive_int, help="synthetic identities")
+    parser.add_argument("--images-per-identity-data", type=positive_int, help="synthetic images per identity")
+    parser.add_argument("--batch", type=batch_shape, help="P x K, e.g. 64x4")
+    parser.add_argument("--workers", type=non_negative_int, help="loader worker processes")
+    parser.add_argument("--threads", type=positive_int, help="torch threads on the CPU (default: the available cores)")
     parser.add_argument("--amp", choices=("none", "bf16", "fp16"))
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None)
-    parser.add_argument("--input-size", type=int)
+    parser.add_argument("--input-size", type=input_size)
     parser.add_argument("--teaching", help="time the student once per teacher.targets source, e.g. "
                                            "clean_cache,view_cache,online (same augmented views)")
     parser.add_argument("--teaching-teacher", choices=("tiny", "dlib"),
@@ -464,11 +473,10 @@ def settings_from_args(args: argparse.Namespace) -> TrainBenchSettings:
                  if v is not None and k in {f.name for f in dataclasses.fields(TrainBenchSettings)}}
     overrides.pop("device", None)
     if args.teacher_arch or args.teacher_width:
-        overrides["teacher_params"] = {"width": [int(w) for w in args.teacher_width.split(",")]} \
+        overrides["teacher_params"] = {"width": args.teacher_width} \
             if args.teacher_width else {}
     if args.batch:
-        p, _, k = args.batch.lower().partition("x")
-        overrides.update(identities_per_batch=int(p), images_per_identity=int(k))
+        overrides.update(identities_per_batch=args.batch[0], images_per_identity=args.batch[1])
     overrides["models"] = tuple(m.strip() for m in args.models.split(",") if m.strip())
     if args.step_variants:
         overrides["step_variants"] = tuple(v.strip() for v in args.step_variants.split(",") if v.strip())

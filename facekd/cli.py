@@ -13,18 +13,16 @@ import re
 import sys
 from typing import List, Optional
 
+from facekd.argtypes import EXIT_BAD_INPUT, OneLineParser
 from facekd.commands import COMMANDS, discover
 from facekd.errors import FaceKDError
 from facekd.fileio import TRUST_PICKLES_ENV
-
-#: exit status of a run stopped by bad input (argparse uses 2 for bad options, too)
-EXIT_BAD_INPUT = 2
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with one sub-parser per registered command."""
     discover()
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="facekd", description="Face-recognition distillation: teacher -> MobileFaceNet student.")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:

@@ -11,8 +11,11 @@ arcface_torch ``configs/`` (a small ``base`` plus per-experiment overrides)::
 
 Command lines override single keys with ``--set train.epochs=2`` (the value is parsed
 as YAML, list items are addressed by index: ``--set losses.1.weight=0.5``).  Every key
-is checked against the dataclasses below: an unknown key or a value of the wrong type
-raises :class:`~facekd.errors.ConfigError` naming the dotted key and the file.
+is checked against the dataclasses below: an unknown key, a value of the wrong type, a number
+outside the range its field declares (:func:`bounded`, beside the field's type and default; NaN
+and infinity are never accepted) or values that contradict each other (:func:`check_consistency`)
+raise :class:`~facekd.errors.ConfigError` naming the dotted key, the value and the file or
+``--set`` it came from (:class:`Origins`).
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ import copy
 import dataclasses
 import hashlib
 import json
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,13 +35,81 @@ from facekd.errors import ConfigError
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
+#: the smallest ``model.input_size``: the backbones (MobileFaceNet, IResNet) halve the map with four
+#: stride-2 layers.  Both run, forward and backward, at any side down to 1 px (tried: 1, 2, 3, 4, 7,
+#: 8, 15, 16); below 16 px the last stride-2 layers see a map of one or two pixels and the final
+#: 1x1 map no longer covers a 16x16 patch of the face, so such a run trains without a word on
+#: what is mostly padding.
+MIN_INPUT_SIZE = 16
+#: the largest image side a config may ask for (an IResNet's ``fc`` grows with its square:
+#: 1024 px is 4 GB of weights already)
+MAX_INPUT_SIZE = 1024
+#: the largest embedding a config may ask for (insightface's models have 512)
+MAX_EMBEDDING_SIZE = 8192
+#: the most of anything a machine runs at once (loader workers, teacher threads)
+MAX_WORKERS = 256
+
+
+# --------------------------------------------------------------------------- value ranges
+
+#: key of a field's :class:`Range` in its ``dataclasses.field`` metadata
+RANGE = "range"
+
+
+def _shown(number: float) -> str:
+    return str(number) if isinstance(number, int) else f"{number:g}"
+
+
+@dataclass(frozen=True)
+class Range:
+    """The numbers a config field accepts: optional bounds, each inclusive unless ``*_open``."""
+    low: Optional[float] = None
+    high: Optional[float] = None
+    low_open: bool = False
+    high_open: bool = False
+
+    @classmethod
+    def of(cls, ge: Optional[float] = None, gt: Optional[float] = None, le: Optional[float] = None,
+           lt: Optional[float] = None) -> "Range":
+        """The range of the bounds ``ge`` (>=), ``gt`` (>), ``le`` (<=), ``lt`` (<)."""
+        return cls(gt if gt is not None else ge, lt if lt is not None else le, gt is not None, lt is not None)
+
+    def __contains__(self, value: float) -> bool:
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+    def __str__(self) -> str:
+        if self.low is not None and self.high is not None:
+            return (f"in {'(' if self.low_open else '['}{_shown(self.low)}, "
+                    f"{_shown(self.high)}{')' if self.high_open else ']'}")
+        if self.low is not None:
+            return f"{'>' if self.low_open else '>='} {_shown(self.low)}"
+        return f"{'<' if self.high_open else '<='} {_shown(self.high)}"
+
+
+def bounded(default: Any, *, ge: Optional[float] = None, gt: Optional[float] = None,
+            le: Optional[float] = None, lt: Optional[float] = None) -> Any:
+    """A dataclass field whose numbers must lie within the bounds (each item, for a list field).
+
+    ``default`` is the value, or a factory such as ``list``.  :func:`from_dict` checks every
+    value it builds against the field's :class:`Range` (None, for an ``Optional`` field, passes)::
+
+        lr: float = bounded(0.1, gt=0)
+        blur_prob: float = bounded(0.0, ge=0, le=1)
+    """
+    rule = Range.of(ge, gt, le, lt)
+    if callable(default):
+        return field(default_factory=default, metadata={RANGE: rule})
+    return field(default=default, metadata={RANGE: rule})
+
 
 @dataclass
 class ModelConfig:
     """A backbone from :data:`facekd.models.MODELS`."""
     name: str = "mobilefacenet"
-    embedding_size: int = 512
-    input_size: int = 112
+    embedding_size: int = bounded(512, ge=1, le=MAX_EMBEDDING_SIZE)
+    input_size: int = bounded(112, ge=MIN_INPUT_SIZE, le=MAX_INPUT_SIZE)
     params: Dict[str, Any] = field(default_factory=dict)  # extra factory arguments
 
 
@@ -46,12 +118,12 @@ class DataConfig:
     """A training source from :data:`facekd.data.TRAIN_SOURCES`."""
     source: str = "synthetic"          # synthetic | folder | recordio
     root: Optional[str] = None         # identity-folder root or directory of train.rec/.idx
-    num_identities: int = 64           # synthetic only
-    images_per_identity: int = 16      # synthetic only
-    seed: int = 0                      # synthetic only
-    input_size: int = 112
+    num_identities: int = bounded(64, ge=1)          # synthetic only
+    images_per_identity: int = bounded(16, ge=1)     # synthetic only
+    seed: int = bounded(0, ge=0, le=2 ** 32 - 1)    # synthetic only
+    input_size: int = bounded(112, ge=MIN_INPUT_SIZE, le=MAX_INPUT_SIZE)
     skip_bad_images: bool = True       # skip (count, warn) unreadable training images
-    num_workers: int = 0
+    num_workers: int = bounded(0, ge=0, le=MAX_WORKERS)   # 0: load in the training process
     # folders of aligned faces without identities: only the distillation losses see them
     # (train.unlabelled_per_batch of them beside each P x K batch); never a test set (LFW, CFP)
     unlabelled: List[str] = field(default_factory=list)
@@ -70,8 +142,8 @@ class ValSetConfig:
 class ValConfig:
     """Periodic verification during training and best-checkpoint selection."""
     sets: List[ValSetConfig] = field(default_factory=lambda: [ValSetConfig()])
-    every_epochs: int = 1
-    batch_size: int = 64
+    every_epochs: int = bounded(1, ge=0)     # 0: never verify (no best.pt selection either)
+    batch_size: int = bounded(64, ge=1)
     select_best_on: Optional[str] = None   # val-set name; default: the first set
 
 
@@ -79,42 +151,43 @@ class ValConfig:
 class OptimConfig:
     """Optimiser and learning-rate schedule."""
     optimizer: str = "sgd"             # sgd | adamw
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
+    lr: float = bounded(0.1, gt=0)
+    momentum: float = bounded(0.9, ge=0, lt=1)
+    weight_decay: float = bounded(5e-4, ge=0)
     scheduler: str = "cosine"          # cosine | step | constant
-    warmup_epochs: float = 0.0
-    milestones: List[float] = field(default_factory=list)   # epochs, for ``step``
-    gamma: float = 0.1
-    min_lr: float = 0.0
+    warmup_epochs: float = bounded(0.0, ge=0)            # at most train.epochs
+    milestones: List[float] = bounded(list, gt=0)       # epochs, for ``step`` (at most train.epochs)
+    gamma: float = bounded(0.1, gt=0, le=1)
+    min_lr: float = bounded(0.0, ge=0)                   # at most lr
 
 
 @dataclass
 class TrainConfig:
     """The training loop."""
-    epochs: int = 4
-    identities_per_batch: int = 16     # P of a P x K batch
-    images_per_identity: int = 4       # K
+    epochs: int = bounded(4, ge=1)
+    identities_per_batch: int = bounded(16, ge=1)    # P of a P x K batch
+    images_per_identity: int = bounded(4, ge=1)      # K (at most the images each identity has)
     amp: str = "none"                  # none | bf16 | fp16
     channels_last: bool = False
-    grad_clip: float = 5.0             # 0 disables
-    checkpoint_every_steps: int = 100
-    log_every_steps: int = 10
-    max_steps_per_epoch: int = 0       # 0 = the whole epoch
+    grad_clip: float = bounded(5.0, ge=0)            # 0 disables
+    # last.pt (and a step_<N>.pt) every N steps; 0: only at the end of each epoch
+    checkpoint_every_steps: int = bounded(100, ge=0)
+    log_every_steps: int = bounded(10, ge=1)
+    max_steps_per_epoch: int = bounded(0, ge=0)      # 0 = the whole epoch
     progress: bool = True
     # added for facekd.training: random horizontal flip of training samples (the teacher
     # cache holds the embedding of each sample and of its mirror)
     flip: bool = True
     # added for facekd.training: step_<N>.pt checkpoints kept besides last.pt/best.pt (0: none)
-    keep_step_checkpoints: int = 2
+    keep_step_checkpoints: int = bounded(2, ge=0)
     # added for issue 12 (training speed): torch.compile the training module
     compile: bool = False
     # unlabelled faces (data.unlabelled) added to each P x K batch
-    unlabelled_per_batch: int = 0
+    unlabelled_per_batch: int = bounded(0, ge=0)
     # cuDNN autotuning (torch.backends.cudnn.benchmark) on CUDA
     cudnn_benchmark: bool = True
     # batches each loader worker prepares ahead (workers stay alive across epochs)
-    prefetch_factor: int = 4
+    prefetch_factor: int = bounded(4, ge=1)
     # write checkpoints in a background thread (the step continues; files stay atomic)
     async_checkpoint: bool = True
 
@@ -123,22 +196,23 @@ class TrainConfig:
 class DegradeConfig:
     """Low-resolution view given to the student (high-res -> low-res distillation)."""
     enabled: bool = False
-    min_size: int = 14
-    max_size: int = 56
-    blur_prob: float = 0.0
-    jpeg_prob: float = 0.0
-    noise_prob: float = 0.0
-    clean_prob: float = 0.0            # share of student views left at full resolution
+    min_size: int = bounded(14, ge=1, le=112)        # sides of the degraded 112 px face
+    max_size: int = bounded(56, ge=1, le=112)        # at least min_size
+    blur_prob: float = bounded(0.0, ge=0, le=1)
+    jpeg_prob: float = bounded(0.0, ge=0, le=1)
+    noise_prob: float = bounded(0.0, ge=0, le=1)
+    clean_prob: float = bounded(0.0, ge=0, le=1)     # share of student views left at full resolution
 
 
 @dataclass
 class FramingConfig:
     """How the teacher sees a face (:class:`facekd.teachers.Framing`); null: the kind's default."""
-    input_size: Optional[int] = None   # the teacher's input side (default: model / graph / 150 for dlib)
+    # the teacher's input side (default: model / graph / 150 for dlib)
+    input_size: Optional[int] = bounded(None, ge=1, le=MAX_INPUT_SIZE)
     template: Optional[str] = None     # arcface | dlib: where the 5 landmarks lie in that input
     channel_order: Optional[str] = None  # RGB | BGR
     mean: Optional[float] = None       # input = (pixel - mean) / std, pixels 0..255
-    std: Optional[float] = None
+    std: Optional[float] = bounded(None, gt=0)
 
 
 @dataclass
@@ -154,11 +228,12 @@ class TeacherConfig:
     # the target is their L2-normalised embeddings side by side, each scaled by its member weight
     members: List["TeacherConfig"] = field(default_factory=list)
     member_weights: List[float] = field(default_factory=list)   # ensemble: one per member (default: all 1)
-    threads: Optional[int] = None      # dlib: worker processes (default: the thread budget, FACEKD_THREADS/JOBS)
+    # dlib: worker processes (default: the thread budget, FACEKD_THREADS/JOBS)
+    threads: Optional[int] = bounded(None, ge=1, le=MAX_WORKERS)
     # Hinton KD without a teacher head (or with other identities): logits = scale * cos(e_t, c_k)
     # over the mean normalised teacher embedding c_k of each training identity; null: the
     # student's margin-head scale
-    class_centre_scale: Optional[float] = None
+    class_centre_scale: Optional[float] = bounded(None, gt=0)
     # Distil the teacher's embeddings centred on the training set: t -> t/|t| - mu, mu the mean
     # unit teacher embedding of the clean training faces (needs the cache).  For teachers whose
     # embeddings share one dominant direction (dlib: |mu| = 0.91, random pairs cos 0.84), where a
@@ -170,7 +245,7 @@ class TeacherConfig:
     # the student's view) | view_cache (teacher.views fixed augmented views per face, embedded once)
     # | online (the teacher embeds every batch's own view)
     targets: str = "clean_cache"
-    views: int = 0                     # view_cache: views per face
+    views: int = bounded(0, ge=0, le=100)   # view_cache: views per face (>= 1 there; the cache holds them all)
     cache_dir: Optional[str] = None    # default: <output_dir>/../teacher_cache
     # added for facekd.training: storage dtype of cached teacher embeddings (float32 | float16)
     cache_dtype: str = "float32"
@@ -187,7 +262,7 @@ class ExperimentConfig:
     """Everything one ``train-teacher`` or ``train-student`` run needs."""
     name: str = "default"
     output_dir: str = "runs/default"
-    seed: int = 0
+    seed: int = bounded(0, ge=0, le=2 ** 32 - 1)   # numpy seeds take 32 bits
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     val: ValConfig = field(default_factory=ValConfig)
@@ -245,8 +320,56 @@ def resolve_config_path(path: Union[str, Path]) -> Path:
     raise ConfigError(f"{path}: config file not found (also looked in {CONFIG_DIR})")
 
 
-def load_yaml_with_bases(path: Union[str, Path], _seen: Sequence[Path] = ()) -> Dict[str, Any]:
-    """Read ``path`` and deep-merge it over the files its ``_base_`` key names."""
+class Origins:
+    """Where each key of a config was set: a file, a ``--set`` or ``default`` (for error messages).
+
+    :meth:`record` notes a layer in the order the layers are merged; a later layer replaces
+    what it overrides.  :meth:`of` answers for a dotted key from its longest recorded prefix
+    (``losses.0.scale`` set by a file that sets ``losses``: that file).
+    """
+
+    def __init__(self, default: str = "<defaults>") -> None:
+        self.default = default
+        self._sources: Dict[str, str] = {}
+
+    def record(self, data: Dict[str, Any], source: str, prefix: str = "") -> None:
+        """Note ``source`` as the origin of every value in the mapping ``data`` (nested mappings merge)."""
+        for key, value in data.items():
+            dotted = f"{prefix}{key}"
+            if isinstance(value, dict) and value:
+                self.record(value, source, dotted + ".")
+            else:
+                self.set(dotted, source)
+
+    def set(self, dotted: str, source: str) -> None:
+        """``source`` set ``dotted`` as a whole (what it held before is forgotten)."""
+        for key in [k for k in self._sources if k == dotted or k.startswith(dotted + ".")]:
+            del self._sources[key]
+        self._sources[dotted] = source           # the newest last
+
+    def of(self, dotted: str) -> str:
+        """The file or ``--set`` that set ``dotted`` (or a section above it); else the default."""
+        parts = dotted.split(".")
+        for end in range(len(parts), 0, -1):
+            found = self._sources.get(".".join(parts[:end]))
+            if found is not None:
+                return found
+        return self.default
+
+    def last_within(self, dotted: str) -> str:
+        """The last file or ``--set`` that set ``dotted``, a section above it or a key inside it
+        (for a problem of a whole entry such as ``losses.1``)."""
+        for key, source in reversed(self._sources.items()):
+            if key == dotted or key.startswith(dotted + ".") or dotted.startswith(key + "."):
+                return source
+        return self.default
+
+
+def load_yaml_with_bases(path: Union[str, Path], _seen: Sequence[Path] = (),
+                         origins: Optional[Origins] = None) -> Dict[str, Any]:
+    """Read ``path`` and deep-merge it over the files its ``_base_`` key names (``origins``,
+    when given, learns which file set each key)."""
+    label = str(path)
     path = resolve_config_path(path).resolve()
     if path in _seen:
         raise ConfigError(f"{path}: _base_ chain loops back to itself")
@@ -257,11 +380,13 @@ def load_yaml_with_bases(path: Union[str, Path], _seen: Sequence[Path] = ()) -> 
         raise ConfigError(f"{path}: _base_ must be a file name or a list of file names, got {bases!r}")
     merged: Dict[str, Any] = {}
     for base in bases:
-        merged = _deep_merge(merged, load_yaml_with_bases(path.parent / base, (*_seen, path)))
+        merged = _deep_merge(merged, load_yaml_with_bases(path.parent / base, (*_seen, path), origins))
+    if origins is not None:
+        origins.record(data, label)
     return _deep_merge(merged, data)
 
 
-def apply_override(data: Dict[str, Any], assignment: str) -> None:
+def apply_override(data: Dict[str, Any], assignment: str, origins: Optional[Origins] = None) -> None:
     """Apply one ``dotted.key=value`` override (value parsed as YAML) to ``data`` in place."""
     if "=" not in assignment:
         raise ConfigError(f"--set {assignment!r}: expected key=value")
@@ -277,11 +402,16 @@ def apply_override(data: Dict[str, Any], assignment: str) -> None:
             if not isinstance(node[key], (dict, list)):
                 raise ConfigError(f"--set {dotted}: {'.'.join(keys[:depth + 1])} is not a section")
             node = node[key]
-    value = yaml.safe_load(raw)
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"--set {assignment}: the value is not valid YAML ({' '.join(str(error).split())})") from None
     if isinstance(node, list):
         node[_list_index(node, keys[-1], dotted)] = value
     else:
         node[keys[-1]] = value
+    if origins is not None:
+        origins.set(".".join(keys), f"--set {assignment}")
 
 
 def _list_index(items: list, key: str, dotted: str) -> int:
@@ -290,22 +420,57 @@ def _list_index(items: list, key: str, dotted: str) -> int:
     return int(key)
 
 
-def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
-    """Check/convert ``value`` against the type ``hint``; errors name ``key``."""
+def _parse_number(value: Any) -> Optional[Union[int, float]]:
+    """``value`` as an int or float (YAML reads ``1e-3`` as a string), None when it is none."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return value
+    if isinstance(value, str):
+        for parse in (int, float):
+            try:
+                return parse(value)
+            except ValueError:
+                pass
+    return None
+
+
+def _coerce_number(value: Any, hint: type, key: str, origin: str) -> Union[int, float]:
+    """``value`` as ``hint`` (int or float): finite, and whole for an int."""
+    number = _parse_number(value)
+    if number is None:
+        raise ConfigError(f"{origin}: {key} must be {hint.__name__}, got {value!r}")
+    if hint is float or isinstance(number, float):
+        try:
+            number = float(number)
+        except OverflowError:             # an integer past float's range
+            number = math.inf
+        if not math.isfinite(number):
+            raise ConfigError(f"{origin}: {key} must be a finite number, got {value!r}")
+    if hint is int and isinstance(number, float):
+        if not number.is_integer():
+            raise ConfigError(f"{origin}: {key} must be an integer, got {value!r}")
+        number = int(number)
+    return number
+
+
+def _coerce(value: Any, hint: Any, key: str, origins: Origins) -> Any:
+    """Check/convert ``value`` against the type ``hint``; errors name ``key`` and where it was set."""
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
+    source = origins.of(key)
     if origin is Union:  # Optional[X]
         if value is None:
             return None
-        return _coerce(value, next(a for a in args if a is not type(None)), key, source)
+        return _coerce(value, next(a for a in args if a is not type(None)), key, origins)
     if dataclasses.is_dataclass(hint):
         if not isinstance(value, dict):
             raise ConfigError(f"{source}: {key} must be a mapping, got {value!r}")
-        return from_dict(hint, value, source=source, prefix=key + ".")
+        return from_dict(hint, value, source=origins, prefix=key + ".")
     if origin in (list, List):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{source}: {key} must be a list, got {value!r}")
-        return [_coerce(item, args[0], f"{key}.{i}", source) for i, item in enumerate(value)]
+        return [_coerce(item, args[0], f"{key}.{i}", origins) for i, item in enumerate(value)]
     if origin in (dict, Dict):
         if not isinstance(value, dict):
             raise ConfigError(f"{source}: {key} must be a mapping, got {value!r}")
@@ -317,15 +482,7 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
             raise ConfigError(f"{source}: {key} must be true or false, got {value!r}")
         return value
     if hint in (int, float):
-        if isinstance(value, bool):
-            raise ConfigError(f"{source}: {key} must be a number, got {value!r}")
-        try:
-            converted = hint(value)  # YAML reads 1e-3 as a string
-        except (TypeError, ValueError):
-            raise ConfigError(f"{source}: {key} must be {hint.__name__}, got {value!r}") from None
-        if hint is int and float(value) != converted:
-            raise ConfigError(f"{source}: {key} must be an integer, got {value!r}")
-        return converted
+        return _coerce_number(value, hint, key, source)
     if hint is str:
         if not isinstance(value, (str, int, float)):
             raise ConfigError(f"{source}: {key} must be a string, got {value!r}")
@@ -333,32 +490,102 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
     return value
 
 
-def from_dict(cls: type, data: Dict[str, Any], source: str = "<dict>", prefix: str = "") -> Any:
-    """Build dataclass ``cls`` from ``data``; unknown keys raise ``ConfigError`` naming them."""
+def _check_range(value: Any, rule: Optional[Range], key: str, origins: Origins) -> None:
+    """Refuse a number (or an item of a list of numbers) outside ``rule``."""
+    if rule is None or value is None:
+        return
+    items = [(f"{key}.{i}", item) for i, item in enumerate(value)] if isinstance(value, list) else [(key, value)]
+    for where, item in items:
+        if item not in rule:
+            raise ConfigError(f"{origins.of(where)}: {where} must be {rule}, got {item!r}")
+
+
+def from_dict(cls: type, data: Dict[str, Any], source: Union[str, Origins] = "<dict>", prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from ``data``; unknown keys, wrong types and numbers outside a
+    field's :func:`bounded` range raise ``ConfigError`` naming the key and ``source`` (a label,
+    or the :class:`Origins` of every key)."""
+    origins = source if isinstance(source, Origins) else Origins(source)
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted((key for key in data if key not in fields), key=str)    # YAML keys may be numbers
     if unknown:
-        keys = ", ".join(prefix + key for key in unknown)
-        raise ConfigError(f"{source}: unknown config key(s) {keys}; "
-                          f"valid keys of {prefix.rstrip('.') or 'the top level'}: {sorted(names)}")
-    kwargs = {key: _coerce(value, hints[key], prefix + key, source) for key, value in data.items()}
+        keys = ", ".join(f"{prefix}{key}" for key in unknown)
+        raise ConfigError(f"{origins.of(f'{prefix}{unknown[0]}')}: unknown config key(s) {keys}; "
+                          f"valid keys of {prefix.rstrip('.') or 'the top level'}: {sorted(fields)}")
+    kwargs = {}
+    for key, value in data.items():
+        kwargs[key] = _coerce(value, hints[key], prefix + key, origins)
+        _check_range(kwargs[key], fields[key].metadata.get(RANGE), prefix + key, origins)
     return cls(**kwargs)
 
 
-def load_config(path: Optional[Union[str, Path]] = None,
-                overrides: Sequence[str] = ()) -> ExperimentConfig:
+def check_consistency(cfg: ExperimentConfig, origins: Optional[Origins] = None) -> None:
+    """Refuse values that contradict each other, before any data or teacher is loaded.
+
+    Raises :class:`ConfigError` naming the keys, their values and where the first was set.
+    """
+    origins = origins or Origins()
+
+    def refuse(key: str, problem: str) -> None:
+        raise ConfigError(f"{origins.of(key)}: {problem}")
+
+    data, train, optim = cfg.data, cfg.train, cfg.optim
+    if data.source == "synthetic":
+        if train.identities_per_batch > data.num_identities:
+            refuse("train.identities_per_batch",
+                   f"train.identities_per_batch={train.identities_per_batch} is more than the "
+                   f"data.num_identities={data.num_identities} identities of the synthetic data")
+        if train.images_per_identity > data.images_per_identity:
+            refuse("train.images_per_identity",
+                   f"train.images_per_identity={train.images_per_identity} is more than the "
+                   f"data.images_per_identity={data.images_per_identity} images each synthetic identity has")
+    if optim.warmup_epochs > train.epochs:
+        refuse("optim.warmup_epochs", f"optim.warmup_epochs={optim.warmup_epochs:g} is longer than the run "
+                                      f"(train.epochs={train.epochs}): the learning rate would never reach optim.lr")
+    if optim.min_lr > optim.lr:
+        refuse("optim.min_lr", f"optim.min_lr={optim.min_lr:g} is above optim.lr={optim.lr:g}")
+    if optim.scheduler == "step":
+        if not optim.milestones:
+            refuse("optim.milestones", "optim.scheduler=step needs optim.milestones (epochs)")
+        late = [m for m in optim.milestones if m > train.epochs]
+        if late:
+            refuse("optim.milestones", f"optim.milestones {late} lie after the last epoch "
+                                       f"(train.epochs={train.epochs}): the learning rate would never drop there")
+    if cfg.degrade.min_size > cfg.degrade.max_size:
+        refuse("degrade.min_size", f"degrade.min_size={cfg.degrade.min_size} is above "
+                                   f"degrade.max_size={cfg.degrade.max_size}")
+    if train.unlabelled_per_batch and not data.unlabelled:
+        refuse("train.unlabelled_per_batch", f"train.unlabelled_per_batch={train.unlabelled_per_batch} "
+                                             "but data.unlabelled names no folder")
+    if data.unlabelled and train.unlabelled_per_batch < 1:
+        refuse("data.unlabelled", "data.unlabelled is set: train.unlabelled_per_batch must be >= 1")
+    names = [s.name for s in cfg.val.sets]
+    if cfg.val.select_best_on is not None and cfg.val.select_best_on not in names:
+        refuse("val.select_best_on", f"val.select_best_on={cfg.val.select_best_on!r} is not a val set; "
+                                     f"sets: {names}")
+    if cfg.init_from not in (None, "teacher"):
+        refuse("init_from", f"init_from must be null or 'teacher', got {cfg.init_from!r}")
+    teacher = cfg.teacher
+    if teacher is not None and teacher.targets == "view_cache" and teacher.cache and teacher.views < 1:
+        refuse("teacher.views", f"teacher.targets: view_cache needs teacher.views >= 1, got {teacher.views}")
+
+
+def load_config(path: Optional[Union[str, Path]] = None, overrides: Sequence[str] = (),
+                origins: Optional[Origins] = None) -> ExperimentConfig:
     """Load an :class:`ExperimentConfig` from a YAML file (with bases) and ``--set`` overrides.
 
-    With no ``path`` the dataclass defaults are used (the built-in synthetic-face run).
+    With no ``path`` the dataclass defaults are used (the built-in synthetic-face run).  Every
+    value is checked (types, :func:`bounded` ranges, :func:`check_consistency`); a problem
+    raises :class:`ConfigError` naming the key and the file or ``--set`` that set it (``origins``,
+    when given, keeps that record for later checks such as :mod:`facekd.training.preflight`).
     """
-    data = _deep_merge(to_dict(ExperimentConfig()), load_yaml_with_bases(path) if path else {})
+    origins = origins if origins is not None else Origins()
+    data = _deep_merge(to_dict(ExperimentConfig()), load_yaml_with_bases(path, origins=origins) if path else {})
     for assignment in overrides:
-        apply_override(data, assignment)
-    source = str(path) if path else "<defaults>"
-    if overrides:
-        source += " with --set " + " ".join(overrides)
-    return from_dict(ExperimentConfig, data, source=source)
+        apply_override(data, assignment, origins)
+    cfg = from_dict(ExperimentConfig, data, source=origins)
+    check_consistency(cfg, origins)
+    return cfg
 
 
 def to_dict(config: Any) -> Dict[str, Any]:

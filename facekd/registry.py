@@ -60,15 +60,19 @@ class Registry:
         An argument the factory does not take is reported by name, so a typo in a
         config file fails loudly instead of being silently ignored.
         """
-        factory = self.get(name)
-        params = inspect.signature(factory).parameters
+        self.check_arguments(name, kwargs)
+        return self.get(name)(**kwargs)
+
+    def check_arguments(self, name: str, kwargs: Dict[str, Any]) -> None:
+        """Raise ``TypeError`` naming the arguments in ``kwargs`` that factory ``name`` does not take
+        (what :meth:`build` checks first; also usable before the inputs of the build exist)."""
+        params = inspect.signature(self.get(name)).parameters
         takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
         if not takes_any:
             unknown = sorted(set(kwargs) - set(params))
             if unknown:
                 raise TypeError(f"{self.family} {name!r} takes no argument(s) {unknown}; "
                                 f"it takes {sorted(params)}")
-        return factory(**kwargs)
 
     def __contains__(self, name: str) -> bool:
         return name in self._entries

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 
+from facekd.argtypes import fraction, input_size, non_negative_float, number, positive_int
 from facekd.commands import COMMANDS, Command
 
 
@@ -24,14 +25,14 @@ class AlignCommand(Command):
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("src", metavar="SRC", help="folder of photos, e.g. <identity>/<image>.jpg")
         parser.add_argument("dst", metavar="DST", help="output folder (same relative paths)")
-        parser.add_argument("--workers", type=int, default=1, help="parallel workers (default 1)")
+        parser.add_argument("--workers", type=positive_int, default=1, help="parallel workers (default 1)")
         parser.add_argument("--backend", choices=("process", "thread"), default="process",
                             help="how workers run (default: processes, one torch thread each)")
-        parser.add_argument("--size", type=int, default=112, help="output side in pixels (default 112)")
-        parser.add_argument("--margin", type=float, default=0.0,
+        parser.add_argument("--size", type=input_size, default=112, help="output side in pixels (default 112)")
+        parser.add_argument("--margin", type=non_negative_float, default=0.0,
                             help="extra context in output pixels on each side (shrinks the template; default 0)")
-        parser.add_argument("--min-face-size", type=int, default=20, help="smallest face MTCNN looks for (px)")
-        parser.add_argument("--min-score", type=float, default=0.9, help="lowest accepted detection score")
+        parser.add_argument("--min-face-size", type=positive_int, default=20, help="smallest face MTCNN looks for (px)")
+        parser.add_argument("--min-score", type=fraction, default=0.9, help="lowest accepted detection score")
         parser.add_argument("--pad", type=_pads, default=(0.25,), metavar="P[,P...]",
                             help="border added before detection, as a fraction of the photo's longer side; "
                                  "several (e.g. 0.25,0) are tried in turn until one finds a face, and faces "
@@ -45,10 +46,10 @@ class AlignCommand(Command):
                             help="landmark files mirroring SRC (DIR/a/b.txt for SRC/a/b.jpg)")
         parser.add_argument("--no-face", choices=("skip", "center"), default="skip",
                             help="images without a detected face: skip them (default) or write a centre crop")
-        parser.add_argument("--center-fraction", type=float, default=0.53,
+        parser.add_argument("--center-fraction", type=number(float, gt=0, le=1), default=0.53,
                             help="side of the centre crop as a fraction of the shorter image side")
         parser.add_argument("--ext", default=".jpg", help="output image format (.jpg or .png)")
-        parser.add_argument("--quality", type=int, default=95, help="JPEG quality")
+        parser.add_argument("--quality", type=number(int, ge=0, le=100), default=95, help="JPEG quality")
         parser.add_argument("--overwrite", action="store_true", help="redo outputs that already exist")
         parser.add_argument("--device", default="cpu", help="torch device for MTCNN (default cpu)")
         parser.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -5,20 +5,12 @@ import argparse
 import sys
 from typing import Any, Dict, List
 
+from facekd.argtypes import non_negative_int, number, number_list, positive_int
+from facekd.config import MAX_INPUT_SIZE
 from facekd.commands import COMMANDS, Command
 from facekd.errors import ConfigError
 
 VAL_KINDS = ("lfw", "bin", "agedb", "cfp_fp", "cfp_ff", "synthetic")
-
-
-def parse_list(text: str, convert, option: str) -> List[Any]:
-    """Comma-separated values (``""`` or ``none``: empty list); errors name the option."""
-    if text.strip().lower() in ("", "none"):
-        return []
-    try:
-        return [convert(item) for item in text.split(",") if item.strip()]
-    except ValueError:
-        raise ConfigError(f"{option} {text!r}: expected comma-separated {convert.__name__} values") from None
 
 
 def parse_options(assignments: List[str]) -> Dict[str, Any]:
@@ -56,24 +48,25 @@ class EvalCommand(Command):
                             help="extra argument for facekd.data.build_pair_set, given to every set")
         parser.add_argument("--out", default="results.json", help="results JSON (default: %(default)s)")
         parser.add_argument("--report", metavar="DIR", help="also write the HTML/Markdown report into DIR")
-        parser.add_argument("--batch-size", type=int, default=64)
+        parser.add_argument("--batch-size", type=positive_int, default=64)
         parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
         parser.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none")
-        parser.add_argument("--folds", type=int, default=10, help="cross-validation folds (default 10)")
-        parser.add_argument("--far", default="1e-3,1e-2", help="FAR targets for TAR@FAR (default %(default)s)")
-        parser.add_argument("--sizes", default="112,56,28,14",
+        parser.add_argument("--folds", type=number(int, ge=2), default=10, help="cross-validation folds (default 10)")
+        parser.add_argument("--far", type=number_list(float, gt=0, lt=1), default="1e-3,1e-2", help="FAR targets for TAR@FAR (default %(default)s)")
+        parser.add_argument("--sizes", type=number_list(int, ge=1, le=MAX_INPUT_SIZE, none_ok=True),
+                            default="112,56,28,14",
                             help="probe sizes of the resolution curve; 'none' skips it (default %(default)s)")
         parser.add_argument("--degrade-side", choices=("both", "one"), default="both",
                             help="degrade both images of a pair or only the second (probe) one")
-        parser.add_argument("--hardest", type=int, default=4, help="false accepts/rejects kept per set")
-        parser.add_argument("--embedding-size", type=int, help="fail unless every model produces this size")
-        parser.add_argument("--latency-runs", type=int, default=20, help="0 skips the latency measurement")
-        parser.add_argument("--latency-batch-size", type=int, default=1)
-        parser.add_argument("--workers", type=int, default=2, help="image-decoding threads")
-        parser.add_argument("--threads", type=int, default=None,
+        parser.add_argument("--hardest", type=non_negative_int, default=4, help="false accepts/rejects kept per set")
+        parser.add_argument("--embedding-size", type=positive_int, help="fail unless every model produces this size")
+        parser.add_argument("--latency-runs", type=non_negative_int, default=20, help="0 skips the latency measurement")
+        parser.add_argument("--latency-batch-size", type=positive_int, default=1)
+        parser.add_argument("--workers", type=non_negative_int, default=2, help="image-decoding threads")
+        parser.add_argument("--threads", type=positive_int, default=None,
                             help="compute threads (torch, OpenCV, onnxruntime); default $FACEKD_THREADS, "
                                  "else the available cores / --jobs")
-        parser.add_argument("--jobs", type=int, default=None,
+        parser.add_argument("--jobs", type=positive_int, default=None,
                             help="evaluations running at once on this machine, to share its cores "
                                  "(default $FACEKD_JOBS, else 1)")
         parser.add_argument("--no-cache", action="store_true",
@@ -96,8 +89,7 @@ class EvalCommand(Command):
             device = "cuda" if torch.cuda.is_available() else "cpu"
         options = EvalOptions(
             batch_size=args.batch_size, device=device, amp=args.amp, nrof_folds=args.folds,
-            far_targets=parse_list(args.far, float, "--far"),
-            resolution_sizes=parse_list(args.sizes, int, "--sizes"), resolution_side=args.degrade_side,
+            far_targets=args.far, resolution_sizes=args.sizes, resolution_side=args.degrade_side,
             hardest=args.hardest, latency_runs=args.latency_runs, latency_batch_size=args.latency_batch_size,
             embedding_size=args.embedding_size, num_workers=args.workers, progress=not args.no_progress)
         val_options = {"cache": not args.no_cache, **parse_options(args.val_option)}

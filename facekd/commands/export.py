@@ -12,6 +12,7 @@ import json
 import os
 from pathlib import Path
 
+from facekd.argtypes import cosine, input_size, positive_int
 from facekd.commands import COMMANDS, Command
 
 
@@ -31,7 +32,7 @@ class ExportCommand(Command):
         parser.add_argument("--input-format", choices=("uint8", "float"), default="uint8",
                             help="uint8: raw NHWC RGB pixels, normalisation in the graph (default); "
                                  "float: normalised NCHW float32")
-        parser.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 17; default 17)")
+        parser.add_argument("--opset", type=positive_int, default=17, help="ONNX opset (>= 17; default 17)")
         parser.add_argument("--exporter", choices=("torchscript", "dynamo"), default="torchscript",
                             help="torch.onnx exporter (default: torchscript)")
         exact = [name for name in PRELU_REWRITES if PRELU_REWRITES.get(name).exact]
@@ -42,9 +43,9 @@ class ExportCommand(Command):
                             help=f"the PReLU rewrite of the INT8 model (default {INT8_PRELU_REWRITE}: "
                                  "faster in int8 than the fp32 default, bench/README.md)")
         parser.add_argument("--arch", help="architecture of a checkpoint without model_config")
-        parser.add_argument("--embedding-size", type=int, help="with --arch (default 512)")
-        parser.add_argument("--input-size", type=int, help="with --arch (default 112)")
-        parser.add_argument("--threshold", type=float,
+        parser.add_argument("--embedding-size", type=positive_int, help="with --arch (default 512)")
+        parser.add_argument("--input-size", type=input_size, help="with --arch (default 112)")
+        parser.add_argument("--threshold", type=cosine,
                             help="cosine-similarity threshold to record (default: fitted on the first "
                                  "--val set, else the checkpoint's verification threshold, 1 - d/2 of its "
                                  "squared-L2 threshold d)")
@@ -53,7 +54,7 @@ class ExportCommand(Command):
                                  "first fits the stored threshold; all compare fp32 vs int8 accuracy")
         parser.add_argument("--faces", default="synthetic",
                             help="aligned faces for the checks: 'synthetic' (default) or a directory")
-        parser.add_argument("--threads", type=int, default=2, help="onnxruntime threads (default 2)")
+        parser.add_argument("--threads", type=positive_int, default=2, help="onnxruntime threads (default 2)")
         group = parser.add_argument_group("INT8")
         group.add_argument("--int8", action="store_true", help="also write a static INT8 model")
         group.add_argument("--int8-out", help="INT8 file (default: <out stem>_int8.onnx, what "
@@ -61,7 +62,7 @@ class ExportCommand(Command):
         group.add_argument("--calib", default="synthetic",
                            help="calibration faces: a directory of aligned faces (other image sizes are "
                                 "aligned with MTCNN; real faces are recommended) or 'synthetic' (default)")
-        group.add_argument("--calib-count", type=int, default=256, help="calibration faces (default 256)")
+        group.add_argument("--calib-count", type=positive_int, default=256, help="calibration faces (default 256)")
         group.add_argument("--calib-method", choices=CALIBRATION_METHODS, default=DEFAULT_INT8.calibrate_method,
                            help=f"activation ranges (default {DEFAULT_INT8.calibrate_method})")
         group.add_argument("--keep-float", default=",".join(DEFAULT_INT8.keep_float),
@@ -73,7 +74,7 @@ class ExportCommand(Command):
         group.add_argument("--weight-type", choices=("s8", "u8"), default="s8",
                            help="int8 (U8S8, default) or uint8 (U8U8) weights")
         group.add_argument("--reduce-range", action="store_true", help="7-bit weights")
-        group.add_argument("--int8-min-cosine", type=float, default=MIN_INT8_COSINE,
+        group.add_argument("--int8-min-cosine", type=cosine, default=MIN_INT8_COSINE,
                            help=f"per-face cosine the INT8 model must reach vs PyTorch (default {MIN_INT8_COSINE})")
         parser.add_argument("--report", help="write the check/quantisation report as JSON here")
 

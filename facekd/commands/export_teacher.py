@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from facekd.argtypes import non_negative_int, positive_int
 from facekd.commands import COMMANDS, Command
 
 
@@ -17,8 +18,8 @@ class ExportTeacherCommand(Command):
         parser.add_argument("--kind", default="dlib", help="teacher kind to export (default: dlib)")
         parser.add_argument("--path", help="the teacher's model file (dlib: the .dat; default: packaged)")
         parser.add_argument("--out", required=True, help="the .onnx file to write")
-        parser.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 17; default 17)")
-        parser.add_argument("--check-faces", type=int, default=8,
+        parser.add_argument("--opset", type=positive_int, default=17, help="ONNX opset (>= 17; default 17)")
+        parser.add_argument("--check-faces", type=non_negative_int, default=8,
                             help="synthetic faces to compare ONNX with torch on (0: no check; default 8)")
 
     def run(self, args: argparse.Namespace) -> int:

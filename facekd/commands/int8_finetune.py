@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from facekd.argtypes import non_negative_int, positive_float, positive_int, seed
 from facekd.commands import COMMANDS, Command
 
 
@@ -27,16 +28,16 @@ class Int8FinetuneCommand(Command):
                             help="a directory of aligned faces: the ranges are observed on them and the "
                                  "fine-tuning batches drawn from them (unlabelled; not a test set)")
         parser.add_argument("--out", required=True, help="the fine-tuned model to write (weights and model config)")
-        parser.add_argument("--count", type=int, default=2000, help="faces read from --faces (default 2000)")
+        parser.add_argument("--count", type=positive_int, default=2000, help="faces read from --faces (default 2000)")
         parser.add_argument("--check-faces", help="aligned faces the simulated drift is reported on "
                                                   "(default: the first 256 of --faces)")
-        parser.add_argument("--steps", type=int, default=300, help="Adam steps (default 300)")
-        parser.add_argument("--lr", type=float, default=1e-5, help="peak learning rate, cosine-decayed (default 1e-5)")
-        parser.add_argument("--batch-size", type=int, default=64, help="faces per step (default 64)")
+        parser.add_argument("--steps", type=non_negative_int, default=300, help="Adam steps (default 300)")
+        parser.add_argument("--lr", type=positive_float, default=1e-5, help="peak learning rate, cosine-decayed (default 1e-5)")
+        parser.add_argument("--batch-size", type=positive_int, default=64, help="faces per step (default 64)")
         parser.add_argument("--keep-float", default="last",
                             help="weight layers the INT8 export keeps float: 'first' and/or 'last' (default last)")
-        parser.add_argument("--seed", type=int, default=0)
-        parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+        parser.add_argument("--seed", type=seed, default=0)
+        parser.add_argument("--threads", type=positive_int, help="torch threads (default: torch's choice)")
 
     def run(self, args: argparse.Namespace) -> int:
         import torch

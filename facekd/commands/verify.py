@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 
+from facekd.argtypes import cosine, positive_int
 from facekd.commands import COMMANDS, Command
 
 
@@ -30,12 +31,12 @@ class VerifyCommand(Command):
         parser.add_argument("image2", help="second image")
         parser.add_argument("--aligned", action="store_true",
                             help="the images are already aligned faces (112x112); skip MTCNN")
-        parser.add_argument("--threshold", type=float,
+        parser.add_argument("--threshold", type=cosine,
                             help="cosine-similarity threshold (default: the one stored in the model)")
         parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
                             help="add the mirror images' embeddings (default: as the model's threshold "
                                  "was fitted)")
-        parser.add_argument("--threads", type=int, default=None, help="onnxruntime threads")
+        parser.add_argument("--threads", type=positive_int, default=None, help="onnxruntime threads")
         parser.add_argument("--int8", action="store_true",
                             help="run the INT8 model written next to MODEL by 'facekd export --int8' "
                                  "(MODEL_int8.onnx), with its own stored threshold")

@@ -43,14 +43,21 @@ def add_training_arguments(parser: argparse.ArgumentParser, default_config: str)
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
 
 
-def load_run_config(args: argparse.Namespace) -> Any:
-    """The ``ExperimentConfig`` of ``--config`` + ``--set`` + ``--output-dir``."""
-    from facekd.config import load_config
+def load_run_config(args: argparse.Namespace, task_name: Optional[str] = None) -> Any:
+    """The ``ExperimentConfig`` of ``--config`` + ``--set`` + ``--output-dir``, every value checked
+    (with ``task_name``, also against the registries: :mod:`facekd.training.preflight`)."""
+    from facekd.config import Origins, load_config
 
     overrides = list(args.overrides)
     if args.output_dir:
         overrides.append(f"output_dir={args.output_dir}")
-    return load_config(args.config, overrides)
+    origins = Origins()
+    cfg = load_config(args.config, overrides, origins)
+    if task_name is not None:
+        from facekd.training.preflight import check_run
+
+        check_run(cfg, task_name, origins)
+    return cfg
 
 
 def setup_logging(is_main: bool) -> None:
@@ -86,10 +93,15 @@ def ensure_teacher(cfg: Any, dist: Any) -> None:
 def run_training(cfg: Any, task_name: str, resume: Optional[str] = None, hooks: Iterable["Hook"] = (),
                  dist: Any = None) -> Dict[str, Any]:
     """Build the task ``task_name`` (``teacher`` / ``student``, :data:`~facekd.training.tasks.TASKS`)
-    and train it (``hooks``: extra :class:`~facekd.training.hooks.Hook` objects); return the summary."""
+    and train it (``hooks``: extra :class:`~facekd.training.hooks.Hook` objects); return the summary.
+
+    The config is checked against the registries first (:func:`facekd.training.preflight.check_run`).
+    """
+    from facekd.training.preflight import check_run
     from facekd.training.tasks import TASKS
     from facekd.training.trainer import Trainer
 
+    check_run(cfg, task_name)
     task = TASKS.build(task_name, cfg=cfg)
     return Trainer(cfg, task, dist=dist, hooks=list(hooks)).fit(resume)
 
@@ -121,7 +133,7 @@ def run_command(args: argparse.Namespace, task_name: str) -> int:
     """Body of the training commands: config, (teacher first), train, report; returns the exit code."""
     from facekd.training.distributed import cleanup_distributed, init_distributed, lost_ranks
 
-    cfg = load_run_config(args)
+    cfg = load_run_config(args, task_name)
     dist = init_distributed(args.device)
     setup_logging(dist.is_main)
     try:

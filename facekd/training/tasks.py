@@ -112,6 +112,7 @@ class BackboneTask(Task):
         from facekd.data import build_train_dataset
         from facekd.losses import build_losses
         from facekd.models import build_model
+        from facekd.training.preflight import check_batch_fits
 
         cfg = self.cfg
         self.device = trainer.device
@@ -119,6 +120,7 @@ class BackboneTask(Task):
         self.dataset = build_train_dataset(cfg.data, transform=keep_uint8)
         if cfg.data.unlabelled:
             self.dataset = self.add_unlabelled(self.dataset)
+        check_batch_fits(self.train_labels, cfg.train)           # before the teacher loads
         self.dataset_fingerprint = self.dataset.fingerprint()    # reads every file: once, not per checkpoint
         self.backbone = build_model(cfg.model)
         self.prepare_teacher(trainer)
