@@ -190,6 +190,21 @@ class TrainConfig:
     prefetch_factor: int = bounded(4, ge=1)
     # write checkpoints in a background thread (the step continues; files stay atomic)
     async_checkpoint: bool = True
+    # P x K batches whose gradients add up to one optimiser step (steps, LR schedule, logs and
+    # checkpoints count optimiser steps; DDP reduces once per step: facekd.training.ddp_options)
+    grad_accum_steps: int = bounded(1, ge=1, le=1024)
+
+
+#: ``ddp.grad_compression`` values: the gradients' dtype on the wire (none: as trained)
+GRAD_COMPRESSIONS = ("none", "fp16", "bf16")
+
+
+@dataclass
+class DDPConfig:
+    """How DistributedDataParallel reduces the backbone's gradients (runs of more than one process)."""
+    bucket_cap_mb: float = bounded(25.0, gt=0, le=4096)   # MiB of gradients per all-reduce (torch: 25)
+    static_graph: bool = False         # the same parameters get gradients every step (DDP checks less)
+    grad_compression: str = "none"     # none | fp16 | bf16: gradients all-reduced in half precision
 
 
 @dataclass
@@ -268,6 +283,7 @@ class ExperimentConfig:
     val: ValConfig = field(default_factory=ValConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    ddp: DDPConfig = field(default_factory=DDPConfig)
     degrade: DegradeConfig = field(default_factory=DegradeConfig)
     teacher: Optional[TeacherConfig] = None
     # "teacher": start the student from the teacher's weights (same architecture; "transfer,
@@ -559,6 +575,13 @@ def check_consistency(cfg: ExperimentConfig, origins: Optional[Origins] = None) 
                                              "but data.unlabelled names no folder")
     if data.unlabelled and train.unlabelled_per_batch < 1:
         refuse("data.unlabelled", "data.unlabelled is set: train.unlabelled_per_batch must be >= 1")
+    if cfg.ddp.static_graph and train.grad_accum_steps > 1:    # torch's DDP: pytorch/pytorch#143580
+        refuse("ddp.static_graph", f"ddp.static_graph cannot go with train.grad_accum_steps="
+                                   f"{train.grad_accum_steps}: DDP's no_sync fails on a static graph (an internal "
+                                   "assert in torch, or gradients left unreduced); use one of the two")
+    if cfg.ddp.grad_compression not in GRAD_COMPRESSIONS:
+        refuse("ddp.grad_compression", f"ddp.grad_compression must be one of {', '.join(GRAD_COMPRESSIONS)}; "
+                                       f"got {cfg.ddp.grad_compression!r}")
     names = [s.name for s in cfg.val.sets]
     if cfg.val.select_best_on is not None and cfg.val.select_best_on not in names:
         refuse("val.select_best_on", f"val.select_best_on={cfg.val.select_best_on!r} is not a val set; "
