@@ -1,4 +1,4 @@
-"""PKBatchSampler: P x K batches, determinism, resume, DDP shards."""
+"""PKBatchSampler: P x K batches, determinism, resume, DDP shards (each rank plans its own share)."""
 from __future__ import annotations
 
 from collections import Counter
@@ -87,9 +87,48 @@ def test_ddp_shards_are_disjoint_and_equal_length():
     indices = [{i for b in plan for i in b} for plan in plans]
     assert not indices[0] & indices[1]
     assert indices[0] | indices[1] == set(range(len(labels)))
-    assert plans[0] + plans[1] != [] and sorted(map(tuple, plans[0] + plans[1])) == sorted(map(tuple, list(single)))
+    identities = [{int(labels[i]) for i in ids} for ids in indices]
+    assert not identities[0] & identities[1]                     # each rank plans over its own identities
     for plan in plans:
         _check_pk(plan, labels, 4, 3)
+    again = PKBatchSampler(labels, 4, 3, seed=7, rank=1, world_size=2)
+    assert list(again) == plans[1]                               # deterministic
+    again.set_epoch(1)
+    assert list(again) != plans[1]
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_rank_shares_of_skewed_data_are_pk_batches_and_resume(world):
+    labels = np.repeat(np.arange(40), np.random.default_rng(1).integers(1, 12, 40))
+    shards = [PKBatchSampler(labels, 4, 3, seed=2, rank=r, world_size=world) for r in range(world)]
+    plans = [list(s) for s in shards]
+    assert {len(p) for p in plans} == {len(shards[0])} and len(shards[0]) == len(PKBatchSampler(labels, 4, 3)) // world
+    for plan in plans:
+        _check_pk(plan, labels, 4, 3)
+    owners = [{int(labels[i]) for b in plan for i in b} for plan in plans]
+    assert sum(len(o) for o in owners) == len(set().union(*owners))        # no identity on two ranks
+    seen = {i for plan in plans for b in plan for i in b}
+    assert len(seen) >= 0.8 * len(labels)
+    resumed = PKBatchSampler(labels, 4, 3, seed=2, rank=world - 1, world_size=world)
+    resumed.load_state_dict(shards[-1].state_dict(position=2))
+    assert list(resumed) == plans[-1][2:]
+
+
+def test_a_rank_share_is_planned_in_a_fraction_of_the_memory():
+    """issue 32: one rank of 8 plans its share of 580k faces (MS1MV2 / 10) in ~2 MiB of numpy memory."""
+    import tracemalloc
+
+    counts = np.random.default_rng(0).integers(1, 130, 8_574)
+    labels = np.repeat(np.arange(len(counts)), counts)
+    sampler = PKBatchSampler(labels, 64, 2, seed=0, rank=3, world_size=8)
+    tracemalloc.start()
+    try:
+        plan = sampler.plan(0)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(plan) == len(sampler) and plan.shape[1] == 128
+    assert peak < 4 * len(labels) // 8 * 8          # a few arrays of the rank's ~N / 8 images
 
 
 def test_invalid_configurations():

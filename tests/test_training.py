@@ -409,6 +409,8 @@ def test_train_student_command_trains_the_teacher_first_and_resumes(tmp_path, ca
     for run in ("t_run", "s_run"):
         for name in ("best.pt", "last.pt", "metrics.jsonl", "verification.json", "config.yaml"):
             assert (tmp_path / run / name).exists(), (run, name)
+    for run, config in (("t_run", teacher_yaml), ("s_run", student_yaml)):   # the resolved config, saved
+        assert load_config(tmp_path / run / "config.yaml") == load_config(config)
     assert main(["train-student", "--config", str(student_yaml), "--resume", "--set", "train.epochs=2"]) == 0
     assert load_checkpoint(tmp_path / "s_run" / "last.pt")["step"] == 4
     assert main(["train-teacher", "--config", str(teacher_yaml), "--set", "train.epoch=2"]) == 2

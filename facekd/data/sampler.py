@@ -5,6 +5,8 @@ from typing import Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 
+from facekd.data.rank_plan import Index, plan_rank_share, rank_identities
+
 
 class PKBatchSampler:
     """Yields index lists of ``P * K``: ``P`` distinct identities, ``K`` images of each.
@@ -17,8 +19,9 @@ class PKBatchSampler:
     chunks.  An epoch has ``ceil(sum_c ceil(n_c / K) / P)`` batches (about one pass over the
     data), shuffled.
 
-    DDP: every rank plans the same epoch and takes batches ``rank::world_size`` (the same
-    number on every rank), so shards are disjoint.  :meth:`set_epoch` starts another plan;
+    DDP (``world_size > 1``): each rank plans only its share of the epoch, over its own
+    identities (:mod:`facekd.data.rank_plan`: O(N / W) memory, numpy), ``len(self)`` batches
+    on every rank, with no identity on two ranks.  :meth:`set_epoch` starts another plan;
     :meth:`state_dict` / :meth:`load_state_dict` save and restore the position inside an
     epoch, so a resumed run yields exactly the remaining batches.
     """
@@ -34,13 +37,12 @@ class PKBatchSampler:
             raise ValueError("identities_per_batch and images_per_identity must be >= 1")
         if not 0 <= self.rank < self.world_size:
             raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
-        order = np.argsort(self.labels, kind="stable")
-        identities, starts = np.unique(self.labels[order], return_index=True)
-        self._members: List[np.ndarray] = np.split(order, starts[1:])
-        self.identities = identities
-        if len(identities) < self.P:
-            raise ValueError(f"{len(identities)} identities cannot fill batches of {self.P} distinct identities")
-        chunks = int(sum(-(-len(m) // self.K) for m in self._members))
+        self._index = Index.of(self.labels)
+        self.identities = self.labels[self._index.order[self._index.starts]]
+        if len(self.identities) < self.P * self.world_size:
+            raise ValueError(f"{len(self.identities)} identities cannot fill batches of {self.P} distinct "
+                             f"identities" + (f" on each of {self.world_size} ranks" if self.world_size > 1 else ""))
+        chunks = int((-(-self._index.counts // self.K)).sum())
         self._global_batches = -(-chunks // self.P)
         if self._global_batches < self.world_size:
             raise ValueError(f"{self._global_batches} batches per epoch cannot be shared by {world_size} ranks")
@@ -76,14 +78,28 @@ class PKBatchSampler:
         self.epoch = int(state["epoch"])
         self.position = int(state["position"])
 
-    def plan(self, epoch: Optional[int] = None) -> List[List[int]]:
-        """All batches of ``epoch`` (default: the current one) for this rank."""
+    def plan(self, epoch: Optional[int] = None) -> Sequence[Sequence[int]]:
+        """All batches of ``epoch`` (default: the current one) for this rank (a list of lists in
+        a single process, the rows of an int array under DDP)."""
         epoch = self.epoch if epoch is None else int(epoch)
         if self._plan_cache is None or self._plan_cache[0] != epoch:
-            batches = self._plan_global(epoch)
-            mine = batches[self.rank::self.world_size][: len(self)]
-            self._plan_cache = (epoch, mine)
+            self._plan_cache = (epoch, self._plan_share(epoch) if self.world_size > 1 else self._plan_global(epoch))
         return self._plan_cache[1]
+
+    def _plan_share(self, epoch: int) -> np.ndarray:
+        shared = np.random.default_rng([self.seed, epoch, 0x5B])          # alike on every rank
+        mine = rank_identities(self._index, self.K, self.rank, self.world_size, shared)
+        if len(mine) < self.P:
+            raise ValueError(f"rank {self.rank} got {len(mine)} identities in epoch {epoch}: too few for batches "
+                             f"of {self.P} (fewer ranks or a smaller identities_per_batch)")
+        rng = np.random.default_rng([self.seed, epoch, 0x5C, self.rank, self.world_size])
+        return plan_rank_share(self._index, mine, self.P, self.K, len(self), rng)
+
+    @property
+    def _members(self) -> List[np.ndarray]:
+        """Each identity's sample indices (the single-process plan's input)."""
+        order = self._index.order.astype(np.int64)
+        return np.split(order, self._index.starts[1:])
 
     def _chunks(self, members: np.ndarray, rng: np.random.Generator) -> List[np.ndarray]:
         shuffled = rng.permutation(members)
@@ -98,7 +114,8 @@ class PKBatchSampler:
 
     def _plan_global(self, epoch: int) -> List[List[int]]:
         rng = np.random.default_rng([self.seed, epoch, 0x5A])
-        pending = [self._chunks(m, rng) for m in self._members]
+        members = self._members
+        pending = [self._chunks(m, rng) for m in members]
         batches: List[List[int]] = []
         carry: List[int] = []
         while len(batches) < self._global_batches:
@@ -108,7 +125,7 @@ class PKBatchSampler:
             if len(order) < self.P:  # top up with fresh chunks of other identities
                 others = np.setdiff1d(np.arange(len(pending)), order)
                 for c in rng.choice(others, self.P - len(order), replace=False):
-                    pending[int(c)].append(self._chunks(self._members[int(c)], rng)[0])
+                    pending[int(c)].append(self._chunks(members[int(c)], rng)[0])
                     order.append(int(c))
             full = len(order) // self.P * self.P
             for start in range(0, full, self.P):
@@ -125,5 +142,5 @@ class PKBatchSampler:
         while self.position < len(batches):
             batch = batches[self.position]
             self.position += 1
-            yield batch
+            yield batch.tolist() if isinstance(batch, np.ndarray) else batch
         self.position = 0

@@ -43,7 +43,7 @@ __all__ = ["LOSSES", "Loss", "LossInputs", "READABLE_FIELDS", "TEACHER_FIELDS", 
 
 #: the context arguments a training task may pass to :func:`build_losses`
 CONTEXT_KEYS = ("num_classes", "embedding_size", "teacher_embedding_size", "student_channels",
-                "teacher_channels")
+                "teacher_channels", "rank", "world_size")
 
 
 class WeightedLoss(nn.Module):
@@ -156,7 +156,8 @@ def build_losses(specs: Sequence[Mapping[str, Any]], **context: Any) -> Weighted
             {"name": "triplet_distill", "weight": 1.0, "m_min": 0.2, "m_max": 0.5}]``.
         **context: facts about the run that factories may need: ``num_classes``,
             ``embedding_size``, ``teacher_embedding_size``, ``student_channels``,
-            ``teacher_channels`` (:data:`CONTEXT_KEYS`).  Each factory receives only the
+            ``teacher_channels``, and the process's ``rank`` of ``world_size`` (a sharded
+            head) (:data:`CONTEXT_KEYS`).  Each factory receives only the
             entries its signature names; None values are passed as given.
 
     Raises:

@@ -52,9 +52,11 @@ class MarginHead(Loss):
         self.embedding_size = int(embedding_size)
         self.scale = float(scale)
         self.margin = float(margin)
-        # arcface_torch initialises the class centres with N(0, 0.01)
-        self.weight = nn.Parameter(torch.empty(self.num_classes, self.embedding_size))
-        nn.init.normal_(self.weight, std=0.01)
+        self.weight = nn.Parameter(self.initial_centres())
+
+    def initial_centres(self) -> torch.Tensor:
+        """The class centres a new head starts from: N(0, 0.01) like arcface_torch, ``C x D``."""
+        return torch.empty(self.num_classes, self.embedding_size).normal_(0.0, 0.01)
 
     def cosine(self, embedding: torch.Tensor) -> torch.Tensor:
         """``N x C`` cosines between the embeddings and the class centres, float32 in [-1, 1]."""

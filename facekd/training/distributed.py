@@ -7,19 +7,34 @@ otherwise.  A plain ``python train_face_student.py`` is a world of one and needs
 
 Only rank 0 logs, writes metrics and checkpoints; every rank trains on its own shard of
 the P x K batches (``PKBatchSampler(rank=..., world_size=...)``).
+
+A rank that dies or goes silent must not leave the others waiting: a collective gives up
+after ``FACEKD_COLLECTIVE_TIMEOUT_S`` seconds (default 1800; gloo notices a dead peer's
+closed connection at once), and :func:`lost_ranks` turns the backend's error into one
+line naming this rank (the training commands raise it; see
+:func:`facekd.training.launch.run_command`).
 """
 from __future__ import annotations
 
 import datetime
 import logging
 import os
+import re
 from dataclasses import dataclass
 from typing import Any, List, Optional
 
 import torch
 import torch.distributed as dist
 
+from facekd.errors import ConfigError, FaceKDError, TrainingError
+
 LOG = logging.getLogger(__name__)
+
+#: environment variable: seconds a collective waits for the other ranks before it fails
+TIMEOUT_ENV = "FACEKD_COLLECTIVE_TIMEOUT_S"
+DEFAULT_TIMEOUT_S = 1800.0
+#: what gloo's and NCCL's errors say when a peer is gone or silent
+_LOST_PEER = re.compile(r"gloo|nccl|connection (closed|reset)|timed out|broken pipe", re.IGNORECASE)
 
 
 @dataclass
@@ -49,12 +64,22 @@ def default_device(local_rank: int = 0) -> torch.device:
     return torch.device("cpu")
 
 
-def init_distributed(device: Optional[str] = None, timeout_minutes: float = 30.0) -> DistInfo:
+def collective_timeout_s() -> float:
+    """Seconds a collective waits for the other ranks: ``$FACEKD_COLLECTIVE_TIMEOUT_S`` or 1800."""
+    value = os.environ.get(TIMEOUT_ENV, "")
+    try:
+        return float(value) if value else DEFAULT_TIMEOUT_S
+    except ValueError:
+        raise ConfigError(f"{TIMEOUT_ENV}={value!r} is not a number of seconds") from None
+
+
+def init_distributed(device: Optional[str] = None, timeout_minutes: Optional[float] = None) -> DistInfo:
     """Join the ``torchrun`` process group if there is one; return this process's :class:`DistInfo`.
 
     Args:
         device: force a device (``"cpu"``, ``"cuda"``); default: CUDA when available.
-        timeout_minutes: collective timeout of the process group.
+        timeout_minutes: collective timeout of the process group (default:
+            :func:`collective_timeout_s`).
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -70,7 +95,8 @@ def init_distributed(device: Optional[str] = None, timeout_minutes: float = 30.0
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     dist.init_process_group(backend=backend, rank=rank, world_size=world_size,
-                            timeout=datetime.timedelta(minutes=timeout_minutes))
+                            timeout=datetime.timedelta(seconds=collective_timeout_s() if timeout_minutes is None
+                                                       else 60.0 * timeout_minutes))
     LOG.info("process group %s: rank %d of %d on %s", backend, rank, world_size, dev)
     return DistInfo(rank, world_size, local_rank, dev, backend)
 
@@ -124,3 +150,18 @@ def all_gather_rows(rows: torch.Tensor, info: DistInfo) -> List[torch.Tensor]:
 def unwrap(module: torch.nn.Module) -> torch.nn.Module:
     """The module inside a ``DistributedDataParallel`` wrapper (or the module itself)."""
     return module.module if isinstance(module, torch.nn.parallel.DistributedDataParallel) else module
+
+
+def lost_ranks(error: BaseException, info: DistInfo) -> Optional[TrainingError]:
+    """A one-line :class:`TrainingError` for a collective that failed because another rank died
+    or stopped answering; None for any other error (and in a single process)."""
+    if not info.distributed or isinstance(error, FaceKDError):
+        return None
+    if not isinstance(error, getattr(dist, "DistError", ())) and not (
+            isinstance(error, RuntimeError) and _LOST_PEER.search(str(error))):
+        return None
+    detail = re.sub(r"^\[[^\]]*\]\s*", "", str(error).strip().splitlines()[0])   # gloo's "[file.cc:561] "
+    detail = detail.split(". ")[0].rstrip(".")
+    return TrainingError(f"rank {info.rank} of {info.world_size}: lost the other ranks in a collective "
+                         f"({detail}): another rank died, or did not answer within the {collective_timeout_s():g} s "
+                         f"timeout ({TIMEOUT_ENV}); its own log says why; this rank stops too")

@@ -23,18 +23,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, Iterable, Optional
 
 from facekd.errors import ConfigError, DataError
+from facekd.training.resume import AUTO_RESUME, resolve_resume  # noqa: F401  (resolve_resume: re-exported)
 
 if TYPE_CHECKING:  # annotations only
     from facekd.training.hooks import Hook
 
 LOG = logging.getLogger("facekd.train")
-AUTO_RESUME = "<last>"
 
 
 def add_training_arguments(parser: argparse.ArgumentParser, default_config: str) -> None:
     """Add the options every training command takes."""
     parser.add_argument("--config", default=default_config,
-                        help=f"experiment YAML (default: configs/{default_config})")
+                        help=f"experiment YAML, or a name under configs/ or configs/experiments/ "
+                             f"(default: configs/{default_config})")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, e.g. --set train.epochs=2 (repeatable)")
     parser.add_argument("--resume", nargs="?", const=AUTO_RESUME, default=None, metavar="PATH",
@@ -58,21 +59,6 @@ def load_run_config(args: argparse.Namespace, task_name: Optional[str] = None) -
 
         check_run(cfg, task_name, origins)
     return cfg
-
-
-def resolve_resume(resume: Optional[str], output_dir: str) -> Optional[str]:
-    """The checkpoint ``--resume`` means (None: start fresh)."""
-    if resume is None:
-        return None
-    if resume == AUTO_RESUME:
-        last = Path(output_dir) / "last.pt"
-        if last.exists():
-            return str(last)
-        LOG.info("--resume: %s does not exist yet; starting a new run", last)
-        return None
-    if not os.path.isfile(resume):
-        raise DataError(resume, "checkpoint to resume from not found")
-    return resume
 
 
 def setup_logging(is_main: bool) -> None:
@@ -123,7 +109,7 @@ def run_training(cfg: Any, task_name: str, resume: Optional[str] = None, hooks: 
 
 def train(cfg: Any, task_name: str, resume: Optional[str] = None, dist: Any = None) -> Dict[str, Any]:
     """Train task ``task_name`` with ``cfg`` (``resume`` as ``--resume`` takes it); return the summary."""
-    return run_training(cfg, task_name, resume=resolve_resume(resume, cfg.output_dir), dist=dist)
+    return run_training(cfg, task_name, resume=resolve_resume(resume, cfg.output_dir, dist), dist=dist)
 
 
 def format_summary(task_name: str, summary: Dict[str, Any]) -> str:
@@ -146,7 +132,7 @@ def format_summary(task_name: str, summary: Dict[str, Any]) -> str:
 
 def run_command(args: argparse.Namespace, task_name: str) -> int:
     """Body of the training commands: config, (teacher first), train, report; returns the exit code."""
-    from facekd.training.distributed import cleanup_distributed, init_distributed
+    from facekd.training.distributed import cleanup_distributed, init_distributed, lost_ranks
 
     cfg = load_run_config(args, task_name)
     dist = init_distributed(args.device)
@@ -158,6 +144,11 @@ def run_command(args: argparse.Namespace, task_name: str) -> int:
         if dist.is_main:
             print(format_summary(task_name, summary))
             LOG.debug("summary: %s", json.dumps(summary, default=str))
+    except Exception as error:
+        lost = lost_ranks(error, dist)       # another rank died: one clear line, not a backend trace
+        if lost is None:
+            raise
+        raise lost from error
     finally:
         cleanup_distributed()
     return 0

@@ -104,6 +104,7 @@ class BackboneTask(Task):
     def __init__(self, cfg: ExperimentConfig) -> None:
         self.cfg = cfg
         self.device = torch.device("cpu")
+        self.rank, self.world_size = 0, 1
 
     # ------------------------------------------------------------------ building
     def build(self, trainer: "Trainer") -> None:
@@ -115,6 +116,7 @@ class BackboneTask(Task):
 
         cfg = self.cfg
         self.device = trainer.device
+        self.rank, self.world_size = trainer.dist.rank, trainer.dist.world_size    # where a sharded head sits
         self.dataset = build_train_dataset(cfg.data, transform=keep_uint8)
         if cfg.data.unlabelled:
             self.dataset = self.add_unlabelled(self.dataset)
@@ -135,7 +137,8 @@ class BackboneTask(Task):
     def loss_context(self) -> Dict[str, Any]:
         """The context arguments loss factories may take."""
         return {"num_classes": self.dataset.num_classes, "embedding_size": self.cfg.model.embedding_size,
-                "student_channels": getattr(self.backbone, "feature_channels", None)}
+                "student_channels": getattr(self.backbone, "feature_channels", None),
+                "rank": self.rank, "world_size": self.world_size}
 
     def prepare_teacher(self, trainer: "Trainer") -> None:
         """Load whatever the losses need besides the backbone (nothing for a teacher run)."""
@@ -399,12 +402,12 @@ class StudentTask(BackboneTask):
         if head is None:
             return
         source = self.teacher.head if self.teacher_head_fits else None
-        if source is None or getattr(source, "weight", None) is None or source.weight.shape != head.weight.shape:
+        shape = (head.num_classes, head.embedding_size)
+        if source is None or getattr(source, "weight", None) is None or tuple(source.weight.shape) != shape:
             LOG.warning("init_from: teacher: the teacher has no margin head over this run's %d identities with "
                         "the student's shape; the student's %s head starts fresh", head.num_classes, head.loss_name)
             return
-        with torch.no_grad():
-            head.weight.copy_(source.weight.to(head.weight.device))
+        head.load_state_dict({"weight": source.weight.detach()})     # a sharded head keeps its rows
         LOG.info("student's %s head initialised from the teacher's class centres", head.loss_name)
 
     def on_train_start(self, trainer: "Trainer") -> None:

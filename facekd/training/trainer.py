@@ -13,7 +13,8 @@ layer above, which this module does not import) and of any extra :class:`Hook` o
 Files in ``output_dir``: ``last.pt`` (every ``train.checkpoint_every_steps`` steps and at each
 epoch end), ``step_<N>.pt`` (the newest ``train.keep_step_checkpoints``), ``best.pt`` (best
 verification accuracy on ``val.select_best_on``), ``metrics.jsonl`` (+ TensorBoard events if
-installed), ``verification.json`` (the final verification result), ``config.yaml``.
+installed), ``verification.json`` (the final verification result), ``config.yaml`` (the resolved
+config, :func:`facekd.config.to_yaml`, written when the run starts).
 
 Speed (issue 12): the step never waits for the host.  Losses stay on the device; they are
 converted (and checked for NaN/inf, across ranks) only every ``train.log_every_steps``
@@ -28,6 +29,7 @@ foreach implementation, cuDNN autotunes on CUDA (``train.cudnn_benchmark``) and
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -37,10 +39,10 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
-import yaml
 
-from facekd.config import ExperimentConfig, to_dict
+from facekd.config import ExperimentConfig, to_dict, to_yaml
 from facekd.errors import CheckpointError, ConfigError, TrainingError
+from facekd.fileio import atomic_write_text
 from facekd.training.checkpoint import (CHECKPOINT_FORMAT, atomic_copy, atomic_save, load_checkpoint,
                                         rng_state, seed_everything, set_rng_state)
 from facekd.training.distributed import DistInfo, all_finite, barrier, broadcast_object
@@ -49,6 +51,7 @@ from facekd.training.checkpoint_writer import CheckpointWriter, host_copy
 from facekd.training.hooks import HOOK_POINTS, Hook
 from facekd.training.metrics import MetricsLogger
 from facekd.training.optim import build_optimizer, build_scheduler
+from facekd.training.sharding import ShardedParameters
 from facekd.training.task import Task
 
 LOG = logging.getLogger(__name__)
@@ -144,7 +147,9 @@ class Trainer:
             module.to(memory_format=torch.channels_last)
         self.module = module
         self.model = module
+        self.sharded = ShardedParameters(module, self.dist)     # a model-parallel head: outside DDP
         if self.dist.distributed:
+            self.sharded.exclude_from_ddp(module)
             self.model = torch.nn.parallel.DistributedDataParallel(
                 module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         if cfg.train.compile:
@@ -166,6 +171,7 @@ class Trainer:
         self.total_steps = cfg.train.epochs * self.steps_per_epoch
         params = [p for p in module.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(params, cfg.optim)
+        self.optimizer.register_load_state_dict_pre_hook(self.sharded.slice_optimizer_state)
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, self.steps_per_epoch, self.total_steps)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == "fp16")
         self.metrics = MetricsLogger(self.output_dir, enabled=self.dist.is_main)
@@ -223,7 +229,9 @@ class Trainer:
             self.load(resume)
         if self.dist.is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
-            (self.output_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(self.cfg), sort_keys=False))
+            # the resolved config of this run (load_config of it reproduces the run, --resume included)
+            atomic_write_text(self.output_dir / "config.yaml",
+                              to_yaml(dataclasses.replace(self.cfg, output_dir=str(self.output_dir))))
             self.metrics.truncate_after(self.step)
         self.call_hook("on_train_start")
         start = time.perf_counter()
@@ -281,10 +289,12 @@ class Trainer:
         self.loss_watch.add(self.step + 1, self.epoch, loss, terms)    # checked on the host later
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
+        if self.sharded and self.scaler.is_enabled():
+            self.sharded.share_overflow()
         grad_norm = None
         if cfg.grad_clip > 0:
             self.scaler.unscale_(self.optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(
+            grad_norm = self.sharded.clip_grad_norm_(
                 [p for group in self.optimizer.param_groups for p in group["params"]], cfg.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
@@ -396,10 +406,11 @@ class Trainer:
         Returns the path of ``last.pt`` (rank 0) or None.
         """
         self.check_finite()
+        whole = self.sharded.gather(self.optimizer)       # every rank sends its shard of a sharded head
         path = None
         if self.dist.is_main:
             path = self.output_dir / "last.pt"
-            state = self.checkpoint_state()
+            state = self.sharded.fill(self.checkpoint_state(), whole)
             if self.checkpoints.background:    # training goes on updating the tensors in place
                 state = host_copy(state)
             step_name = f"step_{self.step:07d}.pt" if step_file and self.cfg.train.keep_step_checkpoints > 0 else None
