@@ -189,6 +189,8 @@ class TrainConfig:
     keep_step_checkpoints: int = bounded(2, ge=0)
     # added for issue 12 (training speed): torch.compile the training module
     compile: bool = False
+    # torch.compile mode of train.compile: default | reduce-overhead | max-autotune | max-autotune-no-cudagraphs
+    compile_mode: str = "default"
     # unlabelled faces (data.unlabelled) added to each P x K batch
     unlabelled_per_batch: int = bounded(0, ge=0)
     # cuDNN autotuning (torch.backends.cudnn.benchmark) on CUDA

@@ -56,6 +56,9 @@ from facekd.training.task import Task
 
 LOG = logging.getLogger(__name__)
 
+#: ``train.compile_mode`` values: the ``mode`` of ``torch.compile``
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
 
 class LossWatch:
     """The losses of the steps since the last check, kept on the device (no host sync per step).
@@ -160,7 +163,7 @@ class Trainer:
                 LOG.warning("train.compile: no C++ compiler on PATH (inductor needs one on the CPU); "
                             "training eagerly")
             else:
-                self.task.backbone.compile()
+                self.task.backbone.compile(mode=cfg.train.compile_mode)
         self.sampler = self._build_sampler()
         self.steps_per_epoch = len(self.sampler)
         if cfg.train.max_steps_per_epoch:
