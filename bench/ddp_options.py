@@ -61,7 +61,8 @@ def settings(args: argparse.Namespace, sets: List[str]) -> List[str]:
     model = f"{{name: {args.model}, embedding_size: 512, input_size: {args.input_size}}}"
     return [f"model={model}", f"data.input_size={args.input_size}", "data.num_identities=64",
             "data.images_per_identity=16", f"train.identities_per_batch={args.p}",
-            f"train.images_per_identity={args.k}", "train.progress=false", "train.log_every_steps=1000", "train.checkpoint_every_steps=0",
+            f"train.images_per_identity={args.k}", "train.progress=false", "train.log_every_steps=1000",
+            "train.checkpoint_every_steps=0",
             "losses=[{name: arcface, scale: 32.0, margin: 0.3}]", "output_dir=/tmp/facekd_bench_ddp_options",
             *sets]
 

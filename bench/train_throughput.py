@@ -33,6 +33,12 @@ teacher targets from the memory-mapped float16 store (``teacher.store``,
 inside the model step, so ``student+store_speedup`` is the store's step against today's cached
 step from the same run; each student reports which cache fed it (``teacher_cache``).
 
+``--rounds R --baseline channels_last+compile --step-variants ...`` (issue 34) runs the baseline and
+each variant in worker processes of their own (one process with ``--threads``, or ``ddp2``: two
+gloo ranks of one thread sharing the P x K batch) and times them in ``R`` interleaved rounds, model
+step and end to end; each round's ratio to the baseline is reported (:mod:`train_rounds`), so a busy
+machine's load swings hit both sides of a ratio alike.
+
 ``--teaching`` times the student once per source of its teacher targets
 (:mod:`facekd.training.teaching`), all on the same augmented views (:data:`TEACHING_AUGMENT`):
 ``clean_cache`` (today's cached step), ``view_cache`` (4 fixed views per face, embedded once:
@@ -51,92 +57,21 @@ import argparse
 import dataclasses
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 
 from facekd.argtypes import OneLineParser, input_size, non_negative_int, number, number_list, positive_int
-from facekd.config import ExperimentConfig, from_dict, to_dict
 from facekd.evaluation.embed import available_cores
-from facekd.models import MODELS, count_macs
-from facekd.training import StudentTask, TeacherTask, Trainer
-from facekd.training.distributed import DistInfo
-from facekd.training.hooks import Hook
-from facekd.training.throughput import (cache_kind, evaluate_targets, format_report, matmul_peak, synchronize,
-                                       time_targets)
+from facekd.training.throughput import cache_kind, evaluate_targets, format_report, matmul_peak, time_targets
 
-STUDENT_LOSSES = [{"name": "arcface", "weight": 1.0, "scale": 64.0, "margin": 0.5},
-                  {"name": "triplet_distill", "weight": 1.0, "m_min": 0.2, "m_max": 0.5},
-                  {"name": "feature_distill", "weight": 1.0, "metric": "cosine"}]
-#: the views every ``--teaching`` variant of the student trains on
-TEACHING_AUGMENT = [{"name": "shift_scale"}, {"name": "colour_jitter"}]
-STUDENT_DEGRADE = {"enabled": True, "min_size": 14, "max_size": 56, "blur_prob": 0.3, "jpeg_prob": 0.3,
-                   "noise_prob": 0.2, "clean_prob": 0.3}
-
-
-@dataclass
-class TrainBenchSettings:
-    """Everything one benchmark run uses (:meth:`for_device` gives the defaults)."""
-    device: str = "cpu"
-    amp: str = "none"
-    channels_last: bool = False
-    compile: bool = False
-    threads: int = 2
-    identities_per_batch: int = 8
-    images_per_identity: int = 4
-    workers: int = 1
-    prefetch_factor: int = 4
-    teacher_arch: str = "iresnet18"
-    # half-width IResNet-18 on the CPU (a quarter of its MACs): keeps the default run short
-    teacher_params: Dict[str, Any] = field(default_factory=lambda: {"width": [32, 64, 128, 256]})
-    teacher_loss: str = "arcface"           # or partial_fc
-    sample_rate: float = 0.1                # partial_fc only
-    student_arch: str = "mobilefacenet"
-    embedding_size: int = 512
-    input_size: int = 112
-    num_identities: int = 64
-    images_per_identity_data: int = 8
-    synthetic: str = "tree"                 # tree | generator
-    data_dir: Optional[str] = None
-    warmup: int = 2
-    model_steps: Dict[str, int] = field(default_factory=lambda: {"teacher": 3, "student": 5})
-    data_batches: int = 8
-    e2e_epochs: int = 2
-    e2e_steps_per_epoch: Dict[str, int] = field(default_factory=lambda: {"teacher": 2, "student": 3})
-    log_every_steps: int = 10
-    matmul_size: int = 2048
-    matmul_repeats: int = 10
-    models: Sequence[str] = ("teacher", "student")
-    teaching: Sequence[str] = ()            # teacher.targets sources to time the student with
-    teaching_teacher: str = "tiny"          # tiny | dlib: the teacher of the --teaching variants
-    teaching_views: int = 4
-    step_variants: Sequence[str] = ()       # STEP_VARIANTS names (a+b combines) timed beside the student
-    store: bool = False                     # the student's teacher caches as float16 memory-mapped stores
-
-    @property
-    def batch_size(self) -> int:
-        """P x K."""
-        return self.identities_per_batch * self.images_per_identity
-
-    @classmethod
-    def for_device(cls, device: str, **overrides: Any) -> "TrainBenchSettings":
-        """CPU: a short run (half-width IResNet-18, batch 32); CUDA: the issue's setting (IResNet-100, bf16, 256)."""
-        base: Dict[str, Any] = {"device": device, "threads": available_cores()}
-        if torch.device(device).type == "cuda":
-            base.update(amp="bf16", channels_last=True, identities_per_batch=64, images_per_identity=4,
-                        workers=min(8, max(1, available_cores() - 1)), teacher_arch="iresnet100", teacher_params={},
-                        num_identities=1000, images_per_identity_data=8, warmup=10, data_batches=100,
-                        model_steps={"teacher": 50, "student": 200},
-                        e2e_steps_per_epoch={"teacher": 30, "student": 60}, e2e_epochs=3, log_every_steps=50,
-                        matmul_size=8192, matmul_repeats=20)
-        base.update(overrides)
-        return cls(**base)
+sys.path.insert(0, str(Path(__file__).resolve().parent))   # the helper modules beside this script
+from train_phases import (TrainBenchSettings, build_trainer, time_data, time_end_to_end, time_model,  # noqa: E402
+                          train_flop_per_image, write_cache_teacher)
 
 
 #: ways to make the CPU training step faster, as settings changes (``--step-variants``)
@@ -146,6 +81,13 @@ STEP_VARIANTS: Dict[str, Dict[str, Any]] = {
     "bf16": {"amp": "bf16"},
     "compile": {"compile": True},
     "store": {"store": True},
+    # issue 34: the student step at this machine's limit (time them with --rounds)
+    "ddp2": {"world_size": 2, "threads": 1},        # two gloo ranks x 1 thread, P x K split between them
+    "threads1": {"threads": 1},
+    "batch64": {"identities_per_batch": 64},        # P x K = 64 x 4 (the LR would need scaling)
+    "autotune": {"compile_mode": "max-autotune-no-cudagraphs"},
+    "workers0": {"workers": 0},                     # images load in the training process
+    "workers1": {"workers": 1},
 }
 
 
@@ -159,203 +101,16 @@ def variant_settings(settings: "TrainBenchSettings", variant: str) -> "TrainBenc
     return dataclasses.replace(settings, **changes)
 
 
-# --------------------------------------------------------------------------- configs
-
-def _data_section(settings: TrainBenchSettings, root: Optional[Path]) -> Dict[str, Any]:
-    common = {"num_workers": settings.workers, "input_size": 112}
-    if root is None:
-        return {**common, "source": "synthetic", "num_identities": settings.num_identities,
-                "images_per_identity": settings.images_per_identity_data}
-    return {**common, "source": "folder", "root": str(root)}
-
-
-def experiment_config(role: str, settings: TrainBenchSettings, workdir: Path, data_root: Optional[Path],
-                      teacher_checkpoint: Optional[Path] = None) -> ExperimentConfig:
-    """The :class:`ExperimentConfig` of the ``teacher`` or ``student[:<targets source>]`` run being timed."""
-    kind = role.partition(":")[0]
-    train = {"epochs": settings.e2e_epochs, "identities_per_batch": settings.identities_per_batch,
-             "images_per_identity": settings.images_per_identity, "amp": settings.amp,
-             "channels_last": settings.channels_last, "compile": settings.compile,
-             "checkpoint_every_steps": 0, "log_every_steps": settings.log_every_steps,
-             "max_steps_per_epoch": settings.e2e_steps_per_epoch[kind], "progress": False,
-             "prefetch_factor": settings.prefetch_factor}
-    data: Dict[str, Any] = {
-        "name": f"bench_{role.replace(':', '_')}", "output_dir": str(workdir / role.replace(":", "_")), "data": _data_section(settings, data_root),
-        "val": {"sets": [], "every_epochs": 0, "batch_size": 256}, "train": train,
-        "optim": {"lr": 0.01, "warmup_epochs": 0.0}}
-    if role == "teacher":
-        head = {"name": settings.teacher_loss, "weight": 1.0, "scale": 64.0, "margin": 0.5}
-        if settings.teacher_loss == "partial_fc":
-            head["sample_rate"] = settings.sample_rate
-        data.update(model={"name": settings.teacher_arch, "embedding_size": settings.embedding_size,
-                           "input_size": settings.input_size, "params": dict(settings.teacher_params)},
-                    losses=[head])
-    else:
-        teacher = {"model": _cache_teacher_model(settings), "checkpoint": str(teacher_checkpoint),
-                   "cache": True, "cache_dir": str(workdir / "teacher_cache"), "store": settings.store,
-                   "cache_dtype": "float16" if settings.store else "float32"}
-        embedding_size = settings.embedding_size
-        _, _, targets = role.partition(":")
-        if targets:            # a --teaching variant: augmented views, targets from that source
-            teacher.update(targets=targets, views=settings.teaching_views if targets == "view_cache" else 0)
-            if settings.teaching_teacher == "dlib":
-                teacher.update(kind="dlib", checkpoint=None)
-                embedding_size = 128
-            data["augment"] = [dict(a) for a in TEACHING_AUGMENT]
-        data.update(model={"name": settings.student_arch, "embedding_size": embedding_size,
-                           "input_size": settings.input_size},
-                    teacher=teacher, degrade=dict(STUDENT_DEGRADE), losses=[dict(loss) for loss in STUDENT_LOSSES])
-    merged = to_dict(ExperimentConfig())
-    for key, value in data.items():
-        merged[key] = {**merged[key], **value} if isinstance(value, dict) and isinstance(merged.get(key), dict) \
-            else value
-    return from_dict(ExperimentConfig, merged, source="bench/train_throughput.py")
-
-
-def _cache_teacher_model(settings: TrainBenchSettings) -> Dict[str, Any]:
-    # only its embeddings are used (from the cache): a narrow net keeps building the cache quick
-    return {"name": "iresnet18", "embedding_size": settings.embedding_size, "input_size": 56,
-            "params": {"width": [8, 16, 32, 64]}}
-
-
-def write_cache_teacher(settings: TrainBenchSettings, path: Path) -> Path:
-    """A random-init teacher backbone saved as a plain state dict (insightface ``backbone.pth`` style)."""
-    spec = _cache_teacher_model(settings)
-    torch.manual_seed(0)
-    model = MODELS.build(spec["name"], embedding_size=spec["embedding_size"], input_size=spec["input_size"],
-                         **spec["params"])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), path)
-    return path
-
-
-# --------------------------------------------------------------------------- phases
-
-class StepClock(Hook):
-    """Records ``time.perf_counter()`` before every step and the epoch of each step."""
-
-    def __init__(self) -> None:
-        self.times: List[float] = []
-        self.epochs: List[int] = []
-
-    def before_step(self, trainer: Any, batch: Dict[str, Any]) -> None:
-        self.times.append(time.perf_counter())
-        self.epochs.append(trainer.epoch)
-
-
-def _to_device(batch: Dict[str, Any], device: torch.device) -> Dict[str, Any]:
-    # images on the device as the model step wants them; labels, indices, flips stay where
-    # the loader puts them (the task moves labels itself, the cache looks indices up on the host)
-    return {**batch, "image": batch["image"].to(device)}
-
-
-def _loader_batches(trainer: Trainer) -> Iterator[Dict[str, Any]]:
-    epoch = 0
-    while True:
-        for batch in trainer.loader(epoch):
-            yield batch
-        epoch += 1
-
-
-def time_data(trainer: Trainer, settings: TrainBenchSettings, keep: int) -> Dict[str, Any]:
-    """(b): the loader alone, whole epochs; returns img/s and the first ``keep`` batches (for the model phase)."""
-    timed_epoch, trainer.steps_per_epoch = trainer.steps_per_epoch, len(trainer.sampler)
-    batches = _loader_batches(trainer)
-    kept = []
-    for _ in range(settings.warmup):       # worker start-up is not counted
-        batch = next(batches)
-        trainer.task.prepare_batch(batch)     # the step's device copy, normalisation, cached targets
-        kept.append(batch)
-    synchronize(trainer.device)
-    start = time.perf_counter()
-    for _ in range(settings.data_batches):
-        batch = next(batches)
-        trainer.task.prepare_batch(batch)
-        if len(kept) < keep:
-            kept.append(batch)
-    synchronize(trainer.device)
-    seconds = time.perf_counter() - start
-    trainer.steps_per_epoch = timed_epoch
-    return {"img_s": settings.data_batches * settings.batch_size / seconds, "seconds": seconds,
-            "batches": settings.data_batches, "kept": [_to_device(b, trainer.device) for b in kept[:keep]]}
-
-
-def time_model(trainer: Trainer, batches: List[Dict[str, Any]], steps: int, warmup: int) -> Dict[str, Any]:
-    """(a): ``train_step`` on batches already in device memory."""
-    for i in range(warmup):
-        trainer.train_step(batches[i % len(batches)])
-    synchronize(trainer.device)
-    start = time.perf_counter()
-    for i in range(steps):
-        trainer.train_step(batches[i % len(batches)])
-    trainer.check_finite()
-    synchronize(trainer.device)
-    seconds = time.perf_counter() - start
-    return {"img_s": steps * len(batches[0]["label"]) / seconds, "seconds": seconds, "steps": steps,
-            "step_ms": 1e3 * seconds / steps}
-
-
-def time_end_to_end(trainer: Trainer, clock: StepClock, settings: TrainBenchSettings) -> Dict[str, Any]:
-    """(c): ``Trainer.fit`` from the start of epoch 1 (after the phases above reset the counters).
-
-    Timed from the second step (the first waits for the loader's first batch; kernels,
-    cuDNN autotuning and ``torch.compile`` were warmed up by the model phase), so every
-    epoch boundary but none of the start-up is inside the window.  The epoch-end time is
-    each boundary's gap minus the median step interval, plus the end of the last epoch.
-    """
-    trainer.step, trainer.epoch, trainer.batches_done = 0, 0, 0
-    trainer.sampler.load_state_dict({"epoch": 0, "position": 0, "seed": trainer.sampler.seed})
-    clock.times.clear()
-    clock.epochs.clear()
-    trainer.fit()
-    synchronize(trainer.device)
-    end = time.perf_counter()
-    times, epochs = clock.times, clock.epochs
-    warm = min(1, len(times) - 1)
-    steps = len(times) - warm
-    seconds = end - times[warm]
-    gaps = [b - a for a, b in zip(times, times[1:])]
-    inside = [g for g, e0, e1 in zip(gaps, epochs, epochs[1:]) if e0 == e1]
-    typical = statistics.median(inside) if inside else 0.0
-    boundary = [g - typical for g, e0, e1, i in zip(gaps, epochs, epochs[1:], range(len(gaps)))
-                if e0 != e1 and i >= warm]
-    # the last epoch's end (checkpoint + finish) is after the last step: end - last step - one step
-    tail = max(0.0, end - times[-1] - typical)
-    extra = sum(max(0.0, b) for b in boundary) + tail
-    return {"img_s": steps * settings.batch_size / seconds, "seconds": seconds, "steps": steps,
-            "step_ms": 1e3 * typical, "epoch_end_s": extra, "epoch_end_share": extra / seconds if seconds else 0.0,
-            "epochs": settings.e2e_epochs}
-
-
-def train_flop_per_image(trainer: Trainer) -> float:
-    """6 x (backbone MACs + head MACs): forward and the two backward products of each layer."""
-    task = trainer.task
-    macs = count_macs(task.backbone, task.cfg.model.input_size)
-    head = task.criterion.margin_head
-    if head is not None:
-        sampled = head.num_sampled(trainer.sampler.batch_size) if hasattr(head, "num_sampled") else head.num_classes
-        macs += sampled * head.embedding_size
-    return 6.0 * macs
-
 
 def bench_model(role: str, settings: TrainBenchSettings, workdir: Path, data_root: Optional[Path],
                 peak_gflops: float) -> Dict[str, Any]:
     """All three phases for ``role`` (``teacher`` / ``student``)."""
-    device = torch.device(settings.device)
-    student = role.startswith("student")
-    teacher_ckpt = write_cache_teacher(settings, workdir / "cache_teacher.pth") if student else None
-    cfg = experiment_config(role, settings, workdir, data_root, teacher_ckpt)
-    task = (StudentTask if student else TeacherTask)(cfg)
-    clock = StepClock()
-    trainer = Trainer(cfg, task, dist=DistInfo(device=device), hooks=[clock])
-    trainer.build()
-    start = time.perf_counter()
-    task.on_train_start(trainer)            # the student builds its teacher-embedding cache here
-    cache_s = time.perf_counter() - start
+    run = build_trainer(role, settings, workdir, data_root)
+    cfg, task, trainer, student = run.cfg, run.task, run.trainer, role.startswith("student")
     data = time_data(trainer, settings, keep=4)
     kept = data.pop("kept")
     model = time_model(trainer, kept, settings.model_steps[role.partition(":")[0]], settings.warmup)
-    end_to_end = time_end_to_end(trainer, clock, settings)
+    end_to_end = time_end_to_end(trainer, run.clock, settings)
     flop = train_flop_per_image(trainer)
     result = {
         "arch": cfg.model.name, "input_size": cfg.model.input_size, "embedding_size": cfg.model.embedding_size,
@@ -368,10 +123,49 @@ def bench_model(role: str, settings: TrainBenchSettings, workdir: Path, data_roo
         "end_to_end_pct_of_peak": 100.0 * end_to_end["img_s"] * flop / 1e9 / peak_gflops,
         "data_over_model": data["img_s"] / model["img_s"], "end_to_end_over_model": end_to_end["img_s"] / model["img_s"],
         "timed": {"model_steps": model["steps"], "data_batches": data["batches"], "end_to_end_steps": end_to_end["steps"],
-                  "cache_build_s": cache_s}}
+                  "cache_build_s": run.cache_s}}
     if student:
         result.update(teacher_cache=cache_kind(task), targets_ms=time_targets(task, kept))
     return result
+
+
+def bench_data(settings: TrainBenchSettings, root: Path) -> Optional[Path]:
+    """``--data``, or the synthetic JPEG tree written under ``root`` (None: faces generated in memory)."""
+    if settings.data_dir:
+        return Path(settings.data_dir)
+    if settings.synthetic != "tree":
+        return None
+    from facekd.data import write_synthetic_tree
+
+    return write_synthetic_tree(root / "faces", settings.num_identities, settings.images_per_identity_data, seed=0)
+
+
+def run_rounds_benchmark(settings: TrainBenchSettings, rounds: int, baseline: str,
+                         steps: Optional[int] = None) -> Dict[str, Any]:
+    """``--rounds``: the baseline and every ``settings.step_variants`` of the student, each in its own
+    processes, timed in ``rounds`` interleaved rounds (:mod:`train_rounds`); returns the report."""
+    from train_rounds import format_rounds, run_rounds, variant_names
+
+    device = torch.device(settings.device)
+    load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
+    names = variant_names(baseline, settings.step_variants)
+    with tempfile.TemporaryDirectory(prefix="facekd_train_rounds_") as tmp:
+        root = Path(tmp)
+        data_root = bench_data(settings, root)
+        teacher = write_cache_teacher(settings, root / "cache_teacher.pth")
+        peak_start = matmul_peak(device, "none", settings.matmul_size, settings.matmul_repeats)
+        result = run_rounds({name: variant_settings(settings, name) for name in names}, rounds, root, data_root,
+                            teacher, steps or settings.model_steps["student"])
+        peak_end = matmul_peak(device, "none", settings.matmul_size, settings.matmul_repeats)
+    report = {"device": f"cpu ({available_cores()} cores)", "baseline": baseline, "rounds": rounds,
+              "environment": {"torch": torch.__version__, "cores": available_cores(),
+                              "load_average_before": list(load_before) if load_before else None,
+                              "load_average_after": list(os.getloadavg()) if load_before else None,
+                              "date": time.strftime("%Y-%m-%d %H:%M:%S")},
+              "settings": json.loads(json.dumps(dataclasses.asdict(settings))),
+              "matmul_peak": {"start": peak_start, "end": peak_end}, **result}
+    report["table"] = format_rounds(report, baseline)
+    return report
 
 
 def run_benchmark(settings: TrainBenchSettings, workdir: Optional[Path] = None) -> Dict[str, Any]:
@@ -382,12 +176,7 @@ def run_benchmark(settings: TrainBenchSettings, workdir: Optional[Path] = None) 
     load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
     with tempfile.TemporaryDirectory(prefix="facekd_train_bench_") as tmp:
         root = Path(workdir or tmp)
-        data_root = Path(settings.data_dir) if settings.data_dir else None
-        if data_root is None and settings.synthetic == "tree":
-            from facekd.data import write_synthetic_tree
-
-            data_root = write_synthetic_tree(root / "faces", settings.num_identities,
-                                             settings.images_per_identity_data, seed=0)
+        data_root = bench_data(settings, root)
         peak_start = matmul_peak(device, settings.amp, settings.matmul_size, settings.matmul_repeats)
         roles = [r for r in settings.models if not (r == "student" and settings.teaching)]
         if "student" in settings.models:
@@ -462,6 +251,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help="every student's teacher targets from the float16 memory-mapped store")
     parser.add_argument("--step-variants", help="also time the student with each of these step variants, e.g. "
                         f"channels_last,bf16,channels_last+bf16 (known: {', '.join(STEP_VARIANTS)})")
+    parser.add_argument("--rounds", type=positive_int, help="time the baseline and --step-variants in this many "
+                        "interleaved rounds, each variant in its own processes (bench/train_rounds.py)")
+    parser.add_argument("--baseline", default="channels_last+compile",
+                        help="the --rounds variant the others are compared with (default %(default)s)")
+    parser.add_argument("--steps", type=positive_int, help="--rounds: model steps timed per round (default 5)")
     parser.add_argument("--out", help="write the report as JSON")
     return parser.parse_args(argv)
 
@@ -489,8 +283,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the benchmark, print the table, optionally write ``--out``."""
     args = parse_args(argv)
     settings = settings_from_args(args)
-    report = run_benchmark(settings)
-    print(format_report(report))
+    if args.rounds:
+        report = run_rounds_benchmark(settings, args.rounds, args.baseline, args.steps)
+        print(f"{report['device']}, load before {report['environment']['load_average_before']}, "
+              f"after {report['environment']['load_average_after']}\n{report['table']}")
+    else:
+        report = run_benchmark(settings)
+        print(format_report(report))
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=1))
         print(f"\nreport: {args.out}")

@@ -1,13 +1,20 @@
 """Typed experiment configuration loaded from YAML.
 
-A config file may name one or more base files with ``_base_`` (paths relative to the
-file); the file's keys are deep-merged over its bases, as in insightface's
-arcface_torch ``configs/`` (a small ``base`` plus per-experiment overrides)::
+The dataclasses below are the one source of every default.  A config file may name base files
+with ``_base_`` (paths relative to the file); the file's keys are deep-merged over its bases, as
+in insightface's arcface_torch ``configs/`` (one base plus short per-experiment deltas)::
 
-    # configs/student_mbf_cpu.yaml
-    _base_: base.yaml
-    train:
-      epochs: 4
+    # configs/experiments/cpu_scale/student_hinton.yaml
+    _base_: base.yaml            # the family base: configs/experiments/cpu_scale/base.yaml
+    losses:
+      - {name: arcface, weight: 1.0, scale: 32.0, margin: 0.3}
+      - {name: hinton_kd, weight: 1.0, temperature: 4.0}
+
+A file that sets neither ``name`` nor ``output_dir`` gets them from its path (here
+``cpu_scale/student_hinton`` and ``runs/cpu_scale/student_hinton``:
+:func:`facekd.config_files.derived_run`).  Reading files, ``_base_`` chains and ``--set`` live
+in :mod:`facekd.config_files`; :func:`to_yaml` writes a resolved config back (``facekd config``
+prints it, every training run saves it as ``config.yaml`` beside its checkpoints).
 
 Command lines override single keys with ``--set train.epochs=2`` (the value is parsed
 as YAML, list items are addressed by index: ``--set losses.1.weight=0.5``).  Every key
@@ -19,7 +26,6 @@ raise :class:`~facekd.errors.ConfigError` naming the dotted key, the value and t
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import hashlib
 import json
@@ -31,9 +37,11 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 
 import yaml
 
+# CONFIG_DIR, Origins, apply_override, load_yaml_with_bases, resolve_config_path: re-exported
+from facekd.config_files import (CONFIG_DIR, Origins, apply_override, deep_merge, derived_run,  # noqa: F401
+                                 load_yaml_with_bases, resolve_config_path)
+from facekd.config_ranges import RANGE, Range, bounded  # noqa: F401  (Range: re-exported)
 from facekd.errors import ConfigError
-
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 #: the smallest ``model.input_size``: the backbones (MobileFaceNet, IResNet) halve the map with four
 #: stride-2 layers.  Both run, forward and backward, at any side down to 1 px (tried: 1, 2, 3, 4, 7,
@@ -48,60 +56,6 @@ MAX_INPUT_SIZE = 1024
 MAX_EMBEDDING_SIZE = 8192
 #: the most of anything a machine runs at once (loader workers, teacher threads)
 MAX_WORKERS = 256
-
-
-# --------------------------------------------------------------------------- value ranges
-
-#: key of a field's :class:`Range` in its ``dataclasses.field`` metadata
-RANGE = "range"
-
-
-def _shown(number: float) -> str:
-    return str(number) if isinstance(number, int) else f"{number:g}"
-
-
-@dataclass(frozen=True)
-class Range:
-    """The numbers a config field accepts: optional bounds, each inclusive unless ``*_open``."""
-    low: Optional[float] = None
-    high: Optional[float] = None
-    low_open: bool = False
-    high_open: bool = False
-
-    @classmethod
-    def of(cls, ge: Optional[float] = None, gt: Optional[float] = None, le: Optional[float] = None,
-           lt: Optional[float] = None) -> "Range":
-        """The range of the bounds ``ge`` (>=), ``gt`` (>), ``le`` (<=), ``lt`` (<)."""
-        return cls(gt if gt is not None else ge, lt if lt is not None else le, gt is not None, lt is not None)
-
-    def __contains__(self, value: float) -> bool:
-        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
-            return False
-        return self.high is None or (value < self.high if self.high_open else value <= self.high)
-
-    def __str__(self) -> str:
-        if self.low is not None and self.high is not None:
-            return (f"in {'(' if self.low_open else '['}{_shown(self.low)}, "
-                    f"{_shown(self.high)}{')' if self.high_open else ']'}")
-        if self.low is not None:
-            return f"{'>' if self.low_open else '>='} {_shown(self.low)}"
-        return f"{'<' if self.high_open else '<='} {_shown(self.high)}"
-
-
-def bounded(default: Any, *, ge: Optional[float] = None, gt: Optional[float] = None,
-            le: Optional[float] = None, lt: Optional[float] = None) -> Any:
-    """A dataclass field whose numbers must lie within the bounds (each item, for a list field).
-
-    ``default`` is the value, or a factory such as ``list``.  :func:`from_dict` checks every
-    value it builds against the field's :class:`Range` (None, for an ``Optional`` field, passes)::
-
-        lr: float = bounded(0.1, gt=0)
-        blur_prob: float = bounded(0.0, ge=0, le=1)
-    """
-    rule = Range.of(ge, gt, le, lt)
-    if callable(default):
-        return field(default_factory=default, metadata={RANGE: rule})
-    return field(default=default, metadata={RANGE: rule})
 
 
 @dataclass
@@ -182,6 +136,8 @@ class TrainConfig:
     keep_step_checkpoints: int = bounded(2, ge=0)
     # added for issue 12 (training speed): torch.compile the training module
     compile: bool = False
+    # torch.compile mode of train.compile: default | reduce-overhead | max-autotune | max-autotune-no-cudagraphs
+    compile_mode: str = "default"
     # unlabelled faces (data.unlabelled) added to each P x K batch
     unlabelled_per_batch: int = bounded(0, ge=0)
     # cuDNN autotuning (torch.backends.cudnn.benchmark) on CUDA
@@ -190,18 +146,17 @@ class TrainConfig:
     prefetch_factor: int = bounded(4, ge=1)
     # write checkpoints in a background thread (the step continues; files stay atomic)
     async_checkpoint: bool = True
-    # P x K batches whose gradients add up to one optimiser step (steps, LR schedule, logs and
-    # checkpoints count optimiser steps; DDP reduces once per step: facekd.training.ddp_options)
+    # P x K batches per optimiser step, their gradients added (facekd.training.ddp_options)
     grad_accum_steps: int = bounded(1, ge=1, le=1024)
 
 
-#: ``ddp.grad_compression`` values: the gradients' dtype on the wire (none: as trained)
+#: ``ddp.grad_compression``: the gradients' dtype on the wire
 GRAD_COMPRESSIONS = ("none", "fp16", "bf16")
 
 
 @dataclass
 class DDPConfig:
-    """How DistributedDataParallel reduces the backbone's gradients (runs of more than one process)."""
+    """How DistributedDataParallel all-reduces the backbone's gradients (under torchrun)."""
     bucket_cap_mb: float = bounded(25.0, gt=0, le=4096)   # MiB of gradients per all-reduce (torch: 25)
     static_graph: bool = False         # the same parameters get gradients every step (DDP checks less)
     grad_compression: str = "none"     # none | fp16 | bf16: gradients all-reduced in half precision
@@ -297,144 +252,6 @@ class ExperimentConfig:
 
 
 # --------------------------------------------------------------------------- loading
-
-def _read_yaml(path: Path) -> Dict[str, Any]:
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML: {error}") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise ConfigError(f"{path}: cannot read the config file ({error})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a config file must be a mapping, got {type(data).__name__}")
-    return data
-
-
-def _deep_merge(base: Dict[str, Any], override: Dict[str, Any]) -> Dict[str, Any]:
-    merged = copy.deepcopy(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
-        else:
-            merged[key] = copy.deepcopy(value)
-    return merged
-
-
-def resolve_config_path(path: Union[str, Path]) -> Path:
-    """A config path as given, or a bare name looked up in the packaged ``configs/``."""
-    candidate = Path(path)
-    try:
-        if candidate.exists():
-            return candidate
-    except (OSError, ValueError) as error:   # a name with a NUL byte, or too long
-        raise ConfigError(f"{path!r}: not a usable config file name ({error})") from None
-    for name in (candidate, candidate.with_suffix(".yaml")):
-        if (CONFIG_DIR / name).exists():
-            return CONFIG_DIR / name
-    raise ConfigError(f"{path}: config file not found (also looked in {CONFIG_DIR})")
-
-
-class Origins:
-    """Where each key of a config was set: a file, a ``--set`` or ``default`` (for error messages).
-
-    :meth:`record` notes a layer in the order the layers are merged; a later layer replaces
-    what it overrides.  :meth:`of` answers for a dotted key from its longest recorded prefix
-    (``losses.0.scale`` set by a file that sets ``losses``: that file).
-    """
-
-    def __init__(self, default: str = "<defaults>") -> None:
-        self.default = default
-        self._sources: Dict[str, str] = {}
-
-    def record(self, data: Dict[str, Any], source: str, prefix: str = "") -> None:
-        """Note ``source`` as the origin of every value in the mapping ``data`` (nested mappings merge)."""
-        for key, value in data.items():
-            dotted = f"{prefix}{key}"
-            if isinstance(value, dict) and value:
-                self.record(value, source, dotted + ".")
-            else:
-                self.set(dotted, source)
-
-    def set(self, dotted: str, source: str) -> None:
-        """``source`` set ``dotted`` as a whole (what it held before is forgotten)."""
-        for key in [k for k in self._sources if k == dotted or k.startswith(dotted + ".")]:
-            del self._sources[key]
-        self._sources[dotted] = source           # the newest last
-
-    def of(self, dotted: str) -> str:
-        """The file or ``--set`` that set ``dotted`` (or a section above it); else the default."""
-        parts = dotted.split(".")
-        for end in range(len(parts), 0, -1):
-            found = self._sources.get(".".join(parts[:end]))
-            if found is not None:
-                return found
-        return self.default
-
-    def last_within(self, dotted: str) -> str:
-        """The last file or ``--set`` that set ``dotted``, a section above it or a key inside it
-        (for a problem of a whole entry such as ``losses.1``)."""
-        for key, source in reversed(self._sources.items()):
-            if key == dotted or key.startswith(dotted + ".") or dotted.startswith(key + "."):
-                return source
-        return self.default
-
-
-def load_yaml_with_bases(path: Union[str, Path], _seen: Sequence[Path] = (),
-                         origins: Optional[Origins] = None) -> Dict[str, Any]:
-    """Read ``path`` and deep-merge it over the files its ``_base_`` key names (``origins``,
-    when given, learns which file set each key)."""
-    label = str(path)
-    path = resolve_config_path(path).resolve()
-    if path in _seen:
-        raise ConfigError(f"{path}: _base_ chain loops back to itself")
-    data = _read_yaml(path)
-    bases = data.pop("_base_", [])
-    bases = [bases] if isinstance(bases, str) else bases
-    if not isinstance(bases, list) or not all(isinstance(base, str) and base for base in bases):
-        raise ConfigError(f"{path}: _base_ must be a file name or a list of file names, got {bases!r}")
-    merged: Dict[str, Any] = {}
-    for base in bases:
-        merged = _deep_merge(merged, load_yaml_with_bases(path.parent / base, (*_seen, path), origins))
-    if origins is not None:
-        origins.record(data, label)
-    return _deep_merge(merged, data)
-
-
-def apply_override(data: Dict[str, Any], assignment: str, origins: Optional[Origins] = None) -> None:
-    """Apply one ``dotted.key=value`` override (value parsed as YAML) to ``data`` in place."""
-    if "=" not in assignment:
-        raise ConfigError(f"--set {assignment!r}: expected key=value")
-    dotted, raw = assignment.split("=", 1)
-    keys = dotted.strip().split(".")
-    node: Any = data
-    for depth, key in enumerate(keys[:-1]):
-        if isinstance(node, list):
-            node = node[_list_index(node, key, dotted)]
-        else:
-            if node.get(key) is None:      # an absent or null section (e.g. teacher)
-                node[key] = {}
-            if not isinstance(node[key], (dict, list)):
-                raise ConfigError(f"--set {dotted}: {'.'.join(keys[:depth + 1])} is not a section")
-            node = node[key]
-    try:
-        value = yaml.safe_load(raw)
-    except yaml.YAMLError as error:
-        raise ConfigError(f"--set {assignment}: the value is not valid YAML ({' '.join(str(error).split())})") from None
-    if isinstance(node, list):
-        node[_list_index(node, keys[-1], dotted)] = value
-    else:
-        node[keys[-1]] = value
-    if origins is not None:
-        origins.set(".".join(keys), f"--set {assignment}")
-
-
-def _list_index(items: list, key: str, dotted: str) -> int:
-    if not key.isdigit() or int(key) >= len(items):
-        raise ConfigError(f"--set {dotted}: {key!r} is not an index of a list of {len(items)}")
-    return int(key)
-
 
 def _parse_number(value: Any) -> Optional[Union[int, float]]:
     """``value`` as an int or float (YAML reads ``1e-3`` as a string), None when it is none."""
@@ -575,13 +392,12 @@ def check_consistency(cfg: ExperimentConfig, origins: Optional[Origins] = None) 
                                              "but data.unlabelled names no folder")
     if data.unlabelled and train.unlabelled_per_batch < 1:
         refuse("data.unlabelled", "data.unlabelled is set: train.unlabelled_per_batch must be >= 1")
-    if cfg.ddp.static_graph and train.grad_accum_steps > 1:    # torch's DDP: pytorch/pytorch#143580
-        refuse("ddp.static_graph", f"ddp.static_graph cannot go with train.grad_accum_steps="
-                                   f"{train.grad_accum_steps}: DDP's no_sync fails on a static graph (an internal "
-                                   "assert in torch, or gradients left unreduced); use one of the two")
+    if cfg.ddp.static_graph and train.grad_accum_steps > 1:    # pytorch/pytorch#143580
+        refuse("ddp.static_graph", f"ddp.static_graph cannot go with train.grad_accum_steps={train.grad_accum_steps}: "
+                                   "torch's DDP cannot skip the all-reduce (no_sync) of a static graph")
     if cfg.ddp.grad_compression not in GRAD_COMPRESSIONS:
-        refuse("ddp.grad_compression", f"ddp.grad_compression must be one of {', '.join(GRAD_COMPRESSIONS)}; "
-                                       f"got {cfg.ddp.grad_compression!r}")
+        refuse("ddp.grad_compression", f"ddp.grad_compression must be one of {', '.join(GRAD_COMPRESSIONS)}; got "
+                                       f"{cfg.ddp.grad_compression!r}")
     names = [s.name for s in cfg.val.sets]
     if cfg.val.select_best_on is not None and cfg.val.select_best_on not in names:
         refuse("val.select_best_on", f"val.select_best_on={cfg.val.select_best_on!r} is not a val set; "
@@ -597,13 +413,22 @@ def load_config(path: Optional[Union[str, Path]] = None, overrides: Sequence[str
                 origins: Optional[Origins] = None) -> ExperimentConfig:
     """Load an :class:`ExperimentConfig` from a YAML file (with bases) and ``--set`` overrides.
 
-    With no ``path`` the dataclass defaults are used (the built-in synthetic-face run).  Every
-    value is checked (types, :func:`bounded` ranges, :func:`check_consistency`); a problem
-    raises :class:`ConfigError` naming the key and the file or ``--set`` that set it (``origins``,
-    when given, keeps that record for later checks such as :mod:`facekd.training.preflight`).
+    With no ``path`` the dataclass defaults are used (the built-in synthetic-face run).  When
+    neither the file nor its bases set ``name`` / ``output_dir``, they come from the file's path
+    (:func:`~facekd.config_files.derived_run`; ``--set`` still overrides them).  Every value is
+    checked (types, :func:`bounded` ranges, :func:`check_consistency`); a problem raises
+    :class:`ConfigError` naming the key and the file or ``--set`` that set it (``origins``, when
+    given, keeps that record for later checks such as :mod:`facekd.training.preflight`).
     """
     origins = origins if origins is not None else Origins()
-    data = _deep_merge(to_dict(ExperimentConfig()), load_yaml_with_bases(path, origins=origins) if path else {})
+    data = to_dict(ExperimentConfig())
+    if path:
+        from_files = load_yaml_with_bases(path, origins=origins)
+        data = deep_merge(data, from_files)
+        for key, value in derived_run(path).items():
+            if key not in from_files:
+                data[key] = value
+                origins.set(key, f"{path} (its path)")
     for assignment in overrides:
         apply_override(data, assignment, origins)
     cfg = from_dict(ExperimentConfig, data, source=origins)
@@ -614,6 +439,12 @@ def load_config(path: Optional[Union[str, Path]] = None, overrides: Sequence[str
 def to_dict(config: Any) -> Dict[str, Any]:
     """The config as plain data (for checkpoints and logs)."""
     return dataclasses.asdict(config)
+
+
+def to_yaml(config: Any) -> str:
+    """The config as YAML text, every key in field order; :func:`load_config` of that text
+    gives an equal config (``facekd config`` prints it, each run saves it as ``config.yaml``)."""
+    return yaml.safe_dump(to_dict(config), sort_keys=False, allow_unicode=True)
 
 
 def config_digest(config: Any) -> str:

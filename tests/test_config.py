@@ -10,7 +10,7 @@ from facekd.errors import ConfigError
 
 
 def test_defaults_equal_base_yaml():
-    """configs/base.yaml writes out the dataclass defaults exactly."""
+    """configs/base.yaml gives the dataclass defaults exactly (it sets nothing: they are the one source)."""
     assert to_dict(load_config(CONFIG_DIR / "base.yaml")) == to_dict(load_config())
 
 
@@ -70,7 +70,7 @@ def test_missing_and_malformed_files(tmp_path):
 
 
 def test_every_shipped_config_loads():
-    names = sorted(p.name for p in Path(CONFIG_DIR).glob("*.yaml"))
+    names = sorted(str(p.relative_to(CONFIG_DIR)) for p in Path(CONFIG_DIR).rglob("*.yaml"))
     assert "base.yaml" in names and "teacher_r100.yaml" in names and "student_mbf.yaml" in names
     for name in names:
         load_config(CONFIG_DIR / name)
@@ -79,3 +79,38 @@ def test_every_shipped_config_loads():
 def test_digest_is_stable_and_sensitive():
     assert config_digest(load_config()) == config_digest(load_config())
     assert config_digest(load_config()) != config_digest(load_config(None, ["seed=1"]))
+
+
+def test_name_and_output_dir_come_from_the_path_unless_set(tmp_path):
+    hinton = load_config(CONFIG_DIR / "experiments" / "cpu_scale" / "student_hinton.yaml")
+    assert (hinton.name, hinton.output_dir) == ("cpu_scale/student_hinton", "runs/cpu_scale/student_hinton")
+    assert load_config("cpu_scale/student_hinton") == hinton            # a name is looked up in experiments/
+    teacher = load_config("teacher_synthetic")
+    assert (teacher.name, teacher.output_dir) == ("teacher_synthetic", "runs/teacher_synthetic")
+    (tmp_path / "mine.yaml").write_text("train: {epochs: 2}\n")
+    mine = load_config(tmp_path / "mine.yaml")
+    assert (mine.name, mine.output_dir) == ("mine", "runs/mine")         # elsewhere: the file's stem
+    moved = load_config(tmp_path / "mine.yaml", ["output_dir=/tmp/elsewhere"])
+    assert (moved.name, moved.output_dir) == ("mine", "/tmp/elsewhere")  # --set wins
+    (tmp_path / "family_base.yaml").write_text("output_dir: out/family\n")
+    (tmp_path / "run.yaml").write_text("_base_: family_base.yaml\nname: my_run\n")
+    run = load_config(tmp_path / "run.yaml")
+    assert (run.name, run.output_dir) == ("my_run", "out/family")         # set by the file or a base: kept
+    for base in (CONFIG_DIR / "experiments" / "cpu_base.yaml", tmp_path / "family_base.yaml"):
+        assert load_config(base).name == "default"                        # a base is not a run
+
+
+def test_config_command_prints_the_resolved_yaml(tmp_path, capsys):
+    from facekd.cli import main
+
+    assert main(["config", "cpu_scale/student_hinton", "--set", "train.epochs=2"]) == 0
+    printed = capsys.readouterr().out
+    (tmp_path / "printed.yaml").write_text(printed)
+    assert load_config(tmp_path / "printed.yaml") == load_config("cpu_scale/student_hinton", ["train.epochs=2"])
+    assert "output_dir: runs/cpu_scale/student_hinton\n" in printed and "epochs: 2\n" in printed
+    assert main(["config"]) == 0                                          # no file: the defaults
+    (tmp_path / "defaults.yaml").write_text(capsys.readouterr().out)
+    assert load_config(tmp_path / "defaults.yaml") == load_config()
+    assert main(["config", "teacher_synthetic", "--set", "train.epoch=2"]) == 2
+    assert "unknown config key(s) train.epoch" in capsys.readouterr().err
+

@@ -1,7 +1,7 @@
 """Every config value is checked before a run starts (issue 31): ranges beside the fields, rules
 between fields, names against the registries, the commands' numeric options.
 
-The fuzz tests set every key of configs/base.yaml (and every section above one) to hostile values
+The fuzz tests set every key of the config's fields (and every section above one) to hostile values
 with ``--set``: wrong types, out of range, huge, negative, zero, NaN, infinity, empty, a mapping
 or list where a scalar belongs.  Loading (:func:`facekd.config.load_config`) plus the registry
 checks (:func:`facekd.training.preflight.check_run`) must either accept the config or raise
@@ -44,7 +44,7 @@ def dotted_keys(node: Any, prefix: str = "") -> List[str]:
     return keys
 
 
-#: configs/base.yaml's keys, then those of the fields it leaves at their defaults and the teacher section's
+#: configs/base.yaml's keys (it sets none now), then those of the fields at their defaults and the teacher section's
 KEYS = list(dict.fromkeys(dotted_keys(load_yaml_with_bases(CONFIG_DIR / "base.yaml"))
                           + dotted_keys(to_dict(ExperimentConfig())) + dotted_keys({"teacher": to_dict(TeacherConfig())})))
 

@@ -84,8 +84,8 @@ def config(root: Path, k: int, *sets: str) -> Any:
 def micro_batches(step: int, rows: int) -> List[Dict[str, torch.Tensor]]:
     """The ``K`` batches of optimiser step ``step``, ``rows`` rows each."""
     generator = torch.Generator().manual_seed(50 + step)
-    return [{"x": torch.randn(rows, D_IN, generator=generator), "label": torch.randint(0, C, (rows,), generator=generator)}
-            for _ in range(K)]
+    return [{"x": torch.randn(rows, D_IN, generator=generator),
+             "label": torch.randint(0, C, (rows,), generator=generator)} for _ in range(K)]
 
 
 def whole(batches: List[Dict[str, torch.Tensor]]) -> Dict[str, torch.Tensor]:
@@ -168,7 +168,8 @@ def test_accumulation_bookkeeping():
     ("ddp.static_graph=2", "ddp.static_graph must be true or false"),
     ("ddp.grad_compression=int8", "ddp.grad_compression must be one of none, fp16, bf16; got 'int8'"),
     ("ddp.gradient_compression=fp16", "unknown config key"),
-    ("ddp.static_graph=true --set train.grad_accum_steps=2", "ddp.static_graph cannot go with train.grad_accum_steps=2"),
+    ("ddp.static_graph=true --set train.grad_accum_steps=2",
+     "ddp.static_graph cannot go with train.grad_accum_steps=2"),
 ])
 def test_bad_values_are_refused_by_the_config_loader(setting, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")

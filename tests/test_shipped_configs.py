@@ -1,15 +1,20 @@
 """Every shipped config builds: each ``configs/**/*.yaml`` (found by glob, so a new file or
 folder is covered without touching this test) loads, and its model, its losses and its
 teacher's spec are built without weights or data.  Networks are built on the meta device
-(shapes only), which keeps IResNet-100 instant."""
+(shapes only), which keeps IResNet-100 instant.  Each also keeps the layout's contract
+(docs/DESIGN.md, "Configs"): one ``_base_`` a file, a chain of at most three files, ``name`` and
+``output_dir`` from the path, a run directory of its own, and YAML that loads back equal."""
 from __future__ import annotations
 
-from typing import Any, Optional, Tuple
+from pathlib import Path
+from typing import Any, List, Optional, Tuple
 
 import pytest
 import torch
+import yaml
 
-from facekd.config import CONFIG_DIR, load_config
+from facekd.config import CONFIG_DIR, load_config, to_yaml
+from facekd.config_files import MAX_CHAIN, direct_bases, is_base_file
 from facekd.data import PAIR_SOURCES, TRAIN_SOURCES
 from facekd.data.augment import build_augment
 from facekd.losses import TEACHER_FIELDS, build_losses
@@ -23,6 +28,38 @@ CONFIGS = sorted(CONFIG_DIR.rglob("*.yaml"))
 
 def test_the_glob_finds_the_shipped_configs():
     assert len(CONFIGS) >= 5 and CONFIG_DIR / "base.yaml" in CONFIGS
+    assert any(path.parent.parent == CONFIG_DIR / "experiments" for path in CONFIGS)
+
+
+def base_chain(path: Path) -> List[Path]:
+    """``path`` and the files below it (each a single ``_base_``; a list fails the test)."""
+    files = [path.resolve()]
+    while True:
+        bases = direct_bases(files[-1])
+        assert len(bases) <= 1, f"{files[-1]}: a shipped config names one _base_ (no diamonds), not {bases}"
+        if not bases:
+            return files
+        files.append(bases[0])
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda path: str(path.relative_to(CONFIG_DIR)))
+def test_shipped_config_is_one_delta_on_one_family_base(path, tmp_path):
+    chain = base_chain(path)
+    assert len(chain) <= MAX_CHAIN, f"{path}: the _base_ chain {[str(p) for p in chain]} is longer than {MAX_CHAIN}"
+    for file in chain:
+        assert not {"name", "output_dir"} & set(yaml.safe_load(file.read_text()) or {}), \
+            f"{file}: name and output_dir come from the file's path"
+    parts = path.relative_to(CONFIG_DIR).parts
+    assert len(parts) == 1 or parts[0] == "experiments" and (len(parts) == 3 or is_base_file(path)), \
+        "user-facing configs at the top, experiments in configs/experiments/<experiment>/"
+    cfg = load_config(path)
+    (tmp_path / "resolved.yaml").write_text(to_yaml(cfg))
+    assert load_config(tmp_path / "resolved.yaml") == cfg
+
+
+def test_every_shipped_run_has_its_own_directory():
+    runs = [load_config(path).output_dir for path in CONFIGS if not is_base_file(path)]
+    assert len(runs) == len(set(runs)) and all(run.startswith("runs/") for run in runs)
 
 
 def teacher_spec(teacher: Any) -> Tuple[int, Optional[int], Framing]:

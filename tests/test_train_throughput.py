@@ -143,3 +143,45 @@ def test_store_variant_takes_the_targets_from_the_memory_mapped_store():
     assert report["ratios"]["student+store_speedup"] == pytest.approx(
         models["student"]["model_step_ms"] / models["student+store"]["model_step_ms"])
     assert bench.settings_from_args(bench.parse_args(["--store"])).store is True
+
+
+def test_rounds_split_the_batch_between_ranks():
+    """ddp2: two gloo ranks of one thread share the P x K batch, so the optimiser sees the same global batch."""
+    import train_rounds
+
+    settings = bench.variant_settings(tiny_settings(), "channels_last+ddp2")
+    assert (settings.world_size, settings.threads, settings.channels_last) == (2, 1, True)
+    assert train_rounds.rank_settings(settings).identities_per_batch == 2
+    assert train_rounds.rank_settings(settings).batch_size * 2 == settings.batch_size == 8
+    with pytest.raises(SystemExit, match="cannot be split between 2 ranks"):
+        train_rounds.rank_settings(bench.variant_settings(tiny_settings(identities_per_batch=3), "ddp2"))
+    ratios = train_rounds.round_ratios({"a": {"model_img_s": [10.0, 20.0], "end_to_end_img_s": [5.0, 8.0]},
+                                        "b": {"model_img_s": [15.0, 10.0], "end_to_end_img_s": [10.0, 4.0]}}, "a")
+    assert ratios["a"] == {"model": [1.0, 1.0], "model_median": 1.0, "end_to_end": [1.0, 1.0],
+                           "end_to_end_median": 1.0}
+    assert ratios["b"] == {"model": [1.5, 0.5], "model_median": 1.0, "end_to_end": [2.0, 0.5],
+                           "end_to_end_median": 1.25}
+
+
+def test_rounds_time_each_variant_in_its_own_processes_against_the_baseline():
+    """--rounds: the baseline and each variant in worker processes of their own (a 1-process and a
+    2-rank variant), interleaved; every round's ratio is the variant's img/s over the baseline's."""
+    pytest.importorskip("torch.distributed")
+    args = bench.parse_args(["--rounds", "2", "--baseline", "channels_last", "--step-variants",
+                             "channels_last+ddp2,threads1"])
+    assert (args.rounds, args.baseline) == (2, "channels_last")
+    settings = tiny_settings(models=("student",), step_variants=("channels_last+ddp2", "threads1"))
+    report = bench.run_rounds_benchmark(settings, rounds=2, baseline="channels_last", steps=1)
+    assert json.loads(json.dumps(report)) == report
+    variants = report["variants"]
+    assert list(variants) == ["channels_last", "channels_last+ddp2", "threads1"]
+    assert [(v["world_size"], v["threads"], v["batch_size"]) for v in variants.values()] == [(1, 1, 8), (2, 1, 8),
+                                                                                              (1, 1, 8)]
+    for v in variants.values():
+        assert len(v["model_img_s"]) == len(v["end_to_end_img_s"]) == 2
+        assert min(v["model_img_s"] + v["end_to_end_img_s"] + [v["data_img_s"]]) > 0
+    ratios = report["ratios"]
+    assert ratios["channels_last"]["end_to_end"] == [1.0, 1.0]
+    assert ratios["channels_last+ddp2"]["model"] == pytest.approx(
+        [a / b for a, b in zip(variants["channels_last+ddp2"]["model_img_s"], variants["channels_last"]["model_img_s"])])
+    assert "| channels_last+ddp2 | 2 x 1 | 8 |" in report["table"]

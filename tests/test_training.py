@@ -409,6 +409,8 @@ def test_train_student_command_trains_the_teacher_first_and_resumes(tmp_path, ca
     for run in ("t_run", "s_run"):
         for name in ("best.pt", "last.pt", "metrics.jsonl", "verification.json", "config.yaml"):
             assert (tmp_path / run / name).exists(), (run, name)
+    for run, config in (("t_run", teacher_yaml), ("s_run", student_yaml)):   # the resolved config, saved
+        assert load_config(tmp_path / run / "config.yaml") == load_config(config)
     assert main(["train-student", "--config", str(student_yaml), "--resume", "--set", "train.epochs=2"]) == 0
     assert load_checkpoint(tmp_path / "s_run" / "last.pt")["step"] == 4
     assert main(["train-teacher", "--config", str(teacher_yaml), "--set", "train.epoch=2"]) == 2
@@ -489,26 +491,38 @@ def test_persistent_workers_see_each_epoch_and_resume_like_one_process(tmp_path)
 
 
 def test_compile_flag_runs_the_step_through_torch_compile(tmp_path, monkeypatch):
-    """train.compile compiles the backbone in place with torch.compile (eager backend here: no C
-    compiler needed) and the compiled steps give the losses of the plain ones."""
+    """train.compile compiles the backbone in place with torch.compile in train.compile_mode (eager
+    backend here: no C compiler needed) and the compiled steps give the losses of the plain ones."""
     compiled = []
     real_compile = torch.compile
 
     def eager_compile(model, **kwargs):
-        compiled.append(model)
+        compiled.append((model, kwargs.get("mode")))
         return real_compile(model, backend="eager")
 
     monkeypatch.setattr(torch, "compile", eager_compile)
     losses = {}
     for flag in (False, True):
-        cfg = tiny_config(tmp_path, f"compile_{flag}", train={"max_steps_per_epoch": 2, "compile": flag})
+        cfg = tiny_config(tmp_path, f"compile_{flag}", train={"max_steps_per_epoch": 2, "compile": flag,
+                                                              "compile_mode": "max-autotune-no-cudagraphs"})
         trainer = Trainer(cfg, TeacherTask(cfg))
         summary = trainer.fit()
         losses[flag] = [r["loss"] for r in read_metrics(Path(cfg.output_dir) / "metrics.jsonl", "train")]
         assert summary["steps"] == 2
-    assert len(compiled) == 1 and compiled[0].__self__ is trainer.task.backbone    # nn.Module.compile
+    assert len(compiled) == 1 and compiled[0][0].__self__ is trainer.task.backbone    # nn.Module.compile
+    assert compiled[0][1] == "max-autotune-no-cudagraphs"
     assert trainer.model is trainer.module          # same module, same parameter names in checkpoints
     assert losses[True] == pytest.approx(losses[False], rel=1e-4)
+
+
+def test_unknown_compile_mode_is_refused_by_name():
+    from facekd.config import load_config
+    from facekd.training.preflight import check_run
+
+    check_run(load_config(None, ["train.compile_mode=max-autotune-no-cudagraphs"]), "teacher")
+    with pytest.raises(ConfigError, match="train.compile_mode") as refused:
+        check_run(load_config(None, ["train.compile_mode=fastest"]), "teacher")
+    assert "max-autotune-no-cudagraphs" in str(refused.value)
 
 
 # --------------------------------------------------------------------------- issue 15's methods in a run

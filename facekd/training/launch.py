@@ -34,7 +34,8 @@ LOG = logging.getLogger("facekd.train")
 def add_training_arguments(parser: argparse.ArgumentParser, default_config: str) -> None:
     """Add the options every training command takes."""
     parser.add_argument("--config", default=default_config,
-                        help=f"experiment YAML (default: configs/{default_config})")
+                        help=f"experiment YAML, or a name under configs/ or configs/experiments/ "
+                             f"(default: configs/{default_config})")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, e.g. --set train.epochs=2 (repeatable)")
     parser.add_argument("--resume", nargs="?", const=AUTO_RESUME, default=None, metavar="PATH",

@@ -5,8 +5,8 @@ the registries know is checked here, so that a typo fails in a second, not after
 cache is built:
 
 * every name is registered: ``model.name``, ``optim.optimizer``, ``optim.scheduler``,
-  ``train.amp``, ``data.source``, each ``val.sets.<i>.kind`` and, for a student, the teacher's
-  ``kind``, ``targets``, ``cache_dtype``, framing ``template`` / ``channel_order``, ``backend``
+  ``train.amp``, ``train.compile_mode``, ``data.source``, each ``val.sets.<i>.kind`` and, for a
+  student, the teacher's ``kind``, ``targets``, ``cache_dtype``, framing ``template`` / ``channel_order``, ``backend``
   and (kind ``torch``) ``model.name``; ``model.params`` are arguments the model takes and every
   val set but a synthetic one has a path;
 * every ``augment:`` entry builds, and every ``losses:`` entry builds on a stand-in of the run's
@@ -58,11 +58,13 @@ def _check_names(cfg: ExperimentConfig, task_name: str, origins: Origins) -> Non
     from facekd.data.sources import PAIR_SOURCES, TRAIN_SOURCES
     from facekd.models import MODELS
     from facekd.precision import AMP_DTYPES
+    from facekd.training.trainer import COMPILE_MODES
     from facekd.training.optim import OPTIMIZERS, SCHEDULES
 
     names = [("model.name", cfg.model.name, MODELS), ("optim.optimizer", cfg.optim.optimizer, OPTIMIZERS),
              ("optim.scheduler", cfg.optim.scheduler, SCHEDULES), ("train.amp", cfg.train.amp, AMP_DTYPES),
-             ("data.source", cfg.data.source, TRAIN_SOURCES)]
+             ("data.source", cfg.data.source, TRAIN_SOURCES),
+             ("train.compile_mode", cfg.train.compile_mode, COMPILE_MODES)]
     names += [(f"val.sets.{i}.kind", spec.kind, PAIR_SOURCES) for i, spec in enumerate(cfg.val.sets)]
     teacher = cfg.teacher if task_name == "student" else None
     if teacher is not None:

@@ -13,7 +13,8 @@ layer above, which this module does not import) and of any extra :class:`Hook` o
 Files in ``output_dir``: ``last.pt`` (every ``train.checkpoint_every_steps`` steps and at each
 epoch end), ``step_<N>.pt`` (the newest ``train.keep_step_checkpoints``), ``best.pt`` (best
 verification accuracy on ``val.select_best_on``), ``metrics.jsonl`` (+ TensorBoard events if
-installed), ``verification.json`` (the final verification result), ``config.yaml``.
+installed), ``verification.json`` (the final verification result), ``config.yaml`` (the resolved
+config, :func:`facekd.config.to_yaml`, written when the run starts).
 
 Speed (issue 12): the step never waits for the host.  Losses stay on the device; they are
 converted (and checked for NaN/inf, across ranks) only every ``train.log_every_steps``
@@ -32,6 +33,7 @@ size, static graph and half-precision gradient compression.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -41,10 +43,10 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 import torch
-import yaml
 
-from facekd.config import ExperimentConfig, to_dict
+from facekd.config import ExperimentConfig, to_dict, to_yaml
 from facekd.errors import CheckpointError, ConfigError, TrainingError
+from facekd.fileio import atomic_write_text
 from facekd.training.checkpoint import (CHECKPOINT_FORMAT, atomic_copy, atomic_save, load_checkpoint,
                                         rng_state, seed_everything, set_rng_state)
 from facekd.training.distributed import DistInfo, barrier, broadcast_object
@@ -59,6 +61,9 @@ from facekd.training.sharding import ShardedParameters
 from facekd.training.task import Task
 
 LOG = logging.getLogger(__name__)
+
+#: ``train.compile_mode`` values: the ``mode`` of ``torch.compile``
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 class Trainer:
@@ -129,7 +134,7 @@ class Trainer:
                 LOG.warning("train.compile: no C++ compiler on PATH (inductor needs one on the CPU); "
                             "training eagerly")
             else:
-                self.task.backbone.compile()
+                self.task.backbone.compile(mode=cfg.train.compile_mode)
         self.sampler = self._build_sampler()
         self.steps_per_epoch = len(self.sampler) // self.accumulation.steps     # optimiser steps
         if cfg.train.max_steps_per_epoch:
@@ -205,7 +210,9 @@ class Trainer:
             self.load(resume)
         if self.dist.is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
-            (self.output_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(self.cfg), sort_keys=False))
+            # the resolved config of this run (load_config of it reproduces the run, --resume included)
+            atomic_write_text(self.output_dir / "config.yaml",
+                              to_yaml(dataclasses.replace(self.cfg, output_dir=str(self.output_dir))))
             self.metrics.truncate_after(self.step)
         self.call_hook("on_train_start")
         start = time.perf_counter()
