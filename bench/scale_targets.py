@@ -70,7 +70,7 @@ def equality(args: argparse.Namespace) -> None:
         d_loss = float((got["loss"] - loss.detach()).abs())
         d_grad = float((got["embedding_grad"] - embedding.grad).abs().max())
         scale = float(embedding.grad.abs().max())
-        print(f"   W = {world}: loss {float(loss):.6f}, |d loss| {d_loss:.1e}; embedding gradient max |d| "
+        print(f"   W = {world}: loss {float(loss.detach()):.6f}, |d loss| {d_loss:.1e}; embedding gradient max |d| "
               f"{d_grad:.1e} (max |g| {scale:.1e}) -> {'PASS' if max(d_loss, d_grad) <= 1e-5 else 'MISS'} (1e-5)")
 
 
