@@ -36,6 +36,7 @@ MARGIN = {"scale": 64.0, "margin": 0.5}
 
 
 def global_batch(rows: int, classes: int, width: int):
+    """The embeddings and labels of the global batch (the same on every rank and in the reference)."""
     generator = torch.Generator().manual_seed(1)
     return torch.randn(rows, width, generator=generator), torch.randint(0, classes, (rows,), generator=generator)
 
@@ -55,6 +56,7 @@ def sharded_step(rank: int, world: int, args: argparse.Namespace) -> Dict[str, t
 
 
 def equality(args: argparse.Namespace) -> None:
+    """Target 1: the sharded head on each W of ``--worlds`` against the full head in this process."""
     print(f"1. sharded partial_fc (rate 1.0) against arcface, C = {args.classes:,}, D = {args.width}, "
           f"{args.rows} rows per rank")
     for world in args.worlds:
@@ -75,6 +77,7 @@ def equality(args: argparse.Namespace) -> None:
 
 
 def memory(args: argparse.Namespace) -> None:
+    """Target 2: the head's bytes per rank, sharded against replicated / W + sampled."""
     classes, width, batch = 200_000, 512, args.batch
     print(f"2. head memory per rank, C = {classes:,}, D = {width}, {batch} faces per rank, SGD")
     for rate in (1.0, 0.1):
@@ -97,6 +100,7 @@ def zipf_labels(faces: int, identities: int, seed: int = 0) -> np.ndarray:
 
 
 def sampler(args: argparse.Namespace) -> None:
+    """Target 3: one rank's plan of an epoch: time and peak memory."""
     labels = zipf_labels(args.faces, args.identities)
     print(f"3. sampler: one rank of W = {args.world_size} plans an epoch of {len(labels):,} faces, "
           f"{args.identities:,} identities, P x K = {args.p} x {args.k}")
