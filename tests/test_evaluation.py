@@ -297,6 +297,27 @@ def test_load_onnx_model(tmp_path):
         load_model(ModelSpec(str(path), embedding_size=512))
 
 
+def test_onnx_model_of_another_side_takes_112_px_faces_resized(tmp_path):
+    """A 56 px student's ONNX gives, on the 112 px faces of a pair set, what its checkpoint gives:
+    the faces resized by facekd.preprocess.resize_batch first (the checkpoint's InputResize)."""
+    pytest.importorskip("onnxruntime")
+    from facekd.evaluation.runner import ModelSpec, load_model
+    from facekd.preprocess import InputResize
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 4, stride=4), torch.nn.AvgPool2d(7),   # 56 -> 14 -> 2
+                                torch.nn.Flatten(), torch.nn.Linear(16, 8)).eval()
+    path = tmp_path / "tiny56.onnx"
+    torch.onnx.export(model, (torch.zeros(1, 3, 56, 56),), str(path), input_names=["input"],
+                      output_names=["embedding"], dynamic_axes={"input": {0: "n"}, "embedding": {0: "n"}},
+                      dynamo=False)
+    loaded = load_model(ModelSpec(str(path)))
+    assert loaded.input_size == 56
+    x = torch.randn(3, 3, 112, 112)
+    expected = InputResize(model, 56)(x).detach().numpy()
+    np.testing.assert_allclose(loaded.embedder(x), expected, atol=1e-4)
+
+
 def test_specs_parse():
     from facekd.evaluation.runner import ModelSpec, ValSpec
 

@@ -101,3 +101,17 @@ def test_time_interleaved_reads_the_clock_it_is_given():
 
     times = timing.time_interleaved({"m": call}, runs=4, warmup=1, block_seconds=0.0, clock=lambda: clock[0])
     assert times["m"] == [pytest.approx(0.001)] * 4
+
+
+def test_labels_are_renamed_before_the_files_merge(tmp_path, capsys):
+    a, b = tmp_path / "lfw.json", tmp_path / "cfp.json"
+    a.write_text(json.dumps(fake_results("dlib ResNet", [("lfw_pairsDevTest", "lfw", 0.985, 0.9)])))
+    b.write_text(json.dumps(fake_results("dlib", [("cfp_fp", "cfp_fp", 0.9057, 0.413)])))
+    evals = peers.load_eval([str(a), str(b)], {"dlib ResNet": "dlib"})
+    assert list(evals) == ["dlib"] and set(evals["dlib"]) == {"devtest", "cfp_fp"}
+    assert peers.main(["--eval", str(a), str(b), "--label", "dlib ResNet=dlib", "--no-timing", "--short"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| dlib")]
+    assert rows == ["| dlib | – | – | ~3 M faces, 7.5 k ids (FaceScrub, VGG Face, web images) | 98.50 | 90.57 "
+                    "| 41.3 (FAR not reached: 4.0e-03) | – |"]
+    with pytest.raises(SystemExit):
+        peers.main(["--eval", str(a), "--label", "dlib ResNet", "--no-timing"])

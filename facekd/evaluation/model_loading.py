@@ -184,7 +184,9 @@ def load_onnx_model(spec: ModelSpec, device: str = "cpu", batch_size: Optional[i
     from facekd.export.runtime import OnnxEmbedder
 
     providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.startswith("cuda") else None
-    embedder = OnnxEmbedder(spec.path, providers=providers, batch_size=batch_size)
+    # pair sets hold 112x112 faces; a graph of another side (a 56 px student) sees them resized the
+    # way a checkpoint's InputResize does (facekd.preprocess.resize_batch)
+    embedder = OnnxEmbedder(spec.path, providers=providers, batch_size=batch_size, resize=True)
     actual = measure_embedding_size(embedder, embedder.input_size)
     check_embedding_size(spec.path, actual, {"its metadata / output shape": embedder.embedding_size})
     meta = embedder.metadata
