@@ -12,11 +12,8 @@ sample rate: the median wall seconds of ``--steps`` timed steps (after one warm-
 and the head's bytes on rank 0 (centres, their gradient and momentum: what sharding divides by W).
 """
 import argparse
-import datetime
-import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -26,6 +23,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.gloo_ranks import on_gloo_ranks  # noqa: E402
 from facekd.losses import LOSSES, LossInputs  # noqa: E402
 from facekd.training.distributed import DistInfo  # noqa: E402
 from facekd.training.sharding import ShardedParameters  # noqa: E402
@@ -68,18 +66,14 @@ def run_layout(rank: int, world: int, args: argparse.Namespace, sharded: bool, r
     return {"seconds": statistics.median(times), "head_bytes": head_bytes, "rows": weight.shape[0]}
 
 
-def worker(rank: int, args: argparse.Namespace, store: str, out: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=args.world,
-                            timeout=datetime.timedelta(minutes=10))
+def worker(rank: int, world: int, args: argparse.Namespace) -> list:
+    """Every layout and rate on this rank (rank 0's rows are reported)."""
     rows = []
     for rate in args.rates:
         for sharded in (False, True):
-            result = run_layout(rank, args.world, args, sharded, rate)
+            result = run_layout(rank, world, args, sharded, rate)
             rows.append({"layout": "sharded" if sharded else "replicated", "rate": rate, **result})
-    if rank == 0:
-        torch.save(rows, out)
-    dist.destroy_process_group()
+    return rows
 
 
 def main(argv=None) -> int:
@@ -91,11 +85,7 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--rates", type=float, nargs="+", default=[1.0, 0.1])
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory() as tmp:
-        out = os.path.join(tmp, "rows.pt")
-        torch.multiprocessing.start_processes(worker, args=(args, os.path.join(tmp, "store"), out),
-                                              nprocs=args.world, start_method="fork")
-        rows = torch.load(out)
+    rows = on_gloo_ranks(worker, args.world, args)
     print(f"C = {args.classes}, D = {args.width}, {args.world} gloo ranks x {args.batch} rows, "
           f"median of {args.steps} steps, rank 0")
     print(f"{'rate':>5} {'layout':<11} {'centres/rank':>12} {'head MiB/rank':>14} {'s/step':>8} {'x replicated':>13}")

@@ -40,6 +40,7 @@ import yaml
 # CONFIG_DIR, Origins, apply_override, load_yaml_with_bases, resolve_config_path: re-exported
 from facekd.config_files import (CONFIG_DIR, Origins, apply_override, deep_merge, derived_run,  # noqa: F401
                                  load_yaml_with_bases, resolve_config_path)
+from facekd.config_ranges import RANGE, Range, bounded  # noqa: F401  (Range: re-exported)
 from facekd.errors import ConfigError
 
 #: the smallest ``model.input_size``: the backbones (MobileFaceNet, IResNet) halve the map with four
@@ -55,60 +56,6 @@ MAX_INPUT_SIZE = 1024
 MAX_EMBEDDING_SIZE = 8192
 #: the most of anything a machine runs at once (loader workers, teacher threads)
 MAX_WORKERS = 256
-
-
-# --------------------------------------------------------------------------- value ranges
-
-#: key of a field's :class:`Range` in its ``dataclasses.field`` metadata
-RANGE = "range"
-
-
-def _shown(number: float) -> str:
-    return str(number) if isinstance(number, int) else f"{number:g}"
-
-
-@dataclass(frozen=True)
-class Range:
-    """The numbers a config field accepts: optional bounds, each inclusive unless ``*_open``."""
-    low: Optional[float] = None
-    high: Optional[float] = None
-    low_open: bool = False
-    high_open: bool = False
-
-    @classmethod
-    def of(cls, ge: Optional[float] = None, gt: Optional[float] = None, le: Optional[float] = None,
-           lt: Optional[float] = None) -> "Range":
-        """The range of the bounds ``ge`` (>=), ``gt`` (>), ``le`` (<=), ``lt`` (<)."""
-        return cls(gt if gt is not None else ge, lt if lt is not None else le, gt is not None, lt is not None)
-
-    def __contains__(self, value: float) -> bool:
-        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
-            return False
-        return self.high is None or (value < self.high if self.high_open else value <= self.high)
-
-    def __str__(self) -> str:
-        if self.low is not None and self.high is not None:
-            return (f"in {'(' if self.low_open else '['}{_shown(self.low)}, "
-                    f"{_shown(self.high)}{')' if self.high_open else ']'}")
-        if self.low is not None:
-            return f"{'>' if self.low_open else '>='} {_shown(self.low)}"
-        return f"{'<' if self.high_open else '<='} {_shown(self.high)}"
-
-
-def bounded(default: Any, *, ge: Optional[float] = None, gt: Optional[float] = None,
-            le: Optional[float] = None, lt: Optional[float] = None) -> Any:
-    """A dataclass field whose numbers must lie within the bounds (each item, for a list field).
-
-    ``default`` is the value, or a factory such as ``list``.  :func:`from_dict` checks every
-    value it builds against the field's :class:`Range` (None, for an ``Optional`` field, passes)::
-
-        lr: float = bounded(0.1, gt=0)
-        blur_prob: float = bounded(0.0, ge=0, le=1)
-    """
-    rule = Range.of(ge, gt, le, lt)
-    if callable(default):
-        return field(default_factory=default, metadata={RANGE: rule})
-    return field(default=default, metadata={RANGE: rule})
 
 
 @dataclass
@@ -199,6 +146,20 @@ class TrainConfig:
     prefetch_factor: int = bounded(4, ge=1)
     # write checkpoints in a background thread (the step continues; files stay atomic)
     async_checkpoint: bool = True
+    # P x K batches per optimiser step, their gradients added (facekd.training.ddp_options)
+    grad_accum_steps: int = bounded(1, ge=1, le=1024)
+
+
+#: ``ddp.grad_compression``: the gradients' dtype on the wire
+GRAD_COMPRESSIONS = ("none", "fp16", "bf16")
+
+
+@dataclass
+class DDPConfig:
+    """How DistributedDataParallel all-reduces the backbone's gradients (under torchrun)."""
+    bucket_cap_mb: float = bounded(25.0, gt=0, le=4096)   # MiB of gradients per all-reduce (torch: 25)
+    static_graph: bool = False         # the same parameters get gradients every step (DDP checks less)
+    grad_compression: str = "none"     # none | fp16 | bf16: gradients all-reduced in half precision
 
 
 @dataclass
@@ -277,6 +238,7 @@ class ExperimentConfig:
     val: ValConfig = field(default_factory=ValConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    ddp: DDPConfig = field(default_factory=DDPConfig)
     degrade: DegradeConfig = field(default_factory=DegradeConfig)
     teacher: Optional[TeacherConfig] = None
     # "teacher": start the student from the teacher's weights (same architecture; "transfer,
@@ -430,6 +392,12 @@ def check_consistency(cfg: ExperimentConfig, origins: Optional[Origins] = None) 
                                              "but data.unlabelled names no folder")
     if data.unlabelled and train.unlabelled_per_batch < 1:
         refuse("data.unlabelled", "data.unlabelled is set: train.unlabelled_per_batch must be >= 1")
+    if cfg.ddp.static_graph and train.grad_accum_steps > 1:    # pytorch/pytorch#143580
+        refuse("ddp.static_graph", f"ddp.static_graph cannot go with train.grad_accum_steps={train.grad_accum_steps}: "
+                                   "torch's DDP cannot skip the all-reduce (no_sync) of a static graph")
+    if cfg.ddp.grad_compression not in GRAD_COMPRESSIONS:
+        refuse("ddp.grad_compression", f"ddp.grad_compression must be one of {', '.join(GRAD_COMPRESSIONS)}; got "
+                                       f"{cfg.ddp.grad_compression!r}")
     names = [s.name for s in cfg.val.sets]
     if cfg.val.select_best_on is not None and cfg.val.select_best_on not in names:
         refuse("val.select_best_on", f"val.select_best_on={cfg.val.select_best_on!r} is not a val set; "

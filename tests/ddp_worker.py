@@ -15,7 +15,9 @@ best-verification record every rank ends with.
 """
 from __future__ import annotations
 
+import faulthandler
 import functools
+import signal
 import sys
 from pathlib import Path
 from typing import Any, Dict, List
@@ -23,6 +25,7 @@ from typing import Any, Dict, List
 import torch
 
 torch.set_num_threads(1)
+faulthandler.register(signal.SIGUSR1, all_threads=True)    # run_ddp asks for the stacks of a run that hangs
 
 
 def _clone(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:

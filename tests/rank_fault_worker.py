@@ -27,7 +27,7 @@ def main(argv) -> int:
     fault, _, step = argv[0].partition(":")
     signals = {"kill": signal.SIGKILL, "stop": signal.SIGSTOP}
     from facekd import cli
-    from facekd.training import trainer as trainer_module
+    from facekd.training import launch
     from facekd.training.hooks import Hook
 
     class DieMidRun(Hook):
@@ -35,7 +35,8 @@ def main(argv) -> int:
             if fault in signals and trainer.dist.rank == 1 and trainer.step + 1 == int(step):
                 os.kill(os.getpid(), signals[fault])
 
-    trainer_module.run_training = functools.partial(trainer_module.run_training, hooks=[DieMidRun()])
+    # launch.train() calls launch.run_training (looked up at call time): add the hook there.
+    launch.run_training = functools.partial(launch.run_training, hooks=[DieMidRun()])
     return cli.main(argv[1:])
 
 

@@ -22,6 +22,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any, Dict, List
 
@@ -41,6 +42,8 @@ TINY_RUN = [
     "data.num_workers=0",
 ]
 TIMEOUT_S = 240
+#: a collective the other rank never joins fails after this (FACEKD_COLLECTIVE_TIMEOUT_S), not after 30 min
+COLLECTIVE_TIMEOUT_S = 120
 
 
 def _require_gloo() -> None:
@@ -67,6 +70,7 @@ def run_ddp(dump_dir: Path, command: List[str]) -> Dict[int, Dict[str, Any]]:
     _require_gloo()
     dump_dir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1",
+               FACEKD_COLLECTIVE_TIMEOUT_S=str(COLLECTIVE_TIMEOUT_S),
                PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])))
     env.pop("CUDA_VISIBLE_DEVICES", None)
     if sys.platform.startswith("linux") and os.path.isdir("/sys/class/net/lo"):
@@ -79,9 +83,11 @@ def run_ddp(dump_dir: Path, command: List[str]) -> Dict[int, Dict[str, Any]]:
     try:
         output, _ = proc.communicate(timeout=TIMEOUT_S)
     except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGUSR1)          # each worker prints where its threads are (ddp_worker.py)
+        time.sleep(3)
         os.killpg(proc.pid, signal.SIGKILL)          # torchrun and its workers (their own session)
         output, _ = proc.communicate()
-        pytest.fail(f"DDP run did not finish in {TIMEOUT_S} s:\n{output[-4000:]}")
+        pytest.fail(f"DDP run did not finish in {TIMEOUT_S} s:\n{output[-12000:]}")
     assert proc.returncode == 0, f"torchrun exited with {proc.returncode}:\n{output[-6000:]}"
     dumps = {}
     for rank in range(WORLD_SIZE):

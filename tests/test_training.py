@@ -422,16 +422,16 @@ def test_train_student_command_trains_the_teacher_first_and_resumes(tmp_path, ca
 def test_loss_is_checked_on_the_host_only_at_log_steps_and_nan_still_stops(tmp_path, monkeypatch):
     """No host sync per step: the finite check runs every log_every_steps; a NaN at step 3 is
     reported (with its own step number) at the log step 4, before any checkpoint is written."""
-    from facekd.training import trainer as trainer_module
+    from facekd.training import loss_watch
 
     checks = []
-    original = trainer_module.all_finite
+    original = loss_watch.all_finite
 
     def counting(value, dist):
         checks.append(int(value.numel()))
         return original(value, dist)
 
-    monkeypatch.setattr(trainer_module, "all_finite", counting)
+    monkeypatch.setattr(loss_watch, "all_finite", counting)
     cfg = tiny_config(tmp_path, "lazy", train={"epochs": 2, "log_every_steps": 4, "checkpoint_every_steps": 0})
     summary = Trainer(cfg, TeacherTask(cfg)).fit()
     assert summary["steps"] == 8 and math.isfinite(summary["final_loss"])

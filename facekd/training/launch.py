@@ -96,20 +96,28 @@ def run_training(cfg: Any, task_name: str, resume: Optional[str] = None, hooks: 
     """Build the task ``task_name`` (``teacher`` / ``student``, :data:`~facekd.training.tasks.TASKS`)
     and train it (``hooks``: extra :class:`~facekd.training.hooks.Hook` objects); return the summary.
 
-    The config is checked against the registries first (:func:`facekd.training.preflight.check_run`).
+    The config is checked against the registries first (:func:`facekd.training.preflight.check_run`);
+    ``resume`` is what ``--resume`` takes (None, :data:`AUTO_RESUME` or a path), and in a process
+    group every rank must call this: the ranks agree on the checkpoint before any of them loads it
+    (:func:`facekd.training.resume.resolve_resume`).
     """
     from facekd.training.preflight import check_run
     from facekd.training.tasks import TASKS
     from facekd.training.trainer import Trainer
 
     check_run(cfg, task_name)
+    if dist is None:
+        from facekd.training.distributed import init_distributed
+
+        dist = init_distributed()
+    resume = resolve_resume(resume, cfg.output_dir, dist)
     task = TASKS.build(task_name, cfg=cfg)
     return Trainer(cfg, task, dist=dist, hooks=list(hooks)).fit(resume)
 
 
 def train(cfg: Any, task_name: str, resume: Optional[str] = None, dist: Any = None) -> Dict[str, Any]:
     """Train task ``task_name`` with ``cfg`` (``resume`` as ``--resume`` takes it); return the summary."""
-    return run_training(cfg, task_name, resume=resolve_resume(resume, cfg.output_dir, dist), dist=dist)
+    return run_training(cfg, task_name, resume=resume, dist=dist)
 
 
 def format_summary(task_name: str, summary: Dict[str, Any]) -> str:
@@ -132,7 +140,7 @@ def format_summary(task_name: str, summary: Dict[str, Any]) -> str:
 
 def run_command(args: argparse.Namespace, task_name: str) -> int:
     """Body of the training commands: config, (teacher first), train, report; returns the exit code."""
-    from facekd.training.distributed import cleanup_distributed, init_distributed, lost_ranks
+    from facekd.training.distributed import barrier, cleanup_distributed, init_distributed, lost_ranks
 
     cfg = load_run_config(args, task_name)
     dist = init_distributed(args.device)
@@ -144,6 +152,7 @@ def run_command(args: argparse.Namespace, task_name: str) -> int:
         if dist.is_main:
             print(format_summary(task_name, summary))
             LOG.debug("summary: %s", json.dumps(summary, default=str))
+        barrier(dist)       # no rank closes its connections while another may still be using them
     except Exception as error:
         lost = lost_ranks(error, dist)       # another rank died: one clear line, not a backend trace
         if lost is None:

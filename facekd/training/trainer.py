@@ -26,6 +26,10 @@ copied to host memory in the step and written by a background thread
 (``train.async_checkpoint``), atomically as before.  The optimiser uses the fused (CUDA) or
 foreach implementation, cuDNN autotunes on CUDA (``train.cudnn_benchmark``) and
 ``train.compile`` runs the backbone through ``torch.compile`` (in place; the losses stay eager).
+
+Large runs (:mod:`facekd.training.ddp_options`): ``train.grad_accum_steps`` batches make one
+optimiser step (DDP reduces once, after the last), and the ``ddp:`` section sets DDP's bucket
+size, static graph and half-precision gradient compression.
 """
 from __future__ import annotations
 
@@ -36,7 +40,7 @@ import math
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
@@ -45,10 +49,12 @@ from facekd.errors import CheckpointError, ConfigError, TrainingError
 from facekd.fileio import atomic_write_text
 from facekd.training.checkpoint import (CHECKPOINT_FORMAT, atomic_copy, atomic_save, load_checkpoint,
                                         rng_state, seed_everything, set_rng_state)
-from facekd.training.distributed import DistInfo, all_finite, barrier, broadcast_object
+from facekd.training.distributed import DistInfo, barrier, broadcast_object
 from facekd.precision import autocast_context, resolve_amp
 from facekd.training.checkpoint_writer import CheckpointWriter, host_copy
-from facekd.training.hooks import HOOK_POINTS, Hook
+from facekd.training.ddp_options import Accumulation, wrap_ddp
+from facekd.training.hooks import HOOK_POINTS, Hook, check_hook_names
+from facekd.training.loss_watch import LossWatch
 from facekd.training.metrics import MetricsLogger
 from facekd.training.optim import build_optimizer, build_scheduler
 from facekd.training.sharding import ShardedParameters
@@ -58,41 +64,6 @@ LOG = logging.getLogger(__name__)
 
 #: ``train.compile_mode`` values: the ``mode`` of ``torch.compile``
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-
-
-class LossWatch:
-    """The losses of the steps since the last check, kept on the device (no host sync per step).
-
-    :meth:`add` stores a step's detached loss; :meth:`all_finite` converts them all at once
-    (one host sync, and one all-reduce in DDP so every rank stops at the same step) and
-    :meth:`first_bad` names the first non-finite one for the error message.
-    """
-
-    def __init__(self) -> None:
-        self.pending: List[Tuple[int, int, torch.Tensor, Dict[str, Any]]] = []
-
-    def add(self, step: int, epoch: int, loss: torch.Tensor, terms: Dict[str, Any]) -> None:
-        """Remember the loss (and its terms) of optimiser step ``step`` (1-based) of ``epoch``."""
-        self.pending.append((int(step), int(epoch), loss.detach(), terms))
-
-    def all_finite(self, dist: DistInfo) -> bool:
-        """True when every pending loss is finite on every rank; forgets them if so."""
-        if not self.pending and not dist.distributed:
-            return True
-        values = torch.stack([loss.reshape(()) for _, _, loss, _ in self.pending]) if self.pending \
-            else torch.zeros(1, device=dist.device)
-        ok = all_finite(values, dist)
-        if ok:
-            self.pending.clear()
-        return ok
-
-    def first_bad(self) -> Tuple[int, int, torch.Tensor, Dict[str, Any]]:
-        """``(step, epoch, loss, terms)`` of the first non-finite pending loss (the last one when
-        this rank's losses are finite and another rank's are not)."""
-        for entry in self.pending:
-            if not bool(torch.isfinite(entry[2]).all()):
-                return entry
-        return self.pending[-1]
 
 
 class Trainer:
@@ -132,6 +103,7 @@ class Trainer:
         self._pair_sets: Optional[list] = None
         self._loader: Optional[torch.utils.data.DataLoader] = None
         self.loss_watch = LossWatch()
+        self.accumulation = Accumulation(cfg.train.grad_accum_steps)
         self.checkpoints = CheckpointWriter(background=cfg.train.async_checkpoint)
         self.last_loss: Optional[torch.Tensor] = None
 
@@ -153,8 +125,7 @@ class Trainer:
         self.sharded = ShardedParameters(module, self.dist)     # a model-parallel head: outside DDP
         if self.dist.distributed:
             self.sharded.exclude_from_ddp(module)
-            self.model = torch.nn.parallel.DistributedDataParallel(
-                module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            self.model = wrap_ddp(module, cfg.ddp, self.device)    # bucket size, static graph, compression
         if cfg.train.compile:
             # The backbone alone, in place (nn.Module.compile): parameter names, checkpoints and DDP
             # are unchanged, and the losses (labelled rows, sampled class centres) stay eager.
@@ -165,12 +136,14 @@ class Trainer:
             else:
                 self.task.backbone.compile(mode=cfg.train.compile_mode)
         self.sampler = self._build_sampler()
-        self.steps_per_epoch = len(self.sampler)
+        self.steps_per_epoch = len(self.sampler) // self.accumulation.steps     # optimiser steps
         if cfg.train.max_steps_per_epoch:
             self.steps_per_epoch = min(self.steps_per_epoch, cfg.train.max_steps_per_epoch)
         if self.steps_per_epoch < 1:
-            raise ConfigError(f"one P x K batch needs {cfg.train.identities_per_batch} identities with "
-                              f"{cfg.train.images_per_identity} images; the training data has too few")
+            raise ConfigError(f"one optimiser step needs {self.accumulation.steps} P x K batch(es) of "
+                              f"{cfg.train.identities_per_batch} identities with {cfg.train.images_per_identity} "
+                              f"images; the training data has {len(self.sampler)} per epoch"
+                              + (" on each rank" if self.dist.distributed else ""))
         self.total_steps = cfg.train.epochs * self.steps_per_epoch
         params = [p for p in module.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(params, cfg.optim)
@@ -204,11 +177,16 @@ class Trainer:
             extra = {"persistent_workers": True, "prefetch_factor": max(1, self.cfg.train.prefetch_factor)} \
                 if workers > 0 else {}
             self._loader = torch.utils.data.DataLoader(
-                self.task.train_set, batch_sampler=EpochBatches(self.sampler, self.steps_per_epoch),
+                self.task.train_set, batch_sampler=EpochBatches(self.sampler, self.batches_per_epoch),
                 num_workers=workers, pin_memory=self.device.type == "cuda",
                 generator=torch.Generator().manual_seed(self.cfg.seed), **extra)  # keeps the global RNG untouched
-        self._loader.batch_sampler.limit = min(self.steps_per_epoch, len(self.sampler))
+        self._loader.batch_sampler.limit = min(self.batches_per_epoch, len(self.sampler))
         return self._loader
+
+    @property
+    def batches_per_epoch(self) -> int:
+        """P x K batches an epoch trains on: ``train.grad_accum_steps`` per optimiser step."""
+        return self.steps_per_epoch * self.accumulation.steps
 
     # ------------------------------------------------------------------ hooks
     def call_hook(self, name: str, *args: Any) -> None:
@@ -259,9 +237,9 @@ class Trainer:
             epoch = self.epoch
             self.module.train()
             loader = self.loader(epoch)
-            bar = self._progress(self.steps_per_epoch - self.batches_done, epoch)
+            bar = self._progress(self.batches_per_epoch - self.batches_done, epoch)
             for batch in loader:
-                if self.batches_done >= self.steps_per_epoch:
+                if self.batches_done >= self.batches_per_epoch:
                     break
                 logged = self.last_metrics
                 self.train_step(batch)
@@ -283,15 +261,23 @@ class Trainer:
                     disable=not (self.cfg.train.progress and self.dist.is_main))
 
     def train_step(self, batch: Dict[str, Any]) -> tuple:
-        """One optimiser step on ``batch``; returns ``(loss, terms)``."""
-        cfg = self.cfg.train
+        """Forward and backward of ``batch``, and the optimiser step when it is the last of its
+        ``train.grad_accum_steps`` batches; returns ``(loss, terms)``, means over the step's batches so far."""
+        cfg, accumulation = self.cfg.train, self.accumulation
+        first, last = accumulation.is_first(self.batches_done), accumulation.is_last(self.batches_done)
         self.call_hook("before_step", batch)
-        with autocast_context(self.device, self.amp):
-            loss, terms = self.task.compute_loss(self, batch)
-        loss = loss.float()
+        if first:
+            self.optimizer.zero_grad(set_to_none=True)
+        with accumulation.sync(self.model, last):          # DDP reduces after the step's last batch only
+            with autocast_context(self.device, self.amp):
+                loss, terms = self.task.compute_loss(self, batch)
+            loss = loss.float()
+            self.scaler.scale(accumulation.scale(loss)).backward()
+        self.batches_done += 1
+        loss, terms = accumulation.add(first, loss.detach(), terms)
+        if not last:
+            return loss, terms
         self.loss_watch.add(self.step + 1, self.epoch, loss, terms)    # checked on the host later
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
         if self.sharded and self.scaler.is_enabled():
             self.sharded.share_overflow()
         grad_norm = None
@@ -303,14 +289,12 @@ class Trainer:
         self.scaler.update()
         lr = self.optimizer.param_groups[0]["lr"]
         self.scheduler.step()
-        loss = loss.detach()
         self.last_loss = loss
         self.step += 1
-        self.batches_done += 1
         self.call_hook("after_step", batch, loss, terms)
-        log_now = self.step % max(1, cfg.log_every_steps) == 0 or self.batches_done == self.steps_per_epoch
+        log_now = self.step % max(1, cfg.log_every_steps) == 0 or self.batches_done == self.batches_per_epoch
         save_now = bool(cfg.checkpoint_every_steps) and self.step % cfg.checkpoint_every_steps == 0 \
-            and self.batches_done < self.steps_per_epoch   # the epoch end writes its own
+            and self.batches_done < self.batches_per_epoch   # the epoch end writes its own
         if log_now or save_now:
             self.check_finite()
         if log_now:
@@ -450,6 +434,7 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         sampler = state["sampler"]
         self.epoch, self.batches_done = int(sampler["epoch"]), int(sampler["batches_done"])
+        self.accumulation.check_resume(self.batches_done, self.epoch, str(path))
         self.sampler.load_state_dict({**sampler, "position": self.batches_done})
         self.step = int(state["step"])
         self.best = state.get("best", self.best)
@@ -473,17 +458,3 @@ class Trainer:
         tmp.write_text(json.dumps(summary, indent=1))
         tmp.replace(self.output_dir / "verification.json")
         barrier(self.dist)
-
-
-#: prefixes of hook-point names: a hook's method with one of them must be a hook point
-HOOK_PREFIXES = ("on_", "before_", "after_")
-
-
-def check_hook_names(hooks: Sequence[Hook]) -> None:
-    """Refuse a hook whose method looks like a hook point but is not one (``on_epoch_ends``)."""
-    for hook in hooks:
-        unknown = sorted(name for name in dir(type(hook)) if name.startswith(HOOK_PREFIXES)
-                         and name not in HOOK_POINTS and callable(getattr(type(hook), name)))
-        if unknown:
-            raise ValueError(f"{type(hook).__name__} has method(s) {unknown} named like hook points, which "
-                             f"the trainer never calls; hook points: {', '.join(HOOK_POINTS)}")
