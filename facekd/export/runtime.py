@@ -91,11 +91,10 @@ class OnnxEmbedder:
         from facekd.export.onnx_graph import open_embedder
 
         self.path = os.fspath(path)
-        proto = load_onnx_proto(self.path, load_weights=False)
-        self.metadata = ExportMetadata.from_proto(proto, self.path)
-        del proto
         self.session = open_embedder(self.path, session_options(threads),
                                      list(providers or ["CPUExecutionProvider"]))
+        # the model open_embedder read (the repairs leave its metadata as the file has it)
+        self.metadata = ExportMetadata.from_proto(self.session.prepared.model, self.path)
         self.input = self.session.input
         self.output_name = self.session.output_name
         self.input_format = self._format_of_graph()
