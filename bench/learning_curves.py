@@ -8,6 +8,14 @@ Reads each run's ``metrics.jsonl`` (the ``val`` records the trainer writes after
 ``val.every_epochs``) and prints one Markdown table: a row per epoch, a column per run, the
 accuracy in % on the chosen set (default: the first set of the first run), plus each run's
 best epoch.  A run still training shows the epochs it has finished.
+
+``--png FILE`` also plots every run against image-steps (issue 34, item 5): one panel with the
+training-target cosine (``1 - feature_distill``, the training log's smoothed by ``--smooth`` records)
+and one per verification set.  Image-steps are optimiser steps x the faces of one step, read from the
+run's ``config.yaml`` (P x K + ``train.unlabelled_per_batch``) x ``--world-size`` (the ranks of a
+torchrun run, whose config holds one rank's batch).
+
+    python3 bench/learning_curves.py runs/long_sface/student_regress --world-size 2 --png docs/long_sface.png
 """
 import argparse
 import sys
@@ -48,11 +56,62 @@ def curves_table(runs: List[Path], val_set: Optional[str] = None, every: int = 1
     return header, rows
 
 
+def faces_per_step(run_dir: Path, world_size: int = 1) -> int:
+    """The faces one optimiser step sees: (P x K + unlabelled per batch) of the run's config.yaml x ranks."""
+    import yaml
+
+    train = (yaml.safe_load((run_dir / "config.yaml").read_text()) or {}).get("train", {})
+    per_rank = train.get("identities_per_batch", 0) * train.get("images_per_identity", 0)
+    return world_size * (per_rank + train.get("unlabelled_per_batch", 0))
+
+
+def plot_curves(runs: List[Path], png: Path, world_size: int = 1, smooth: int = 10) -> None:
+    """Write ``png``: per run, the training-target cosine and each val set's accuracy against image-steps."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    series = {}
+    for run in runs:
+        faces = faces_per_step(run, world_size)
+        train = [(r["step"] * faces, 1 - r["feature_distill"]) for r in read_metrics(run / "metrics.jsonl", "train")
+                 if "feature_distill" in r]
+        val: Dict[str, List] = {}
+        for record in read_metrics(run / "metrics.jsonl", "val"):
+            for key, value in record.items():
+                if key.endswith("/accuracy"):
+                    val.setdefault(key[:-len("/accuracy")], []).append((record["step"] * faces, 100 * value))
+        series[run.name] = (train, val)
+    sets = sorted({name for _, val in series.values() for name in val})
+    figure, axes = plt.subplots(1, 1 + len(sets), figsize=(5 * (1 + len(sets)), 4), squeeze=False)
+    for name, (train, val) in series.items():
+        if train:
+            x, y = np.array(train).T
+            width = max(1, min(smooth, len(y)))
+            axes[0][0].plot(x[width - 1:], np.convolve(y, np.ones(width) / width, mode="valid"), label=name)
+        for i, set_name in enumerate(sets, start=1):
+            if set_name in val:
+                x, y = np.array(val[set_name]).T
+                axes[0][i].plot(x, y, marker="o", label=name)
+    axes[0][0].set(title="training-target cosine (1 - feature_distill)", xlabel="image-steps", ylabel="cosine")
+    for i, set_name in enumerate(sets, start=1):
+        axes[0][i].set(title=f"{set_name} accuracy", xlabel="image-steps", ylabel="%")
+    for axis in axes[0]:
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(png, dpi=100)
+
+
 def main(argv=None) -> int:
     parser = OneLineParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path, help="run directories (output_dir of facekd train-*)")
     parser.add_argument("--set", dest="val_set", help="verification set name (default: the first logged)")
     parser.add_argument("--every", type=positive_int, default=1, help="show every N-th epoch (and the last)")
+    parser.add_argument("--png", type=Path, help="also plot the curves against image-steps into this PNG")
+    parser.add_argument("--world-size", type=positive_int, default=1, help="ranks of a torchrun run (default 1)")
+    parser.add_argument("--smooth", type=positive_int, default=10, help="train records averaged in the cosine curve")
     args = parser.parse_args(argv)
     try:
         header, rows = curves_table(args.runs, args.val_set, max(1, args.every))
@@ -60,6 +119,9 @@ def main(argv=None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(markdown_table(header, rows))
+    if args.png:
+        plot_curves(args.runs, args.png, args.world_size, args.smooth)
+        print(f"curves: {args.png}")
     return 0
 
 

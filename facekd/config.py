@@ -210,6 +210,10 @@ class TeacherConfig:
     # cosine target is otherwise learnt by matching mu alone.  Stored in the student checkpoint
     # (teacher_center) so cross-model verification centres the teacher's gallery the same way.
     center: bool = False
+    # with center: also whiten them (ZCA over the clean training faces: t -> (t/|t| - mu) W, W the
+    # inverse square root of their covariance), so that every direction of the teacher's space weighs
+    # the same in a cosine target (issue 34's diagnostics); a training-time transform, not stored
+    whiten: bool = False
     cache: bool = True                 # cache teacher embeddings/logits per dataset
     # where the targets come from (facekd.training.teaching): clean_cache (the clean face's, whatever
     # the student's view) | view_cache (teacher.views fixed augmented views per face, embedded once)
@@ -405,6 +409,8 @@ def check_consistency(cfg: ExperimentConfig, origins: Optional[Origins] = None) 
     if cfg.init_from not in (None, "teacher"):
         refuse("init_from", f"init_from must be null or 'teacher', got {cfg.init_from!r}")
     teacher = cfg.teacher
+    if teacher is not None and teacher.whiten and not teacher.center:
+        refuse("teacher.whiten", "teacher.whiten: true needs teacher.center: true (whitening is of the centred targets)")
     if teacher is not None and teacher.targets == "view_cache" and teacher.cache and teacher.views < 1:
         refuse("teacher.views", f"teacher.targets: view_cache needs teacher.views >= 1, got {teacher.views}")
 

@@ -271,6 +271,51 @@ def test_feature_distill_projection_when_sizes_differ():
         LOSSES.build("feature_distill")(inputs(student, [0]))
 
 
+def test_feature_distill_projectors():
+    """projector: none / linear / mlp whatever the sizes; the MLP's output is what the distance sees."""
+    assert LOSSES.build("feature_distill", embedding_size=4, teacher_embedding_size=6, projector="none").projection is None
+    linear = LOSSES.build("feature_distill", embedding_size=8, teacher_embedding_size=8, projector="linear")
+    assert list(linear.state_dict()) == ["projection.weight"]          # the key older checkpoints hold
+    torch.manual_seed(0)
+    mlp = LOSSES.build("feature_distill", embedding_size=4, teacher_embedding_size=6, projector="mlp")
+    student, teacher = torch.randn(5, 4, requires_grad=True), torch.randn(5, 6)
+    mlp.train()
+    got = mlp(inputs(student, [0] * 5, teacher_embedding=teacher))
+    projected = torch.nn.functional.normalize(mlp.projection(student))
+    assert mlp.projection[0].weight.shape == (12, 4) and mlp.projection[3].weight.shape == (6, 12)
+    assert got.item() == pytest.approx(float((1 - (projected * torch.nn.functional.normalize(teacher)).sum(1)).mean().detach()),
+                                       rel=1e-5)
+    got.backward()
+    assert student.grad.abs().sum() > 0 and mlp.projection[0].weight.grad.abs().sum() > 0
+    with pytest.raises(ConfigError, match="projector must be auto, none or one of linear, mlp"):
+        LOSSES.build("feature_distill", embedding_size=4, teacher_embedding_size=6, projector="deep")
+    with pytest.raises(ConfigError, match="needs the student's and the teacher's embedding sizes"):
+        LOSSES.build("feature_distill", projector="mlp")
+
+
+def test_teacher_centre_arcface_centres_follow_the_teacher():
+    """The centres are the teacher's: set by an identity's first batch, then a moving average; the loss is
+    ArcFace's cross entropy against them; nothing is learnt; a student of another size is refused."""
+    loss = LOSSES.build("teacher_centre_arcface", num_classes=3, embedding_size=4, teacher_embedding_size=4,
+                        scale=16.0, margin=0.2, momentum=0.75)
+    assert not list(loss.parameters()) and list(loss.state_dict()) == ["weight"]
+    teacher = torch.tensor([[2.0, 0, 0, 0], [0, 3.0, 0, 0], [0, 0, 1.0, 0]])
+    labels = torch.tensor([0, 0, 2])
+    student = torch.randn(3, 4)
+    got = loss(inputs(student, labels, teacher_embedding=teacher))
+    first = F.normalize(torch.tensor([[1.0, 1.0, 0, 0]]))
+    assert torch.allclose(loss.weight[0], first[0]) and torch.equal(loss.weight[1], torch.zeros(4))
+    assert torch.allclose(loss.weight[2], torch.tensor([0, 0, 1.0, 0]))
+    arcface = LOSSES.build("arcface", num_classes=3, embedding_size=4, scale=16.0, margin=0.2)
+    with torch.no_grad():
+        arcface.weight.copy_(loss.weight)
+    assert got.item() == pytest.approx(arcface(inputs(student, labels, teacher_embedding=teacher)).item(), rel=1e-6)
+    loss(inputs(student[:1], labels[:1], teacher_embedding=torch.tensor([[0, 0, 0, 5.0]])))
+    assert torch.allclose(loss.weight[0], 0.75 * first[0] + 0.25 * torch.tensor([0, 0, 0, 1.0]))
+    with pytest.raises(ConfigError, match="must be the teacher's"):
+        LOSSES.build("teacher_centre_arcface", num_classes=3, embedding_size=4, teacher_embedding_size=6)
+
+
 def test_feature_map_distill_adapter_resize_and_value():
     loss = LOSSES.build("feature_map_distill", student_channels=2, teacher_channels=3, normalize=False)
     with torch.no_grad():
@@ -430,13 +475,15 @@ def test_build_losses_errors_name_the_entry(specs, context, message):
 #: a value for each LossInputs field a loss may read: 8 rows of 4 identities, 5 classes
 SWEEP_CONTEXT = dict(num_classes=5, embedding_size=8, teacher_embedding_size=12, student_channels=4,
                      teacher_channels=6)
+#: losses that work in the teacher's space and need the student's embedding size to be the teacher's
+SAME_SPACE = {"teacher_centre_arcface"}
 
 
-def declared_inputs(reads, generator):
+def declared_inputs(reads, generator, teacher_size=12):
     """LossInputs with only the fields in ``reads`` set (the rest None); the student's require grad."""
     values = {"student_embedding": torch.randn(8, 8, generator=generator),
               "labels": torch.tensor([0, 0, 1, 1, 2, 2, 3, 3]),
-              "teacher_embedding": torch.randn(8, 12, generator=generator),
+              "teacher_embedding": torch.randn(8, teacher_size, generator=generator),
               "teacher_logits": torch.randn(8, 5, generator=generator),
               "student_logits": torch.randn(8, 5, generator=generator),
               "student_feature_map": torch.randn(8, 4, 3, 3, generator=generator),
@@ -454,12 +501,13 @@ def test_every_registered_loss_runs_forward_and_backward_on_its_declared_inputs(
     """Each loss gets only what its class declares in ``reads`` (every other field is None):
     a finite scalar whose gradient reaches a student input or the loss's own parameters."""
     generator = torch.Generator().manual_seed(0)
-    arguments = {k: v for k, v in SWEEP_CONTEXT.items() if k in inspect.signature(LOSSES.get(name)).parameters}
+    context = {**SWEEP_CONTEXT, "teacher_embedding_size": 8} if name in SAME_SPACE else SWEEP_CONTEXT
+    arguments = {k: v for k, v in context.items() if k in inspect.signature(LOSSES.get(name)).parameters}
     loss = LOSSES.build(name, **arguments)
     assert loss.reads and loss.reads <= type(loss).reads
     if loss.needs_teacher_statistics:
         loss.fit_selection(torch.randn(40, 12, generator=generator), torch.arange(40) % 5)
-    batch = declared_inputs(loss.reads, generator)
+    batch = declared_inputs(loss.reads, generator, context["teacher_embedding_size"])
     value = loss(batch)
     assert value.dim() == 0 and torch.isfinite(value)
     value.backward()

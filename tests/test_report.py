@@ -246,3 +246,19 @@ def test_learning_curves_script_reads_the_val_records(tmp_path, capsys):
                     ["best", "70.00 (epoch 2)", "75.00 (epoch 2)"]]
     assert script.main([str(tmp_path / "plain"), str(tmp_path / "missing")]) == 2
     assert "missing/metrics.jsonl: no metrics.jsonl" in capsys.readouterr().err
+
+
+def test_learning_curves_counts_image_steps_from_the_config_and_plots(tmp_path):
+    """Image-steps = steps x (P x K + unlabelled per batch) x ranks; --png writes a real PNG."""
+    script = load_script("bench/learning_curves.py")
+    run = tmp_path / "regress"
+    run.mkdir()
+    (run / "config.yaml").write_text("train: {identities_per_batch: 16, images_per_identity: 4, "
+                                     "unlabelled_per_batch: 32}\n")
+    records = [{"kind": "train", "step": s, "epoch": 0, "feature_distill": 1 - s / 100} for s in range(1, 30)]
+    records += [{"kind": "val", "step": 20, "epoch": 1, "lfw_devtrain/accuracy": 0.7, "cfp_fp/accuracy": 0.6}]
+    (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    assert script.faces_per_step(run) == 96 and script.faces_per_step(run, world_size=2) == 192
+    png = tmp_path / "curves.png"
+    assert script.main([str(run), "--png", str(png), "--world-size", "2", "--smooth", "5"]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000

@@ -263,6 +263,34 @@ def test_insightface_style_teacher_and_hinton_from_class_centres(tmp_path, teach
                           32.0 * live @ head.centres.t(), atol=1e-4)
 
 
+def test_whitened_teacher_embeddings_reach_the_losses(tmp_path, teacher_ckpt):
+    """teacher.whiten: the losses see (t/|t| - mu) W with W the ZCA matrix of the centred clean training
+    embeddings, whose covariance W makes (nearly) the identity; without teacher.center it is refused."""
+    from facekd.training.tasks import zca_whitening
+
+    cfg = tiny_config(tmp_path, "whitened", **student_overrides(teacher_ckpt, tmp_path / "cache",
+                                                                losses=ALL_STUDENT_LOSSES[:3],
+                                                                teacher={"center": True, "whiten": True}))
+    trainer = Trainer(cfg, StudentTask(cfg))
+    trainer.build()
+    task = trainer.task
+    task.on_train_start(trainer)
+    centred = torch.nn.functional.normalize(task.cache.embeddings[:, 0].float(), dim=1) - task.teacher_center
+    assert torch.allclose(task.teacher_whitening, zca_whitening(centred).float(), atol=1e-6)
+    assert torch.allclose(task.teacher_whitening, task.teacher_whitening.T, atol=1e-5)     # ZCA: symmetric
+    batch = {"index": torch.tensor([0, 5]), "flipped": torch.tensor([False, True])}
+    raw = torch.nn.functional.normalize(task.cache.lookup(batch["index"], batch["flipped"]).float(), dim=1)
+    assert torch.allclose(task.teacher_outputs(batch)["teacher_embedding"],
+                          (raw - task.teacher_center) @ task.teacher_whitening, atol=1e-5)
+    rows = torch.randn(4000, 6, dtype=torch.float64) @ torch.randn(6, 6, dtype=torch.float64)
+    rows -= rows.mean(0)
+    white = rows @ zca_whitening(rows, floor=0.0)
+    assert torch.allclose(white.T @ white / (len(rows) - 1), torch.eye(6, dtype=torch.float64), atol=1e-8)
+    with pytest.raises(ConfigError, match="teacher.whiten: true needs teacher.center: true"):
+        tiny_config(tmp_path, "whiten_alone", **student_overrides(teacher_ckpt, tmp_path / "cache",
+                                                                  teacher={"whiten": True}))
+
+
 def test_centred_teacher_embeddings_reach_the_losses_and_the_checkpoint(tmp_path, teacher_ckpt, caplog):
     """teacher.center: the losses see t/|t| - mu (mu = mean unit clean embedding of the training
     set), class centres and the checkpoint use the same mu; with the cache off it is refused."""

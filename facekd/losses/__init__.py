@@ -3,14 +3,15 @@
 Every loss is an ``nn.Module`` in the :data:`LOSSES` registry with
 ``forward(inputs: LossInputs) -> scalar Tensor``:
 
-=======================  ==================================================================
-``arcface``, ``cosface``   margin-softmax heads with their class centres (:mod:`.margin`)
-``triplet``                triplet loss with a fixed margin (:mod:`.triplet`)
-``triplet_distill``        Triplet Distillation, teacher-adaptive margin (:mod:`.triplet`)
-``feature_distill``        HR->LR embedding matching, student vs teacher (:mod:`.feature`)
-``feature_map_distill``    intermediate feature-map matching via a 1x1 adapter (:mod:`.feature`)
-``hinton_kd``              soft-target KD on margin-free logits (:mod:`.hinton`)
-=======================  ==================================================================
+============================  ==================================================================
+``arcface``, ``cosface``      margin-softmax heads with their class centres (:mod:`.margin`)
+``teacher_centre_arcface``    ArcFace against the teacher's moving-average class centres (:mod:`.margin`)
+``triplet``                   triplet loss with a fixed margin (:mod:`.triplet`)
+``triplet_distill``           Triplet Distillation, teacher-adaptive margin (:mod:`.triplet`)
+``feature_distill``           HR->LR embedding matching, student vs teacher, through a projector (:mod:`.feature`)
+``feature_map_distill``       intermediate feature-map matching via a 1x1 adapter (:mod:`.feature`)
+``hinton_kd``                 soft-target KD on margin-free logits (:mod:`.hinton`)
+============================  ==================================================================
 
 A config's ``losses:`` list becomes one :class:`WeightedLoss` through :func:`build_losses`.
 """

@@ -38,6 +38,49 @@ def squared_l2_distance(student: torch.Tensor, teacher: torch.Tensor) -> torch.T
     return (student - teacher).pow(2).sum(dim=1)
 
 
+#: name -> ``cls(in_features, out_features)``: a head that maps the student embedding into the teacher's
+#: space inside an embedding-distillation loss (it belongs to the loss: trained with it, not exported)
+PROJECTORS = Registry("projector")
+
+
+@PROJECTORS.register("linear")
+class LinearProjector(nn.Linear):
+    """A bias-free linear map ``D -> Dt`` (what ``feature_distill`` has always added when the sizes differ)."""
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__(in_features, out_features, bias=False)
+
+
+@PROJECTORS.register("mlp")
+class MLPProjector(nn.Sequential):
+    """``Linear(D, H) -> BatchNorm -> ReLU -> Linear(H, Dt)``, ``H = 2 max(D, Dt)``: the prediction head of
+    SimReg (Navaneet et al., BMVC 2022) / SimKD's projector, which takes the burden of matching the
+    teacher's exact coordinates off the student's embedding (kept for verification; the head is dropped)."""
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        hidden = 2 * max(in_features, out_features)
+        super().__init__(nn.Linear(in_features, hidden, bias=False), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
+                         nn.Linear(hidden, out_features, bias=False))
+
+
+def build_projector(loss_name: str, projector: str, embedding_size: Optional[int],
+                    teacher_embedding_size: Optional[int]) -> Optional[nn.Module]:
+    """The projector of an embedding-distillation loss: ``auto`` (a linear map when the sizes differ,
+    else none), ``none`` or a :data:`PROJECTORS` name (which needs both sizes)."""
+    if projector == "none":
+        return None
+    if projector == "auto":
+        differ = embedding_size and teacher_embedding_size and embedding_size != teacher_embedding_size
+        return LinearProjector(embedding_size, teacher_embedding_size) if differ else None
+    if projector not in PROJECTORS:
+        raise ConfigError(f"{loss_name}: projector must be auto, none or one of {', '.join(PROJECTORS)}, "
+                          f"got {projector!r}")
+    factory = PROJECTORS.get(projector)
+    if not (embedding_size and teacher_embedding_size):
+        raise ConfigError(f"{loss_name}: projector {projector!r} needs the student's and the teacher's embedding sizes")
+    return factory(embedding_size, teacher_embedding_size)
+
+
 def projected_distance(loss_name: str, student: torch.Tensor, teacher: torch.Tensor,
                        projection: Optional[nn.Module], distance, sizes_hint: str) -> torch.Tensor:
     """Mean ``distance`` between the L2-normalised (projected) student and teacher embeddings.
@@ -63,28 +106,29 @@ class FeatureDistillLoss(Loss):
     * ``cosine``: ``1 - cos(s, t)`` (in ``[0, 2]``);
     * ``l2``: ``||s/|s| - t/|t|||^2`` (in ``[0, 4]``, twice the cosine loss).
 
-    When the embedding sizes differ, a learnable bias-free linear projection maps the
-    student embedding to the teacher's size first (it belongs to the loss, so it is saved
-    with the loss state and must be given to the optimiser along with the other loss
-    parameters).
+    A projector (:data:`PROJECTORS`) may map the student embedding into the teacher's space
+    first: by default (``auto``) a learnable bias-free linear map when the embedding sizes
+    differ; ``mlp`` a SimReg-style head whatever the sizes.  It belongs to the loss, so it is
+    saved with the loss state and must be given to the optimiser along with the other loss
+    parameters; verification uses the student embedding before it.
 
     Args:
         embedding_size: student embedding size ``D`` (context).
         teacher_embedding_size: teacher embedding size ``Dt`` (context).
         metric: ``cosine`` (default) or ``l2``.
+        projector: ``auto`` (default), ``none``, ``linear`` or ``mlp``.
     """
 
     loss_name = "feature_distill"
     reads = frozenset({"student_embedding", "teacher_embedding"})
 
-    def __init__(self, embedding_size: Optional[int] = None,
-                 teacher_embedding_size: Optional[int] = None, metric: str = "cosine") -> None:
+    def __init__(self, embedding_size: Optional[int] = None, teacher_embedding_size: Optional[int] = None,
+                 metric: str = "cosine", projector: str = "auto") -> None:
         super().__init__()
         self.distance = check_choice(EMBEDDING_METRICS, metric)
         self.metric = metric
-        self.projection: Optional[nn.Linear] = None
-        if embedding_size and teacher_embedding_size and embedding_size != teacher_embedding_size:
-            self.projection = nn.Linear(embedding_size, teacher_embedding_size, bias=False)
+        self.projector = projector
+        self.projection = build_projector(self.loss_name, projector, embedding_size, teacher_embedding_size)
 
     def forward(self, inputs: LossInputs) -> torch.Tensor:
         student = inputs.student_embedding
@@ -93,7 +137,7 @@ class FeatureDistillLoss(Loss):
                                   "embedding_size and teacher_embedding_size")
 
     def extra_repr(self) -> str:
-        return f"metric={self.metric!r}, projection={self.projection is not None}"
+        return f"metric={self.metric!r}, projector={self.projector!r}, projection={self.projection is not None}"
 
 
 def resize_to(feature_map: torch.Tensor, size) -> torch.Tensor:

@@ -147,3 +147,59 @@ class CosFace(MarginHead):
 
     def target_logit(self, cos_target: torch.Tensor) -> torch.Tensor:
         return cos_target - self.margin
+
+
+@LOSSES.register("teacher_centre_arcface")
+class TeacherCentreArcFace(ArcFace):
+    """ArcFace whose class centres are the teacher's, not learnt: the class-centre half of AdaDistill
+    (Boutros et al., ECCV 2024).
+
+    Each class centre is a moving average of the (normalised) teacher embeddings of that identity's
+    faces as the batches bring them, ``c_y <- momentum * c_y + (1 - momentum) * mean_batch(t/|t|)`` (the
+    first batch of an identity sets it), so the student's margin softmax pulls its embedding towards the
+    teacher's identity centres in the teacher's own space.  It needs the student's embedding size to be
+    the teacher's; the teacher embeddings are those the losses see (centred with ``teacher.center``).
+    The centres are buffers: saved in the loss state, never given to the optimiser.  AdaDistill's
+    adaptive margin is not built.
+
+    Args:
+        num_classes, embedding_size, teacher_embedding_size: from the training context.
+        scale, margin, easy_margin: as :class:`ArcFace`.
+        momentum: the moving average's weight of the old centre, in ``[0, 1)``.
+    """
+
+    loss_name = "teacher_centre_arcface"
+    reads = frozenset({"student_embedding", "labels", "teacher_embedding"})
+    #: the student's embedding must live in the teacher's space (the preflight stands the teacher's size in as it)
+    in_teacher_space = True
+
+    def __init__(self, num_classes: int, embedding_size: int, teacher_embedding_size: Optional[int] = None,
+                 scale: float = 64.0, margin: float = 0.5, easy_margin: bool = False, momentum: float = 0.9) -> None:
+        super().__init__(num_classes, embedding_size, scale, margin, easy_margin)
+        if teacher_embedding_size is not None and teacher_embedding_size != embedding_size:
+            raise ConfigError(f"teacher_centre_arcface: the student's embedding size ({embedding_size}) must be the "
+                              f"teacher's ({teacher_embedding_size}): the centres live in the teacher's space")
+        if not 0.0 <= momentum < 1.0:
+            raise ConfigError(f"teacher_centre_arcface: momentum must be in [0, 1), got {momentum}")
+        self.momentum = float(momentum)
+        del self.weight
+        self.register_buffer("weight", torch.zeros(self.num_classes, self.embedding_size))
+
+    @torch.no_grad()
+    def update_centres(self, teacher: torch.Tensor, labels: torch.Tensor) -> None:
+        """Move the centres of the batch's identities towards the mean of their unit teacher embeddings."""
+        classes, inverse = labels.long().unique(return_inverse=True)
+        sums = torch.zeros(len(classes), teacher.shape[1], device=teacher.device).index_add_(
+            0, inverse, F.normalize(teacher.float()))
+        means = F.normalize(sums)
+        old = self.weight[classes]
+        fresh = old.abs().sum(1, keepdim=True) == 0
+        self.weight[classes] = torch.where(fresh, means, self.momentum * old + (1 - self.momentum) * means)
+
+    def forward(self, inputs: LossInputs) -> torch.Tensor:
+        teacher = self.require(inputs, "teacher_embedding").detach()
+        self.update_centres(teacher, inputs.labels)
+        return super().forward(inputs)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", momentum={self.momentum}"

@@ -121,7 +121,7 @@ def _numeric_defaults(name: Any) -> Dict[str, Any]:
 
 
 def _check_losses(cfg: ExperimentConfig, origins: Origins) -> None:
-    from facekd.losses import build_losses
+    from facekd.losses import LOSSES, build_losses
 
     if not cfg.losses:
         _refuse(origins, "losses", "losses: the list is empty; at least one loss is needed")
@@ -137,8 +137,12 @@ def _check_losses(cfg: ExperimentConfig, origins: Origins) -> None:
         weight = spec.get("weight", 1.0) if isinstance(spec, dict) else 1.0
         if _is_number(weight) and weight < 0:
             _refuse(origins, f"{where}.weight", f"{where}.weight must be >= 0, got {weight}")
-        try:
-            build_losses([spec], **context)
+        name = spec.get("name") if isinstance(spec, dict) else None
+        in_teacher_space = (isinstance(name, str) and name in LOSSES
+                            and getattr(LOSSES.get(name), "in_teacher_space", False))
+        try:   # a loss of the teacher's space needs the student's size: the teacher's stands in as that
+            build_losses([spec], **{**context, "teacher_embedding_size": context["embedding_size"]}
+                         if in_teacher_space else context)
         except ConfigError as error:
             _refuse(origins, where, f"{where}: {str(error).replace('losses[0]: ', '', 1)}")
         except (TypeError, ValueError, ArithmeticError) as error:     # a parameter of the wrong kind

@@ -293,6 +293,8 @@ class StudentTask(BackboneTask):
         self.targets = None
         #: mean unit teacher embedding of the clean training faces when ``teacher.center`` is on
         self.teacher_center: Optional[torch.Tensor] = None
+        #: ZCA matrix applied after centring when ``teacher.whiten`` is on
+        self.teacher_whitening: Optional[torch.Tensor] = None
 
     def add_unlabelled(self, dataset: Any) -> Any:
         """``dataset`` followed by ``data.unlabelled``'s faces (label -1, distillation losses only)."""
@@ -448,13 +450,19 @@ class StudentTask(BackboneTask):
         self.teacher_center = mean.to(self.device)
         LOG.info("teacher embeddings centred: t/|t| - mu, |mu| = %.3f over %d training faces",
                  float(mean.norm()), len(clean))
+        if self.cfg.teacher.whiten:
+            centred = nn.functional.normalize(clean.float(), dim=1) - mean
+            self.teacher_whitening = zca_whitening(centred).float().to(self.device)
+            LOG.info("teacher embeddings whitened (ZCA over %d training faces)", len(clean))
         return self.centred(clean.to(self.device))
 
     def centred(self, embedding: torch.Tensor) -> torch.Tensor:
-        """``embedding`` as the losses see it: unchanged, or ``e/|e| - mu`` when centring is on."""
+        """``embedding`` as the losses see it: unchanged, or ``e/|e| - mu`` when centring is on
+        (times the ZCA matrix when whitening is on too)."""
         if self.teacher_center is None:
             return embedding
-        return nn.functional.normalize(embedding.float(), dim=1) - self.teacher_center
+        centred = nn.functional.normalize(embedding.float(), dim=1) - self.teacher_center
+        return centred if self.teacher_whitening is None else centred @ self.teacher_whitening
 
     def statistics_terms(self) -> list:
         """Loss terms fitted once on the teacher's embeddings of the training set (neuron selection)."""
@@ -498,3 +506,19 @@ class StudentTask(BackboneTask):
                 centre_head = isinstance(self.teacher.head, ClassCentreHead)
                 out["teacher_logits"] = self.teacher.head.logits((centred if centre_head else embedding).float())
         return out
+
+
+def zca_whitening(centred: torch.Tensor, floor: float = 1e-3) -> torch.Tensor:
+    """The ZCA matrix ``W = U diag((lambda + eps)^-1/2) U^T`` of ``N x D`` centred rows, so that
+    ``centred @ W`` has (nearly) the identity covariance and stays closest to the original axes.
+
+    ``eps = floor * mean(lambda)`` keeps directions the rows hardly use from being blown up to
+    unit variance (their few-sample noise would otherwise become a target as strong as identity).
+    """
+    rows = centred.double()
+    covariance = rows.T @ rows / max(len(rows) - 1, 1)
+    eigenvalues, eigenvectors = torch.linalg.eigh(covariance)
+    eigenvalues = eigenvalues.clamp_min(0)
+    scale = (eigenvalues + floor * eigenvalues.mean()).rsqrt()
+    return (eigenvectors * scale) @ eigenvectors.T
+
