@@ -75,13 +75,13 @@ def plot_curves(runs: List[Path], png: Path, world_size: int = 1, smooth: int = 
     series = {}
     for run in runs:
         faces = faces_per_step(run, world_size)
-        train = [(r["step"] * faces, 1 - r["feature_distill"]) for r in read_metrics(run / "metrics.jsonl", "train")
+        train = [(r["step"] * faces / 1e6, 1 - r["feature_distill"]) for r in read_metrics(run / "metrics.jsonl", "train")
                  if "feature_distill" in r]
         val: Dict[str, List] = {}
         for record in read_metrics(run / "metrics.jsonl", "val"):
             for key, value in record.items():
                 if key.endswith("/accuracy"):
-                    val.setdefault(key[:-len("/accuracy")], []).append((record["step"] * faces, 100 * value))
+                    val.setdefault(key[:-len("/accuracy")], []).append((record["step"] * faces / 1e6, 100 * value))
         series[run.name] = (train, val)
     sets = sorted({name for _, val in series.values() for name in val})
     figure, axes = plt.subplots(1, 1 + len(sets), figsize=(5 * (1 + len(sets)), 4), squeeze=False)
@@ -94,9 +94,9 @@ def plot_curves(runs: List[Path], png: Path, world_size: int = 1, smooth: int = 
             if set_name in val:
                 x, y = np.array(val[set_name]).T
                 axes[0][i].plot(x, y, marker="o", label=name)
-    axes[0][0].set(title="training-target cosine (1 - feature_distill)", xlabel="image-steps", ylabel="cosine")
+    axes[0][0].set(title="training-target cosine (1 - feature_distill)", xlabel="image-steps (M)", ylabel="cosine")
     for i, set_name in enumerate(sets, start=1):
-        axes[0][i].set(title=f"{set_name} accuracy", xlabel="image-steps", ylabel="%")
+        axes[0][i].set(title=f"{set_name} accuracy", xlabel="image-steps (M)", ylabel="%")
     for axis in axes[0]:
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
