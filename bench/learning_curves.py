@@ -58,11 +58,10 @@ def curves_table(runs: List[Path], val_set: Optional[str] = None, every: int = 1
 
 def faces_per_step(run_dir: Path, world_size: int = 1) -> int:
     """The faces one optimiser step sees: (P x K + unlabelled per batch) of the run's config.yaml x ranks."""
-    import yaml
+    from facekd.config import load_config
 
-    train = (yaml.safe_load((run_dir / "config.yaml").read_text()) or {}).get("train", {})
-    per_rank = train.get("identities_per_batch", 0) * train.get("images_per_identity", 0)
-    return world_size * (per_rank + train.get("unlabelled_per_batch", 0))
+    train = load_config(run_dir / "config.yaml").train
+    return world_size * (train.identities_per_batch * train.images_per_identity + train.unlabelled_per_batch)
 
 
 def plot_curves(runs: List[Path], png: Path, world_size: int = 1, smooth: int = 10) -> None:

@@ -253,8 +253,8 @@ def test_learning_curves_counts_image_steps_from_the_config_and_plots(tmp_path):
     script = load_script("bench/learning_curves.py")
     run = tmp_path / "regress"
     run.mkdir()
-    (run / "config.yaml").write_text("train: {identities_per_batch: 16, images_per_identity: 4, "
-                                     "unlabelled_per_batch: 32}\n")
+    (run / "config.yaml").write_text("data: {unlabelled: [faces]}\ntrain: {identities_per_batch: 16, "
+                                     "images_per_identity: 4, unlabelled_per_batch: 32}\n")
     records = [{"kind": "train", "step": s, "epoch": 0, "feature_distill": 1 - s / 100} for s in range(1, 30)]
     records += [{"kind": "val", "step": 20, "epoch": 1, "lfw_devtrain/accuracy": 0.7, "cfp_fp/accuracy": 0.6}]
     (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")

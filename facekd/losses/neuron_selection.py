@@ -27,7 +27,7 @@ from torch import nn
 
 from facekd.errors import ConfigError
 from facekd.losses.base import LOSSES, Loss, LossInputs, check_choice
-from facekd.losses.feature import EMBEDDING_METRICS, projected_distance
+from facekd.losses.feature import EMBEDDING_METRICS, build_projector, projected_distance
 
 #: rows per chunk when accumulating statistics (keeps float64 copies of large caches small)
 CHUNK_ROWS = 65536
@@ -247,9 +247,7 @@ class NeuronSelectDistillLoss(Loss):
         self.num_neurons = int(num_neurons)
         self.teacher_embedding_size = int(teacher_embedding_size)
         self.min_variance = float(min_variance)
-        self.projection: Optional[nn.Linear] = None
-        if embedding_size and embedding_size != self.num_neurons:
-            self.projection = nn.Linear(embedding_size, self.num_neurons, bias=False)
+        self.projection = build_projector(self.loss_name, "auto", embedding_size, self.num_neurons)
         self.register_buffer("selected", torch.full((self.num_neurons,), -1, dtype=torch.long))
         self._fitted = False
         self.register_load_state_dict_post_hook(NeuronSelectDistillLoss._after_load)

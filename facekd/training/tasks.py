@@ -447,14 +447,15 @@ class StudentTask(BackboneTask):
                             "dominant direction): distillation targets are mostly that direction; consider "
                             "teacher.center: true", float(mean.norm()))
             return clean
-        self.teacher_center = mean.to(self.device)
+        self.teacher_center, self.teacher_whitening = mean.to(self.device), None
         LOG.info("teacher embeddings centred: t/|t| - mu, |mu| = %.3f over %d training faces",
                  float(mean.norm()), len(clean))
+        centred = self.centred(clean.to(self.device))
         if self.cfg.teacher.whiten:
-            centred = nn.functional.normalize(clean.float(), dim=1) - mean
-            self.teacher_whitening = zca_whitening(centred).float().to(self.device)
+            self.teacher_whitening = zca_whitening(centred).float()
             LOG.info("teacher embeddings whitened (ZCA over %d training faces)", len(clean))
-        return self.centred(clean.to(self.device))
+            centred = centred @ self.teacher_whitening
+        return centred
 
     def centred(self, embedding: torch.Tensor) -> torch.Tensor:
         """``embedding`` as the losses see it: unchanged, or ``e/|e| - mu`` when centring is on
