@@ -13,7 +13,9 @@ best epoch.  A run still training shows the epochs it has finished.
 training-target cosine (``1 - feature_distill``, the training log's smoothed by ``--smooth`` records)
 and one per verification set.  Image-steps are optimiser steps x the faces of one step, read from the
 run's ``config.yaml`` (P x K + ``train.unlabelled_per_batch``) x ``--world-size`` (the ranks of a
-torchrun run, whose config holds one rank's batch).
+torchrun run, whose config holds one rank's batch).  With ``--chain`` the runs are consecutive cycles
+of one model (each warm-started from the previous one's end with ``init_from``): each run's image-steps
+are counted from where the previous run's last record left off.
 
     python3 bench/learning_curves.py runs/long_sface/student_regress --world-size 2 --png docs/long_sface.png
 """
@@ -64,24 +66,37 @@ def faces_per_step(run_dir: Path, world_size: int = 1) -> int:
     return world_size * (train.identities_per_batch * train.images_per_identity + train.unlabelled_per_batch)
 
 
-def plot_curves(runs: List[Path], png: Path, world_size: int = 1, smooth: int = 10) -> None:
-    """Write ``png``: per run, the training-target cosine and each val set's accuracy against image-steps."""
+def image_step_series(runs: List[Path], world_size: int = 1, chain: bool = False) -> Dict[str, tuple]:
+    """Per run: ``(train, val)``, the training-target cosine as ``[(M image-steps, 1 - feature_distill)]``
+    and ``{val set: [(M image-steps, accuracy %)]}``; with ``chain``, each run's image-steps are counted
+    on from the end (its last record) of the previous run in ``runs``."""
+    series, start = {}, 0.0
+    for run in runs:
+        faces = faces_per_step(run, world_size)
+        records = read_metrics(run / "metrics.jsonl")
+        offset = start if chain else 0.0
+        train = [(offset + r["step"] * faces / 1e6, 1 - r["feature_distill"]) for r in records
+                 if r.get("kind") == "train" and "feature_distill" in r]
+        val: Dict[str, List] = {}
+        for record in (r for r in records if r.get("kind") == "val"):
+            for key, value in record.items():
+                if key.endswith("/accuracy"):
+                    val.setdefault(key[:-len("/accuracy")], []).append((offset + record["step"] * faces / 1e6,
+                                                                         100 * value))
+        series[run.name] = (train, val)
+        start = offset + max((r["step"] for r in records), default=0) * faces / 1e6
+    return series
+
+
+def plot_curves(runs: List[Path], png: Path, world_size: int = 1, smooth: int = 10, chain: bool = False) -> None:
+    """Write ``png``: per run, the training-target cosine and each val set's accuracy against image-steps
+    (:func:`image_step_series`)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
-    series = {}
-    for run in runs:
-        faces = faces_per_step(run, world_size)
-        train = [(r["step"] * faces / 1e6, 1 - r["feature_distill"]) for r in read_metrics(run / "metrics.jsonl", "train")
-                 if "feature_distill" in r]
-        val: Dict[str, List] = {}
-        for record in read_metrics(run / "metrics.jsonl", "val"):
-            for key, value in record.items():
-                if key.endswith("/accuracy"):
-                    val.setdefault(key[:-len("/accuracy")], []).append((record["step"] * faces / 1e6, 100 * value))
-        series[run.name] = (train, val)
+    series = image_step_series(runs, world_size, chain)
     sets = sorted({name for _, val in series.values() for name in val})
     figure, axes = plt.subplots(1, 1 + len(sets), figsize=(5 * (1 + len(sets)), 4), squeeze=False)
     for name, (train, val) in series.items():
@@ -111,6 +126,8 @@ def main(argv=None) -> int:
     parser.add_argument("--png", type=Path, help="also plot the curves against image-steps into this PNG")
     parser.add_argument("--world-size", type=positive_int, default=1, help="ranks of a torchrun run (default 1)")
     parser.add_argument("--smooth", type=positive_int, default=10, help="train records averaged in the cosine curve")
+    parser.add_argument("--chain", action="store_true",
+                        help="the runs are consecutive cycles (init_from): count image-steps on across them")
     args = parser.parse_args(argv)
     try:
         header, rows = curves_table(args.runs, args.val_set, max(1, args.every))
@@ -119,7 +136,7 @@ def main(argv=None) -> int:
         return 2
     print(markdown_table(header, rows))
     if args.png:
-        plot_curves(args.runs, args.png, args.world_size, args.smooth)
+        plot_curves(args.runs, args.png, args.world_size, args.smooth, args.chain)
         print(f"curves: {args.png}")
     return 0
 

@@ -246,7 +246,8 @@ class ExperimentConfig:
     degrade: DegradeConfig = field(default_factory=DegradeConfig)
     teacher: Optional[TeacherConfig] = None
     # "teacher": start the student from the teacher's weights (same architecture; "transfer,
-    # then distil", Karlekar et al. 2019); null: a fresh initialisation
+    # then distil", Karlekar et al. 2019); a path: from a facekd training checkpoint's weights
+    # (a warm start with a new schedule, e.g. the next cycle of a long run); null: fresh
     init_from: Optional[str] = None
     # the training view's augmentations (facekd.data.augment), applied before degradation; the
     # teacher sees the same view with teacher.targets view_cache or online
@@ -406,8 +407,8 @@ def check_consistency(cfg: ExperimentConfig, origins: Optional[Origins] = None) 
     if cfg.val.select_best_on is not None and cfg.val.select_best_on not in names:
         refuse("val.select_best_on", f"val.select_best_on={cfg.val.select_best_on!r} is not a val set; "
                                      f"sets: {names}")
-    if cfg.init_from not in (None, "teacher"):
-        refuse("init_from", f"init_from must be null or 'teacher', got {cfg.init_from!r}")
+    if cfg.init_from is not None and (not isinstance(cfg.init_from, str) or not cfg.init_from.strip()):
+        refuse("init_from", f"init_from must be null, 'teacher' or a checkpoint path, got {cfg.init_from!r}")
     teacher = cfg.teacher
     if teacher is not None and teacher.whiten and not teacher.center:
         refuse("teacher.whiten", "teacher.whiten: true needs teacher.center: true (whitening is of the centred targets)")

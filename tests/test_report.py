@@ -262,3 +262,13 @@ def test_learning_curves_counts_image_steps_from_the_config_and_plots(tmp_path):
     png = tmp_path / "curves.png"
     assert script.main([str(run), "--png", str(png), "--world-size", "2", "--smooth", "5"]) == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+    cycle = tmp_path / "cycle2"                       # warm-started from the end of run (step 29)
+    cycle.mkdir()
+    (cycle / "config.yaml").write_text("train: {identities_per_batch: 8, images_per_identity: 4}\n")
+    (cycle / "metrics.jsonl").write_text(json.dumps({"kind": "train", "step": 10, "feature_distill": 0.25}) + "\n"
+                                         + json.dumps({"kind": "val", "step": 10, "epoch": 1, "cfp_fp/accuracy": 0.75}) + "\n")
+    chained = script.image_step_series([run, cycle], world_size=2, chain=True)
+    assert chained["cycle2"] == ([(pytest.approx((29 * 192 + 10 * 64) / 1e6), 0.75)],
+                                 {"cfp_fp": [(pytest.approx((29 * 192 + 10 * 64) / 1e6), 75.0)]})
+    assert script.image_step_series([run, cycle], world_size=2)["cycle2"][0] == [(pytest.approx(640 / 1e6), 0.75)]
+    assert script.main([str(run), str(cycle), "--png", str(png), "--world-size", "2", "--chain"]) == 0

@@ -15,7 +15,7 @@ import torch
 import yaml
 
 from facekd.config import CONFIG_DIR, ExperimentConfig, OptimConfig, load_config
-from facekd.errors import ConfigError, TrainingError
+from facekd.errors import CheckpointError, ConfigError, TrainingError
 from facekd.training import (CACHE_STATS, Hook, StudentTask, TeacherCache, TeacherTask, Trainer, build_scheduler,
                              load_checkpoint, read_metrics, run_training)
 from facekd.teachers import load_teacher
@@ -624,3 +624,30 @@ def test_background_checkpoint_writer_copies_state_and_reraises_errors():
     with pytest.raises(OSError, match="disk full"):
         writer.submit(lambda: None)                      # the next submit (or wait) reports it
     writer.wait()
+
+
+def test_init_from_a_checkpoint_is_a_warm_start(tmp_path, teacher_ckpt):
+    """init_from: PATH takes a checkpoint's backbone and the loss modules that fit (the margin head
+    when the identities are the same), with a fresh schedule; another architecture or a missing
+    file is refused naming it."""
+    source = load_checkpoint(teacher_ckpt)
+    cfg = tiny_config(tmp_path, "warm", init_from=teacher_ckpt)
+    trainer = Trainer(cfg, TeacherTask(cfg))
+    trainer.build()
+    own = trainer.task.backbone.state_dict()
+    assert all(torch.equal(own[k], v) for k, v in source["state_dict"].items()) and set(own) == set(source["state_dict"])
+    assert torch.equal(trainer.task.criterion.margin_head.weight.detach(), source["head"]["state_dict"]["weight"])
+    assert trainer.step == 0 and trainer.scheduler.last_epoch == 0 and not trainer.optimizer.state
+    cfg = tiny_config(tmp_path, "warm_others", init_from=teacher_ckpt, data={"num_identities": 12})
+    trainer = Trainer(cfg, TeacherTask(cfg))
+    trainer.build()                                    # other identities: the head starts fresh
+    assert torch.equal(trainer.task.backbone.state_dict()["fc.weight"], source["state_dict"]["fc.weight"])
+    assert trainer.task.criterion.margin_head.weight.shape[0] == 12
+    cfg = tiny_config(tmp_path, "warm_bad", init_from=teacher_ckpt, model={**TINY_MODEL, "embedding_size": 16})
+    with pytest.raises(CheckpointError, match=r"best\.pt: init_from needs this run's architecture; "
+                                              r"embedding_size: student 16, checkpoint 32"):
+        Trainer(cfg, TeacherTask(cfg)).build()
+    from facekd.training.preflight import check_run
+
+    with pytest.raises(ConfigError, match=r"init_from: .*nothing\.pt: no such checkpoint file"):
+        check_run(tiny_config(tmp_path, "warm_missing", init_from=str(tmp_path / "nothing.pt")), "teacher")

@@ -11,7 +11,8 @@ cache is built:
   val set but a synthetic one has a path;
 * every ``augment:`` entry builds, and every ``losses:`` entry builds on a stand-in of the run's
   context (:func:`stand_in_context`): a parameter whose default is a number is a finite number
-  (not ``true``), the weight is >= 0.
+  (not ``true``), the weight is >= 0;
+* ``init_from``, when a checkpoint path, names an existing file.
 
 What depends on the data or the teacher's file (identities per batch on folder data, the
 teacher's real embedding size) is checked where they are loaded.
@@ -19,6 +20,7 @@ teacher's real embedding size) is checked where they are loaded.
 from __future__ import annotations
 
 import math
+import os
 import numbers
 from typing import Any, Dict, Optional
 
@@ -48,6 +50,8 @@ def check_run(cfg: ExperimentConfig, task_name: str, origins: Optional[Origins] 
     _check_names(cfg, task_name, origins)
     _check_augment(cfg, origins)
     _check_losses(cfg, origins)
+    if cfg.init_from not in (None, "teacher") and not os.path.isfile(cfg.init_from):
+        _refuse(origins, "init_from", f"init_from: {cfg.init_from}: no such checkpoint file")
 
 
 def _refuse(origins: Origins, key: str, problem: str) -> None:

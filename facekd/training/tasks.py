@@ -126,8 +126,57 @@ class BackboneTask(Task):
         self.prepare_teacher(trainer)
         self.criterion = build_losses(cfg.losses, **self.loss_context())
         self.check_losses()
+        if cfg.init_from not in (None, "teacher"):
+            self.init_from_checkpoint(cfg.init_from)
         self.module = TrainModule(self.backbone, self.criterion, "student_feature_map" in self.criterion.reads)
         self.train_set = self.build_view()
+
+    def init_from_checkpoint(self, path: str) -> None:
+        """Start from the weights of a facekd training checkpoint (``init_from: PATH``, a warm start).
+
+        The backbone must have the checkpoint's architecture (the difference is named otherwise)
+        and takes its weights; each loss module (a projector, a margin head) whose state in the
+        checkpoint has the same keys and shapes takes it too, a margin head only when the
+        checkpoint was trained on this run's identities, and the others start fresh (logged).
+        Optimiser, schedule and step count start anew: to continue an interrupted run with its
+        schedule, use ``--resume``.
+
+        Raises:
+            DataError: the file is missing or unreadable (named).
+            CheckpointError: it holds no backbone weights, or another architecture.
+        """
+        from facekd.config import ModelConfig
+        from facekd.losses.margin import MarginHead
+        from facekd.training.checkpoint import load_checkpoint
+        from facekd.training.student_init import architecture_differences
+
+        state = load_checkpoint(path)
+        if not isinstance(state.get("state_dict"), dict) or not isinstance(state.get("model_config"), dict):
+            raise CheckpointError(f"{path}: init_from needs a facekd training checkpoint (with 'state_dict' and "
+                                  "'model_config')")
+        differences = architecture_differences(self.cfg.model, ModelConfig(**state["model_config"]))
+        if differences:
+            raise CheckpointError(f"{path}: init_from needs this run's architecture; " + "; ".join(
+                difference.replace("teacher", "checkpoint") for difference in differences))
+        try:
+            self.backbone.load_state_dict(state["state_dict"])
+        except RuntimeError as error:
+            raise CheckpointError(f"{path}: its backbone weights do not fit this run's model ({error})") from None
+        same_identities = list(state.get("classes") or []) == list(self.dataset.classes)
+        losses = state.get("losses") or {}
+        taken, fresh = [], []
+        for key, term in self.criterion.terms.items():
+            prefix = f"terms.{key}."
+            saved = {name[len(prefix):]: value for name, value in losses.items() if name.startswith(prefix)}
+            own = term.state_dict()
+            fits = (set(saved) == set(own) and all(saved[k].shape == own[k].shape for k in own)
+                    and (same_identities or not isinstance(term, MarginHead)))
+            if own and fits:
+                term.load_state_dict(saved)
+            (taken if own and fits else fresh if own else []).append(key)
+        LOG.info("init_from %s: backbone (step %s of its run)%s%s", path, state.get("step", "?"),
+                 f"; loss modules taken: {taken}" if taken else "",
+                 f"; starting fresh: {fresh}" if fresh else "")
 
     def add_unlabelled(self, dataset: Any) -> Any:
         """Append ``data.unlabelled``'s faces (refused for a run without distillation)."""
@@ -319,8 +368,6 @@ class StudentTask(BackboneTask):
             LOG.warning("no configured loss uses the teacher; it is not loaded")
         if self.cfg.init_from == "teacher":
             self.init_from_teacher()
-        elif self.cfg.init_from is not None:
-            raise ConfigError(f"init_from must be null or 'teacher', got {self.cfg.init_from!r}")
 
     def init_from_teacher(self) -> None:
         """Copy the teacher's weights into the student (refused unless the architectures match)."""
