@@ -142,6 +142,15 @@ def test_interrupted_store_build_resumes_with_only_the_missing_rows(tmp_path):
     resumes_the_missing_rows(tmp_path / "killed", reference, done=8)
 
 
+def test_store_build_without_a_progress_bar_logs_its_progress_at_each_sync(tmp_path, caplog):
+    """A build logged to a file (no bar) says how far it is at every sync: here after each batch of 4."""
+    teacher, dataset = tiny_torch_teacher(32), SyntheticFaces(4, 4, seed=3)   # 16 samples
+    with caplog.at_level("INFO", logger="facekd.training.teacher_cache"):
+        build_store(teacher, dataset, tmp_path, partial_every_s=0.0)
+    counts = [message.split(": ")[1].split(" rows")[0] for message in caplog.messages if "rows embedded" in message]
+    assert counts == ["4 of this rank's 16", "8 of this rank's 16", "12 of this rank's 16", "16 of this rank's 16"]
+
+
 # --------------------------------------------------------------------------- store-fed runs
 
 STORE_RUN = {"targets": "view_cache", "views": 3, "store": True, "cache_dtype": "float16", "center": True}

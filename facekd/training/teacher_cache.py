@@ -337,19 +337,24 @@ def fill_store(teacher: Teacher, images: Any, store: TargetStore, dist: Optional
     if not len(mine):
         return 0
     looked_up = teacher.embed_dataset_rows(images.dataset, mine) if isinstance(images, CleanImages) else None
-    synced = time.monotonic()
+    started = synced = time.monotonic()
     try:
         if looked_up is not None:
             store.write(mine, looked_up.float())
             return len(mine)
+        done = 0
         with tqdm(total=len(mine), desc="teacher cache", unit="img", leave=False,
                   disable=not (progress and dist.is_main)) as bar:
             for rows, embedded in embedded_batches(teacher, images, mine, batch_size, num_workers):
                 store.write(rows, embedded)
                 bar.update(len(rows))
+                done += len(rows)
                 if time.monotonic() - synced >= sync_every_s:
                     store.sync()
                     synced = time.monotonic()
+                    if dist.is_main and not progress:      # a log line per sync where no bar is drawn
+                        LOG.info("%s: %d of this rank's %d rows embedded (%.1f samples/s)", store.path.name, done,
+                                 len(mine), done / (synced - started))
     finally:
         store.sync()
     return len(mine)
