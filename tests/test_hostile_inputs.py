@@ -122,6 +122,9 @@ def write_recordio(root: Path) -> None:
 def write_configs(root: Path) -> None:
     write_config(root / "wrong_types.yaml", root / "runs" / "wrong_types", train={"epochs": "many"})
     write_config(root / "resume.yaml", root / "runs" / "resume")
+    write_config(root / "init_other_arch.yaml", root / "runs" / "init_other_arch", init_from=str(root / "model.pt"),
+                 model={**TINY_MODEL, "embedding_size": 16})
+    write_config(root / "init_missing.yaml", root / "runs" / "init_missing", init_from=str(root / "no_such.pt"))
     (root / "not_yaml.yaml").write_text("model: {name: iresnet18\ntrain: [unclosed\n")
     (root / "cut_off_results.json").write_text('{"schema": "facekd.eval/1", "models": [')
     for name in ("rec_bad_magic", "rec_index_past_end"):
@@ -224,6 +227,12 @@ CASES = [
     Case("resume_not_a_training_checkpoint", "--resume from a backbone-only checkpoint",
          ["train-teacher", "--config", "{root}/resume.yaml", "--resume", "{root}/model.pt"], "{root}/model.pt",
          ["not a facekd training checkpoint"]),
+    Case("init_from_other_arch", "init_from: a checkpoint of another architecture",
+         ["train-teacher", "--config", "{root}/init_other_arch.yaml"], "{root}/model.pt",
+         ["init_from needs this run's architecture", "embedding_size: student 16, checkpoint 32"]),
+    Case("init_from_missing", "init_from: a checkpoint file that does not exist",
+         ["train-teacher", "--config", "{root}/init_missing.yaml"], "{root}/init_missing.yaml",
+         ["init_from:", "no such checkpoint file"]),
     Case("results_not_json", "results JSON cut off",
          ["report", "{root}/cut_off_results.json", "--out", "{root}/report"], "{root}/cut_off_results.json",
          ["not a readable results JSON"]),

@@ -423,7 +423,7 @@ class Trainer:
         for key in ("state_dict", "optimizer", "scheduler", "sampler", "rng", "step", "epoch"):
             if key not in state:
                 raise CheckpointError(f"{path}: not a facekd training checkpoint (no {key!r}); "
-                                      "use it as a teacher or with --set to start a new run")
+                                      "use it as a teacher, or start a new run from its weights with --set init_from=PATH")
         if state.get("task") not in (None, self.task.name):
             raise CheckpointError(f"{path}: a {state['task']!r} checkpoint cannot resume a "
                                   f"{self.task.name!r} run")
