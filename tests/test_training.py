@@ -647,6 +647,11 @@ def test_init_from_a_checkpoint_is_a_warm_start(tmp_path, teacher_ckpt):
     with pytest.raises(CheckpointError, match=r"best\.pt: init_from needs this run's architecture; "
                                               r"embedding_size: student 16, checkpoint 32"):
         Trainer(cfg, TeacherTask(cfg)).build()
+    odd = tmp_path / "odd.pt"
+    atomic_save({**source, "model_config": {**source["model_config"], "depth_multiplier": 2}}, odd)
+    cfg = tiny_config(tmp_path, "warm_odd", init_from=str(odd))
+    with pytest.raises(CheckpointError, match=r"odd\.pt: its model_config is not a facekd model config"):
+        Trainer(cfg, TeacherTask(cfg)).build()
     from facekd.training.preflight import check_run
 
     with pytest.raises(ConfigError, match=r"init_from: .*nothing\.pt: no such checkpoint file"):

@@ -154,7 +154,11 @@ class BackboneTask(Task):
         if not isinstance(state.get("state_dict"), dict) or not isinstance(state.get("model_config"), dict):
             raise CheckpointError(f"{path}: init_from needs a facekd training checkpoint (with 'state_dict' and "
                                   "'model_config')")
-        differences = architecture_differences(self.cfg.model, ModelConfig(**state["model_config"]))
+        try:
+            source_model = ModelConfig(**state["model_config"])
+        except TypeError as error:
+            raise CheckpointError(f"{path}: its model_config is not a facekd model config ({error})") from None
+        differences = architecture_differences(self.cfg.model, source_model)
         if differences:
             raise CheckpointError(f"{path}: init_from needs this run's architecture; " + "; ".join(
                 difference.replace("teacher", "checkpoint") for difference in differences))
