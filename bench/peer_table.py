@@ -46,10 +46,10 @@ import numpy as np
 DEFAULT_META: Dict[str, Dict[str, str]] = {
     "ours plain (ONNX)": {
         "training_data": "ours: 6.7 k CelebA subset + ORL faces (339 ids)",
-        "source": "results/dlib_students/plain.pt", "licence": "research only (CelebA)"},
+        "source": "results/students/plain.pt", "licence": "research only (CelebA)"},
     "ours distilled (ONNX)": {
         "training_data": "ours: the same + 5.8 k unlabelled CelebA faces (12.5 k in all); teacher dlib",
-        "source": "results/dlib_students/distilled.pt", "licence": "research only (CelebA)"},
+        "source": "results/students/distilled_dlib.pt", "licence": "research only (CelebA)"},
     "EdgeFace-XXS": {
         "training_data": "WebFace12M (12.7 M faces, 618 k ids)",
         "source": "yayoimizuha/face_recognition_train @ 3e631e35 `checkpoints/edgeface_xxs_q.pt` (Idiap EdgeFace)",

@@ -122,7 +122,7 @@ class Int8Options:
 
 
 #: the defaults of ``facekd export --int8`` and :func:`quantize_int8`, chosen by measurement on the
-#: real students of results/dlib_students (bench/README.md, "INT8 options"): percentile ranges
+#: real students of results/students (bench/README.md, "INT8 options"): percentile ranges
 #: (99.999th) pass the per-face check on both where minmax failed on the distilled one (min cosine
 #: 0.9890), at the same speed; keeping the first layer in float also passes but costs 40 % of the
 #: INT8 speed-up at batch 64.
