@@ -647,6 +647,12 @@ def test_init_from_a_checkpoint_is_a_warm_start(tmp_path, teacher_ckpt):
     with pytest.raises(CheckpointError, match=r"best\.pt: init_from needs this run's architecture; "
                                               r"embedding_size: student 16, checkpoint 32"):
         Trainer(cfg, TeacherTask(cfg)).build()
+    stripped = tmp_path / "stripped.pt"                # what facekd strip ships: weights and model config
+    atomic_save({"model_config": source["model_config"], "state_dict": source["state_dict"]}, stripped)
+    cfg = tiny_config(tmp_path, "warm_stripped", init_from=str(stripped))
+    trainer = Trainer(cfg, TeacherTask(cfg))
+    trainer.build()
+    assert torch.equal(trainer.task.backbone.state_dict()["fc.weight"], source["state_dict"]["fc.weight"])
     odd = tmp_path / "odd.pt"
     atomic_save({**source, "model_config": {**source["model_config"], "depth_multiplier": 2}}, odd)
     cfg = tiny_config(tmp_path, "warm_odd", init_from=str(odd))

@@ -20,8 +20,8 @@ teacher's real embedding size) is checked where they are loaded.
 from __future__ import annotations
 
 import math
-import os
 import numbers
+import os
 from typing import Any, Dict, Optional
 
 from facekd.config import MAX_EMBEDDING_SIZE, ExperimentConfig, Origins

@@ -132,7 +132,8 @@ class BackboneTask(Task):
         self.train_set = self.build_view()
 
     def init_from_checkpoint(self, path: str) -> None:
-        """Start from the weights of a facekd training checkpoint (``init_from: PATH``, a warm start).
+        """Start from the weights of a facekd checkpoint (``init_from: PATH``, a warm start): a training
+        checkpoint or a stripped student (``facekd strip``, ``results/``).
 
         The backbone must have the checkpoint's architecture (the difference is named otherwise)
         and takes its weights; each loss module (a projector, a margin head) whose state in the
@@ -152,16 +153,15 @@ class BackboneTask(Task):
 
         state = load_checkpoint(path)
         if not isinstance(state.get("state_dict"), dict) or not isinstance(state.get("model_config"), dict):
-            raise CheckpointError(f"{path}: init_from needs a facekd training checkpoint (with 'state_dict' and "
-                                  "'model_config')")
+            raise CheckpointError(f"{path}: init_from needs a facekd checkpoint, a training one or a stripped "
+                                  "student (with 'state_dict' and 'model_config')")
         try:
             source_model = ModelConfig(**state["model_config"])
         except TypeError as error:
             raise CheckpointError(f"{path}: its model_config is not a facekd model config ({error})") from None
-        differences = architecture_differences(self.cfg.model, source_model)
+        differences = architecture_differences(self.cfg.model, source_model, other="checkpoint")
         if differences:
-            raise CheckpointError(f"{path}: init_from needs this run's architecture; " + "; ".join(
-                difference.replace("teacher", "checkpoint") for difference in differences))
+            raise CheckpointError(f"{path}: init_from needs this run's architecture; " + "; ".join(differences))
         try:
             self.backbone.load_state_dict(state["state_dict"])
         except RuntimeError as error:
@@ -173,11 +173,14 @@ class BackboneTask(Task):
             prefix = f"terms.{key}."
             saved = {name[len(prefix):]: value for name, value in losses.items() if name.startswith(prefix)}
             own = term.state_dict()
-            fits = (set(saved) == set(own) and all(saved[k].shape == own[k].shape for k in own)
-                    and (same_identities or not isinstance(term, MarginHead)))
-            if own and fits:
+            if not own:                                  # nothing to take (a loss without parameters)
+                continue
+            if (set(saved) == set(own) and all(saved[k].shape == own[k].shape for k in own)
+                    and (same_identities or not isinstance(term, MarginHead))):
                 term.load_state_dict(saved)
-            (taken if own and fits else fresh if own else []).append(key)
+                taken.append(key)
+            else:
+                fresh.append(key)
         LOG.info("init_from %s: backbone (step %s of its run)%s%s", path, state.get("step", "?"),
                  f"; loss modules taken: {taken}" if taken else "",
                  f"; starting fresh: {fresh}" if fresh else "")
