@@ -11,7 +11,8 @@
 # and sumanvithaeadala/EthnicityDetection @ 9b001ff2.  LFW: LFW View 1 aligned (`facekd align
 # ../shared/data/lfw-view1/images DIR --no-face center`); CFP is aligned here when CFP_ALIGNED is unset.
 # STEPS (default "sources aaf fairface cfp filter") picks steps; FAIRFACE_PARTS (default "val train") which
-# FairFace parts are aligned and filtered (val alone: 5,000 photos, an hour less of MTCNN on 2 cores).
+# FairFace parts are aligned and filtered (val alone: 5,000 photos, half an hour less of MTCNN on 2 cores);
+# THREADS (default 1) the threads of each step.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/unlabelled}
@@ -23,7 +24,8 @@ FAIRFACE_PARTS=${FAIRFACE_PARTS:-val train}
 AAF_COMMIT=28741a75
 FAIRFACE_COMMIT=9b001ff2
 NICE="nice -n 19"
-export OMP_NUM_THREADS=1 FACEKD_THREADS=1
+THREADS=${THREADS:-1}   # 2 on an idle 2-core machine: the filter embeds ~1.9x faster
+export OMP_NUM_THREADS=$THREADS FACEKD_THREADS=$THREADS
 
 step() { [[ " $STEPS " == *" $1 "* ]]; }
 mkdir -p "$OUT/sources"
