@@ -25,7 +25,7 @@ from facekd.errors import ConfigError
 WEIGHT_FREE_PARAMS = ("dropout",)
 
 
-def architecture_differences(student_cfg: ModelConfig, teacher_cfg: ModelConfig, other: str = "teacher") -> List[str]:
+def architecture_differences(student_cfg: ModelConfig, other_cfg: ModelConfig, other: str = "teacher") -> List[str]:
     """What differs between two model configs in a way that changes the weights.
 
     Compares ``name``, ``embedding_size``, ``input_size`` and the factory ``params`` (except
@@ -35,15 +35,15 @@ def architecture_differences(student_cfg: ModelConfig, teacher_cfg: ModelConfig,
         One ``"field: student X, <other> Y"`` line per difference (empty when they match);
         ``other`` names the second config (the teacher, a checkpoint).
     """
-    differences = [f"{key}: student {getattr(student_cfg, key)!r}, {other} {getattr(teacher_cfg, key)!r}"
+    differences = [f"{key}: student {getattr(student_cfg, key)!r}, {other} {getattr(other_cfg, key)!r}"
                    for key in ("name", "embedding_size", "input_size")
-                   if getattr(student_cfg, key) != getattr(teacher_cfg, key)]
+                   if getattr(student_cfg, key) != getattr(other_cfg, key)]
     student_params = _weight_params(student_cfg)
-    teacher_params = _weight_params(teacher_cfg)
-    for key in sorted(set(student_params) | set(teacher_params)):
-        if student_params.get(key, "<default>") != teacher_params.get(key, "<default>"):
+    other_params = _weight_params(other_cfg)
+    for key in sorted(set(student_params) | set(other_params)):
+        if student_params.get(key, "<default>") != other_params.get(key, "<default>"):
             differences.append(f"params.{key}: student {student_params.get(key, '<default>')!r}, "
-                               f"{other} {teacher_params.get(key, '<default>')!r}")
+                               f"{other} {other_params.get(key, '<default>')!r}")
     return differences
 
 
