@@ -41,9 +41,9 @@ def architecture_differences(student_cfg: ModelConfig, other_cfg: ModelConfig, o
     student_params = _weight_params(student_cfg)
     other_params = _weight_params(other_cfg)
     for key in sorted(set(student_params) | set(other_params)):
-        if student_params.get(key, "<default>") != other_params.get(key, "<default>"):
-            differences.append(f"params.{key}: student {student_params.get(key, '<default>')!r}, "
-                               f"{other} {other_params.get(key, '<default>')!r}")
+        mine, theirs = student_params.get(key, "<default>"), other_params.get(key, "<default>")
+        if mine != theirs:
+            differences.append(f"params.{key}: student {mine!r}, {other} {theirs!r}")
     return differences
 
 
