@@ -52,7 +52,8 @@ from facekd.export.check import MIN_INT8_COSINE, take_faces
 from facekd.export.cpu_features import int8_capability
 from facekd.export.metadata import ExportMetadata
 from facekd.export.prelu import DEFAULT_PRELU_REWRITE, INT8_PRELU_REWRITE
-from facekd.export.quantize import Int8Options, int8_source
+from facekd.export.int8_options import Int8Options
+from facekd.export.quantize import int8_source
 from facekd.export.profiling import add_roofline, measure_memory_bandwidth, profile_layer_types
 from facekd.export.runtime import resize_faces
 from facekd.models import MODELS, count_macs, count_parameters
@@ -245,7 +246,7 @@ def run_benchmark(student: BenchModel, teacher: Optional[BenchModel] = None,
         teacher_onnx: also export the teacher and time it with onnxruntime fp32.
         pair_sets: verification pair sets on which fp32 and INT8 accuracy are compared.
         log: called with a line of progress before each step.
-        int8_variants: more INT8 option sets (:class:`facekd.export.quantize.Int8Options`), each
+        int8_variants: more INT8 option sets (:class:`facekd.export.int8_options.Int8Options`), each
             quantised, checked and timed in this run beside the default (``int8_options`` in the report).
         check_faces: aligned faces for the INT8 drift (default: the synthetic timing faces); real,
             held-out faces judge INT8 as a user would.
@@ -432,7 +433,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                              "repeatable; meaningful with a trained --student")
     parser.add_argument("--int8-variant", action="append", default=[], metavar="OPTIONS",
                         help="another INT8 option set quantised, checked and timed beside the default, as "
-                             "key=value;... (facekd.export.quantize.Int8Options.parse), e.g. "
+                             "key=value;... (facekd.export.int8_options.Int8Options.parse), e.g. "
                              "'calibrate_method=percentile' or 'keep_float=first,last'; repeatable")
     parser.add_argument("--check-faces", metavar="DIR",
                         help="held-out aligned faces for the INT8 drift (64; default: the synthetic timing faces)")

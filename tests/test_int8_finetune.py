@@ -10,9 +10,10 @@ from facekd.errors import ConfigError
 from facekd.export import load_checkpoint_model
 from facekd.export.faces import synthetic_faces
 from facekd.export.fold import find_fold_pairs, fold_batchnorm
-from facekd.export.int8_finetune import (ActivationQuantizer, SimulatedConv, SimulatedPReLU, fake_quantize_weight,
-                                         finetune_for_int8, freeze_ranges, remove_simulation, simulate_int8,
-                                         unfold_into)
+from facekd.export.int8_finetune import (REDUCED_WEIGHT_LEVELS, WEIGHT_LEVELS, ActivationQuantizer, SimulatedConv,
+                                         SimulatedPReLU, fake_quantize_weight, finetune_for_int8, freeze_ranges,
+                                         remove_simulation, simulate_int8, unfold_into)
+from facekd.export.int8_options import DEFAULT_INT8
 from facekd.models.mobilefacenet import mobilefacenet
 from facekd.models.checkpoint import read_checkpoint
 from facekd.preprocess import normalize_uint8
@@ -161,3 +162,16 @@ def test_command_writes_a_shipped_model_that_export_reads(tmp_path, capsys):
     assert info.model_config["input_size"] == 56
     assert set(tuned.state_dict()) == set(model.state_dict())
     assert not np.allclose(tuned.state_dict()["conv1.0.weight"].numpy(), model.state_dict()["conv1.0.weight"].numpy())
+
+
+def test_simulated_weights_have_the_export_s_range():
+    """7-bit weights ([-64, 64], the export's default reduce_range) or 8-bit ([-127, 127]), one scale per channel."""
+    weight = torch.randn(4, 3, 3, 3)
+    for levels in (WEIGHT_LEVELS, REDUCED_WEIGHT_LEVELS):
+        steps = fake_quantize_weight(weight, levels) / (weight.abs().flatten(1).amax(1) / levels[1]).view(-1, 1, 1, 1)
+        assert torch.allclose(steps, steps.round(), atol=1e-4)
+        assert steps.abs().flatten(1).amax(1).round().tolist() == [levels[1]] * 4      # each channel reaches the end
+    folded = fold_batchnorm(_student())
+    for reduce_range, levels in ((DEFAULT_INT8.reduce_range, REDUCED_WEIGHT_LEVELS), (False, WEIGHT_LEVELS)):
+        convs = [m for m in simulate_int8(folded, reduce_range=reduce_range).modules() if isinstance(m, SimulatedConv)]
+        assert {conv.weight_levels for conv in convs} == {levels}

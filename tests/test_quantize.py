@@ -5,8 +5,10 @@ and a hand-made PReLU graph with known slopes keep this fast.
 """
 from __future__ import annotations
 
+import argparse
 import ast
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +24,9 @@ from facekd.export import (FaceEmbedder, OnnxEmbedder, check_int8, export_onnx, 
                            synthetic_faces)
 from facekd.export.prelu import PRELU_REWRITES, rewrite_prelu, rewrite_prelu_file
 from facekd.export.protos import int8_sibling, model_for_precision
-from facekd.export.quantize import DEFAULT_INT8, MAX_REWRITE_DIFF, Int8Options, int8_source
+from facekd.export import cpu_features
+from facekd.export.int8_options import DEFAULT_INT8, Int8Options, int8_saturation_warning
+from facekd.export.quantize import MAX_REWRITE_DIFF, int8_source
 from facekd.export.threshold import fit_threshold, store_threshold
 
 from test_export import EMBEDDING, SIZE, small_student
@@ -31,6 +35,9 @@ REPO = Path(__file__).resolve().parents[1]
 EXACT = [name for name in PRELU_REWRITES if PRELU_REWRITES.get(name).exact]
 #: slopes a trained PReLU has: mostly in (0, 1), some negative, some above 1
 SLOPES = np.array([0.25, 0.0, 1.0, -0.3, 1.7, 0.01], np.float32)
+#: int8_capability() of an AVX2-only AMD EPYC (saturating U8S8 kernels) and of a Xeon with VNNI and AMX
+AVX2_ONLY = {"AVX2": True, "AVX-512": False, "VNNI": False, "AMX-INT8": False}
+VNNI_AMX = {"AVX2": True, "AVX-512": True, "VNNI": True, "AMX-INT8": True}
 
 
 def prelu_graph(path: Path, slopes: np.ndarray = SLOPES) -> Path:
@@ -430,3 +437,40 @@ def test_int8_options_parse_describe_and_spec_round_trip():
                          ("percentile", "expected key=value")):
         with pytest.raises(ConfigError, match=message):
             Int8Options.parse(bad)
+
+
+def test_weights_are_7_bit_by_default_and_8_bit_models_warn_where_they_saturate(tmp_path, plain_onnx, monkeypatch,
+                                                                               caplog):
+    """The default INT8 model's int8 weights lie in [-64, 64] (reduce_range: no int16 saturation on any
+    CPU); 8-bit ones ([-127, 127]) are an option, and loading one on a CPU without VNNI or AMX warns."""
+    calibration = synthetic_faces(8, seed=1)
+    largest = {}
+    for reduce_range in (True, False):
+        path = tmp_path / f"reduce_range_{reduce_range}.onnx"
+        quantize_int8(plain_onnx, path, calibration, Int8Options(reduce_range=reduce_range, calibrate_method="minmax"))
+        weights = [numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer
+                   if t.data_type == TensorProto.INT8]
+        largest[reduce_range] = max(int(np.abs(w.astype(np.int32)).max()) for w in weights)
+        assert Int8Options.parse(read_metadata(path).int8_options).reduce_range is reduce_range
+    assert DEFAULT_INT8.reduce_range and largest == {True: 64, False: 127}
+
+    eight_bit = tmp_path / "reduce_range_False.onnx"
+    assert Int8Options(reduce_range=False).saturates_on(AVX2_ONLY) and not DEFAULT_INT8.saturates_on(AVX2_ONLY)
+    assert not Int8Options(reduce_range=False).saturates_on(VNNI_AMX)
+    assert not Int8Options(weight_type="u8", reduce_range=False).saturates_on(AVX2_ONLY)     # U8U8: no VPMADDUBSW
+    assert int8_saturation_warning(eight_bit, "not=options", AVX2_ONLY) is None
+    for capability, warned in ((AVX2_ONLY, True), (VNNI_AMX, False)):
+        monkeypatch.setattr(cpu_features, "int8_capability", lambda cpuinfo=None, found=capability: found)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="facekd.export.runtime"):
+            OnnxEmbedder(eight_bit)
+            OnnxEmbedder(tmp_path / "reduce_range_True.onnx")
+        assert caplog.text.count("INT8 model with 8-bit weights") == warned
+        assert (f"{eight_bit}: INT8 model with 8-bit weights" in caplog.text) is warned
+
+    from facekd.commands.export import int8_remedies
+
+    args = argparse.Namespace(calib="synthetic", calib_count=256, checkpoint="s.pt")
+    monkeypatch.setattr(cpu_features, "int8_capability", lambda cpuinfo=None: AVX2_ONLY)
+    assert int8_remedies(Int8Options(reduce_range=False), args)[0].startswith("--reduce-range (this CPU")
+    assert not any(remedy.startswith("--reduce-range") for remedy in int8_remedies(DEFAULT_INT8, args))

@@ -25,7 +25,7 @@ class ExportCommand(Command):
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         from facekd.export.prelu import DEFAULT_PRELU_REWRITE, INT8_PRELU_REWRITE, PRELU_REWRITES
         from facekd.export.check import MIN_INT8_COSINE
-        from facekd.export.quantize import CALIBRATION_METHODS, DEFAULT_INT8
+        from facekd.export.int8_options import CALIBRATION_METHODS, DEFAULT_INT8
 
         parser.add_argument("checkpoint", help="facekd checkpoint (.pt) or a plain state dict with --arch")
         parser.add_argument("--out", required=True, help="the .onnx file to write")
@@ -73,7 +73,9 @@ class ExportCommand(Command):
                            help="QDQ (default) or QOperator (QLinearConv nodes written directly)")
         group.add_argument("--weight-type", choices=("s8", "u8"), default="s8",
                            help="int8 (U8S8, default) or uint8 (U8U8) weights")
-        group.add_argument("--reduce-range", action="store_true", help="7-bit weights")
+        group.add_argument("--reduce-range", action=argparse.BooleanOptionalAction, default=DEFAULT_INT8.reduce_range,
+                           help="7-bit weights (default: on; they never saturate, while 8-bit ones "
+                                "(--no-reduce-range) saturate onnxruntime's kernels on x86 CPUs without VNNI or AMX)")
         group.add_argument("--int8-min-cosine", type=cosine, default=MIN_INT8_COSINE,
                            help=f"per-face cosine the INT8 model must reach vs PyTorch (default {MIN_INT8_COSINE})")
         parser.add_argument("--report", help="write the check/quantisation report as JSON here")
@@ -145,7 +147,8 @@ class ExportCommand(Command):
         from facekd.export import ExportCheckError, check_export, check_int8, export_onnx, load_faces, quantize_int8
         from facekd.export.cpu_features import describe_int8_capability
         from facekd.export.protos import int8_sibling
-        from facekd.export.quantize import Int8Options, int8_source
+        from facekd.export.int8_options import Int8Options
+        from facekd.export.quantize import int8_source
         from facekd.export.threshold import ThresholdFit, fit_source
 
         out = args.int8_out or int8_sibling(args.out)
@@ -187,10 +190,12 @@ class ExportCommand(Command):
 
 def int8_remedies(options, args: argparse.Namespace) -> list:
     """The ``facekd export`` options to try after a failed INT8 check of a model quantised with
-    ``options`` (an :class:`~facekd.export.quantize.Int8Options`), best first (bench/README.md,
-    "INT8 options": percentile ranges, then the first layer in float, then real calibration faces, then
+    ``options`` (an :class:`~facekd.export.int8_options.Int8Options`), best first (bench/README.md,
+    "INT8 options": 7-bit weights where this CPU saturates 8-bit ones, percentile ranges, then the first layer in float, then real calibration faces, then
     quantisation-aware fine-tuning)."""
     remedies = []
+    if options.saturates_on():
+        remedies.append("--reduce-range (this CPU has no VNNI or AMX: 8-bit weights saturate its int8 kernels)")
     if options.calibrate_method != "percentile":
         remedies.append("--calib-method percentile")
     if "first" not in options.keep_float:

@@ -23,6 +23,8 @@ class Int8FinetuneCommand(Command):
     help = "quantisation-aware fine-tuning (no labels) of a student whose INT8 export fails its check"
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        from facekd.export.int8_options import DEFAULT_INT8
+
         parser.add_argument("checkpoint", help="facekd checkpoint (.pt): a training checkpoint or a shipped model")
         parser.add_argument("--faces", required=True,
                             help="a directory of aligned faces: the ranges are observed on them and the "
@@ -36,6 +38,10 @@ class Int8FinetuneCommand(Command):
         parser.add_argument("--batch-size", type=positive_int, default=64, help="faces per step (default 64)")
         parser.add_argument("--keep-float", default="last",
                             help="weight layers the INT8 export keeps float: 'first' and/or 'last' (default last)")
+        parser.add_argument("--reduce-range", action=argparse.BooleanOptionalAction,
+                            default=DEFAULT_INT8.reduce_range,
+                            help="simulate 7-bit weights, as 'facekd export --int8' makes them (default); "
+                                 "--no-reduce-range for an export with --no-reduce-range")
         parser.add_argument("--seed", type=seed, default=0)
         parser.add_argument("--threads", type=positive_int, help="torch threads (default: torch's choice)")
 
@@ -55,7 +61,8 @@ class Int8FinetuneCommand(Command):
         checks = load_faces(args.check_faces, 256) if args.check_faces else faces[:256]
         keep_float = tuple(name.strip() for name in args.keep_float.split(",") if name.strip())
         tuned, report = finetune_for_int8(model, faces, steps=args.steps, lr=args.lr, batch_size=args.batch_size,
-                                          eval_faces=checks, keep_float=keep_float, seed=args.seed)
+                                          eval_faces=checks, keep_float=keep_float, seed=args.seed,
+                                          reduce_range=args.reduce_range)
         write_shipped_model(read_checkpoint(args.checkpoint), args.checkpoint, args.out,
                             state_dict=tuned.state_dict(),
                             int8_finetune={**report.to_dict(), "faces_dir": str(args.faces), "seed": args.seed})

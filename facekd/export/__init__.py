@@ -7,7 +7,7 @@
 * :func:`rewrite_prelu` — PReLU expressed with ops onnxruntime runs fast and chains in int8
   (exact; applied by :func:`export_onnx` by default);
 * :func:`quantize_int8` — static INT8 (QDQ or QOperator) calibrated on aligned faces, its
-  choices one :class:`~facekd.export.quantize.Int8Options`; :func:`check_int8` — drift and
+  choices one :class:`~facekd.export.int8_options.Int8Options`; :func:`check_int8` — drift and
   verification accuracy of the INT8 model vs its fp32 original;
 * :func:`fit_threshold` / :func:`store_threshold` — the verification threshold in the metadata;
 * :class:`OnnxEmbedder` (evaluation embedder) and :class:`FaceEmbedder` (deployment API;
@@ -27,7 +27,8 @@ from facekd.export.onnx_export import export_onnx, load_checkpoint_model
 from facekd.export.prelu import PRELU_REWRITES, rewrite_prelu, rewrite_prelu_file
 from facekd.export.profiling import profile_layer_types
 from facekd.export.protos import int8_sibling, model_for_precision
-from facekd.export.quantize import DEFAULT_INT8, Int8Options, QuantizationReport, quantize_int8
+from facekd.export.int8_options import DEFAULT_INT8, Int8Options
+from facekd.export.quantize import QuantizationReport, quantize_int8
 from facekd.export.runtime import FaceEmbedder, ModelInputError, OnnxEmbedder
 from facekd.export.threshold import fit_threshold, store_threshold
 

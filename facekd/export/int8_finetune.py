@@ -12,12 +12,13 @@ straight-through gradient.
 :func:`finetune_for_int8` does that to a BatchNorm-folded copy of the model, where onnxruntime's
 QDQ model rounds (:class:`SimulatedConv`, :class:`SimulatedPReLU`):
 
-* weights: symmetric int8 per output channel (``[-127, 127]``, onnxruntime's ``s8`` range);
+* weights: symmetric int8 per output channel (``[-64, 64]`` with ``reduce_range``, the export's
+  default, else ``[-127, 127]``: onnxruntime's ``s8`` ranges);
 * activations: uint8 per tensor, asymmetric, over the range observed on the calibration faces
   (zero included): every convolution's input and output, and inside each PReLU the two
   tensors of its INT8 rewrite ``dwconv1`` (:mod:`facekd.export.prelu`: ``Relu((slope - 1) y)``
   and the sum);
-* the last weight layer stays float, as :data:`facekd.export.quantize.DEFAULT_INT8` keeps it.
+* the last weight layer stays float, as :data:`facekd.export.int8_options.DEFAULT_INT8` keeps it.
 
 The loss needs no labels: the simulated INT8 student's embedding of a face (randomly flipped)
 is pulled towards the *original* float student's embedding of the same face (``1 - cosine``),
@@ -31,7 +32,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -41,12 +42,14 @@ from torch import nn
 from facekd.embedding_math import row_cosine
 from facekd.errors import ConfigError
 from facekd.export.fold import FoldPair, find_fold_pairs, fold_batchnorm, set_module
+from facekd.export.int8_options import DEFAULT_INT8
 from facekd.export.runtime import resize_faces
 from facekd.preprocess import normalize_uint8
 
-#: onnxruntime's uint8 activation range and symmetric int8 weight range
+#: onnxruntime's uint8 activation range and symmetric int8 weight ranges (8-bit, 7-bit: ``reduce_range``)
 ACTIVATION_LEVELS = (0, 255)
 WEIGHT_LEVELS = (-127, 127)
+REDUCED_WEIGHT_LEVELS = (-64, 64)
 
 
 def _round_ste(x: torch.Tensor) -> torch.Tensor:
@@ -54,11 +57,11 @@ def _round_ste(x: torch.Tensor) -> torch.Tensor:
     return x + (torch.round(x) - x).detach()
 
 
-def fake_quantize_weight(weight: torch.Tensor) -> torch.Tensor:
-    """``weight`` rounded to symmetric int8 with one scale per output channel (dim 0)."""
+def fake_quantize_weight(weight: torch.Tensor, levels: Tuple[int, int] = WEIGHT_LEVELS) -> torch.Tensor:
+    """``weight`` rounded to symmetric int8 ``levels`` with one scale per output channel (dim 0)."""
     absmax = weight.detach().abs().flatten(1).amax(dim=1).clamp_min(1e-12)
-    scale = (absmax / WEIGHT_LEVELS[1]).view(-1, *([1] * (weight.dim() - 1)))
-    return torch.clamp(_round_ste(weight / scale), *WEIGHT_LEVELS) * scale
+    scale = (absmax / levels[1]).view(-1, *([1] * (weight.dim() - 1)))
+    return torch.clamp(_round_ste(weight / scale), *levels) * scale
 
 
 class ActivationQuantizer(nn.Module):
@@ -91,10 +94,11 @@ class ActivationQuantizer(nn.Module):
 class SimulatedConv(nn.Module):
     """A (BatchNorm-folded) ``Conv2d`` as the INT8 model computes it: rounded input, weights, output."""
 
-    def __init__(self, conv: nn.Conv2d, quantize: bool = True) -> None:
+    def __init__(self, conv: nn.Conv2d, quantize: bool = True, weight_levels: Tuple[int, int] = WEIGHT_LEVELS) -> None:
         super().__init__()
         self.conv = conv
         self.quantize = quantize
+        self.weight_levels = weight_levels
         self.input_quant = ActivationQuantizer()
         self.output_quant = ActivationQuantizer() if quantize else None
 
@@ -102,7 +106,7 @@ class SimulatedConv(nn.Module):
         conv = self.conv
         x = self.input_quant(x)
         rounding = self.quantize and not self.input_quant.observing    # calibration runs the float model
-        weight = fake_quantize_weight(conv.weight) if rounding else conv.weight
+        weight = fake_quantize_weight(conv.weight, self.weight_levels) if rounding else conv.weight
         y = F.conv2d(x, weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
         return self.output_quant(y) if self.output_quant is not None else y
 
@@ -122,12 +126,14 @@ class SimulatedPReLU(nn.Module):
         return self.output_quant(y + self.scaled_quant(F.relu((slope - 1.0) * y)))
 
 
-def simulate_int8(folded: nn.Module, keep_float: Sequence[str] = ("last",)) -> nn.Module:
+def simulate_int8(folded: nn.Module, keep_float: Sequence[str] = ("last",),
+                  reduce_range: bool = DEFAULT_INT8.reduce_range) -> nn.Module:
     """A copy of BatchNorm-folded ``folded`` whose convolutions and PReLUs round as INT8 does.
 
     ``keep_float`` may name ``"first"`` and/or ``"last"``: those weight layers keep float weights
-    and output (their input is still rounded by the layer before).  Its quantisers are observing:
-    run calibration faces through it, then :func:`freeze_ranges`.
+    and output (their input is still rounded by the layer before).  ``reduce_range``: 7-bit
+    weights, as the export's default.  Its quantisers are observing: run calibration faces
+    through it, then :func:`freeze_ranges`.
     """
     unknown = set(keep_float) - {"first", "last"}
     if unknown:
@@ -139,7 +145,8 @@ def simulate_int8(folded: nn.Module, keep_float: Sequence[str] = ("last",)) -> n
     floats = {convs[0]} if "first" in keep_float else set()
     floats |= {convs[-1]} if "last" in keep_float else set()
     for name in convs:
-        set_module(sim, name, SimulatedConv(sim.get_submodule(name), quantize=name not in floats))
+        set_module(sim, name, SimulatedConv(sim.get_submodule(name), quantize=name not in floats,
+                                            weight_levels=REDUCED_WEIGHT_LEVELS if reduce_range else WEIGHT_LEVELS))
     for name in [n for n, m in sim.named_modules() if isinstance(m, nn.PReLU)]:
         set_module(sim, name, SimulatedPReLU(sim.get_submodule(name)))
     return sim
@@ -225,7 +232,8 @@ def _cosine_stats(model: nn.Module, reference: torch.Tensor, inputs: torch.Tenso
 
 def finetune_for_int8(model: nn.Module, faces: np.ndarray, steps: int = 300, lr: float = 1e-5,
                       batch_size: int = 64, eval_faces: Optional[np.ndarray] = None,
-                      keep_float: Sequence[str] = ("last",), seed: int = 0) -> "tuple[nn.Module, Int8FinetuneReport]":
+                      keep_float: Sequence[str] = ("last",), seed: int = 0,
+                      reduce_range: bool = DEFAULT_INT8.reduce_range) -> "tuple[nn.Module, Int8FinetuneReport]":
     """Fine-tune ``model`` so that its INT8 export drifts less from the original float model.
 
     Args:
@@ -238,6 +246,7 @@ def finetune_for_int8(model: nn.Module, faces: np.ndarray, steps: int = 300, lr:
             ``faces`` for an honest number.
         keep_float: ``"first"``/``"last"`` weight layers left float, as in the INT8 export.
         seed: batch sampling and flips.
+        reduce_range: 7-bit weights, as the INT8 export will quantise them (its default).
 
     Returns:
         ``(fine_tuned, report)``: ``fine_tuned`` has ``model``'s architecture and state-dict keys.
@@ -255,7 +264,7 @@ def finetune_for_int8(model: nn.Module, faces: np.ndarray, steps: int = 300, lr:
         targets = F.normalize(folded(inputs), dim=1)
         flipped_targets = F.normalize(folded(inputs.flip(-1)), dim=1)
         check_targets = folded(checks)
-        sim = simulate_int8(folded, keep_float)
+        sim = simulate_int8(folded, keep_float, reduce_range)
         for start in range(0, len(inputs), batch_size):
             sim(inputs[start:start + batch_size])
             sim(inputs[start:start + batch_size].flip(-1))

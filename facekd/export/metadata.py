@@ -28,7 +28,7 @@ Every key starts with ``facekd.``; values are strings (ONNX's only metadata type
 ``facekd.bn_folded``                  ``true`` when BatchNorm was folded before export
 ``facekd.prelu_rewrite``              how ``PRelu`` was rewritten (:mod:`facekd.export.prelu`), or ``none``
 ``facekd.quantization``               ``none``, ``int8-qdq`` or ``int8-qoperator``
-``facekd.int8_options``               an INT8 model's options (:class:`facekd.export.quantize.Int8Options`,
+``facekd.int8_options``               an INT8 model's options (:class:`facekd.export.int8_options.Int8Options`,
                                       every field, e.g. ``keep_float=last;...;calibrate_method=percentile``)
 ``facekd.int8_min_cosine``            an INT8 model's smallest per-face cosine to the fp32 model on the
                                       export's check faces

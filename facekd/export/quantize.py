@@ -7,7 +7,7 @@ quantising), calibrates activation ranges on aligned faces (:mod:`facekd.export.
 quantises weights (symmetric int8, per channel by default) and activations (uint8, per
 tensor), writes the QDQ (or QOperator) model and copies the fp32 model's metadata (with
 ``facekd.quantization = int8-qdq`` / ``int8-qoperator`` and the options).  The choices travel
-as one :class:`Int8Options`, validated once when it is made.  How far the result is from the
+as one :class:`~facekd.export.int8_options.Int8Options`, validated once when it is made.  How far the result is from the
 fp32 model (drift, verification accuracy) is :func:`facekd.export.int8_check.check_int8`'s job.
 
 ``keep_float=("last",)`` leaves the final linear layer in float (node names are accepted
@@ -18,14 +18,15 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
 from facekd.errors import ConfigError
 from facekd.export.calibration import FaceCalibrationReader, entropy_ranges
+from facekd.export.int8_options import DEFAULT_INT8, QUANT_FORMATS, WEIGHT_TYPES, Int8Options
 from facekd.export.metadata import update_metadata
 from facekd.export.prelu import INT8_PRELU_REWRITE, PRELU_REWRITES, rewrite_prelu_file
 from facekd.export.protos import load_onnx_proto
@@ -37,102 +38,11 @@ WEIGHT_OPS = ("Conv", "Gemm", "MatMul")
 #: operators quantised by default (Relu and Clip fold into the preceding QLinearConv; the
 #: uint8 input's normalisation, a Mul and a Sub on the 3-channel input, stays float)
 DEFAULT_OPS = ("Conv", "Gemm", "MatMul", "Add", "Relu", "Clip")
-CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
-#: ``quant_format`` names -> onnxruntime ``QuantFormat`` member names
-QUANT_FORMATS = {"qdq": "QDQ", "qoperator": "QOperator"}
-#: ``weight_type`` names -> onnxruntime ``QuantType`` member names (activations are always uint8)
-WEIGHT_TYPES = {"s8": "QInt8", "u8": "QUInt8"}
-#: the :class:`Int8Options` fields with a fixed set of values: field -> (what it is, the choices)
-OPTION_CHOICES = {"calibrate_method": ("calibration method", CALIBRATION_METHODS),
-                  "quant_format": ("quantisation format", tuple(QUANT_FORMATS)),
-                  "weight_type": ("weight type", tuple(WEIGHT_TYPES))}
 #: largest |difference| of the rewritten fp32 graph vs the original, relative to max |output|:
 #: float rounding only.  ``dwconv1`` computes ``a * x`` as ``x + (a - 1) * x``, whose rounding error
 #: relative to the result grows as ``1 / a`` for small slopes; a random-init 112 px student reached
 #: 1.09e-5 on an AMD EPYC with AVX-512 (uint8 input), so 1e-5 refused exact rewrites
 MAX_REWRITE_DIFF = 1e-4
-
-
-@dataclass(frozen=True)
-class Int8Options:
-    """The choices of a static INT8 model (:func:`quantize_int8`'s keyword arguments).
-
-    Attributes:
-        keep_float: layers left in float: ``"first"``, ``"last"`` and/or node names.
-        per_channel: per-output-channel weight scales.
-        calibrate_method: ``"minmax"``, ``"entropy"`` or ``"percentile"``.
-        quant_format: ``"qdq"`` or ``"qoperator"``.
-        weight_type: ``"s8"`` (U8S8) or ``"u8"`` (U8U8).
-        reduce_range: 7-bit weights.
-    """
-    keep_float: Tuple[str, ...] = ("last",)
-    per_channel: bool = True
-    calibrate_method: str = "percentile"
-    quant_format: str = "qdq"
-    weight_type: str = "s8"
-    reduce_range: bool = False
-
-    def __post_init__(self) -> None:
-        """The one validation of the options: :class:`ConfigError` naming the option and its choices."""
-        if isinstance(self.keep_float, str) or not all(isinstance(name, str) for name in self.keep_float):
-            raise ConfigError(f"INT8 option keep_float={self.keep_float!r}: expected a tuple of layer names")
-        object.__setattr__(self, "keep_float", tuple(self.keep_float))
-        for name in ("per_channel", "reduce_range"):
-            if not isinstance(getattr(self, name), bool):
-                raise ConfigError(f"INT8 option {name}={getattr(self, name)!r}: expected true or false")
-        for name, (what, choices) in OPTION_CHOICES.items():
-            if getattr(self, name) not in choices:
-                raise ConfigError(f"INT8 option {name}={getattr(self, name)!r} ({what}): expected one of {choices}")
-
-    @classmethod
-    def parse(cls, text: str, base: Optional["Int8Options"] = None) -> "Int8Options":
-        """``"default"`` or ``key=value`` pairs separated by ``;`` over ``base`` (default: :data:`DEFAULT_INT8`),
-        e.g. ``"calibrate_method=percentile;keep_float=first,last"``; ``keep_float=`` quantises every layer.
-
-        Raises :class:`ConfigError` naming an unknown key or a value that is not one of its choices
-        (the latter from the options' own validation).
-        """
-        options = base or DEFAULT_INT8
-        text = text.strip()
-        if text in ("", "default"):
-            return options
-        changes: Dict[str, Any] = {}
-        for item in text.split(";"):
-            key, sep, value = (part.strip() for part in item.partition("="))
-            if not sep or key not in cls.__dataclass_fields__:
-                raise ConfigError(f"INT8 option {item.strip()!r}: expected key=value with a key of "
-                                  f"{sorted(cls.__dataclass_fields__)}")
-            if key == "keep_float":
-                changes[key] = tuple(name.strip() for name in value.split(",") if name.strip())
-            elif key in ("per_channel", "reduce_range"):
-                changes[key] = {"true": True, "false": False}.get(value.lower(), value)
-            else:
-                changes[key] = value
-        return replace(options, **changes)       # validated by __post_init__
-
-    def describe(self) -> str:
-        """What differs from :data:`DEFAULT_INT8`, as ``parse`` reads it (``"default"`` when nothing does)."""
-        changed = [f"{name}={_option_text(getattr(self, name))}" for name in self.__dataclass_fields__
-                   if getattr(self, name) != getattr(DEFAULT_INT8, name)]
-        return ";".join(changed) or "default"
-
-    def spec(self) -> str:
-        """Every field as ``key=value`` pairs (``parse`` reads it back): what an INT8 model's metadata records."""
-        return ";".join(f"{name}={_option_text(getattr(self, name))}" for name in self.__dataclass_fields__)
-
-
-#: the defaults of ``facekd export --int8`` and :func:`quantize_int8`, chosen by measurement on the
-#: real students of results/students (bench/README.md, "INT8 options"): percentile ranges
-#: (99.999th) pass the per-face check on both where minmax failed on the distilled one (min cosine
-#: 0.9890), at the same speed; keeping the first layer in float also passes but costs 40 % of the
-#: INT8 speed-up at batch 64.
-DEFAULT_INT8 = Int8Options()
-
-
-def _option_text(value: Any) -> str:
-    if isinstance(value, tuple):
-        return ",".join(value)
-    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def resolve_keep_float(model_path: PathLike, keep_float: Sequence[str]) -> List[str]:

@@ -14,6 +14,7 @@ Bad input raises clear errors: a file that is missing or not ONNX raises
 """
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any, List, Optional, Sequence, Tuple, Union
 
@@ -25,6 +26,8 @@ from facekd.export.formats import InputFormat, input_format as get_input_format
 from facekd.export.metadata import ExportMetadata
 from facekd.export.protos import load_onnx_proto, model_for_precision
 from facekd.fileio import PathLike
+
+LOG = logging.getLogger(__name__)
 
 Photo = Union[PathLike, np.ndarray]
 
@@ -95,6 +98,12 @@ class OnnxEmbedder:
                                      list(providers or ["CPUExecutionProvider"]))
         # the model open_embedder read (the repairs leave its metadata as the file has it)
         self.metadata = ExportMetadata.from_proto(self.session.prepared.model, self.path)
+        if self.metadata.int8_options:
+            from facekd.export.int8_options import int8_saturation_warning
+
+            warning = int8_saturation_warning(self.path, self.metadata.int8_options)
+            if warning:
+                LOG.warning(warning)
         self.input = self.session.input
         self.output_name = self.session.output_name
         self.input_format = self._format_of_graph()
