@@ -12,7 +12,8 @@
 # ../shared/data/lfw-view1/images DIR --no-face center`); CFP is aligned here when CFP_ALIGNED is unset.
 # STEPS (default "sources aaf fairface cfp filter") picks steps; FAIRFACE_PARTS (default "val train") which
 # FairFace parts are aligned and filtered (val alone: 5,000 photos, half an hour less of MTCNN on 2 cores);
-# THREADS (default 1) the threads of each step.
+# THREADS (default 1) the threads of each step; ALIGN_WORKERS (default 2) the MTCNN processes of each
+# `facekd align` (one torch thread each: 2 keep both cores busy, where one process used ~1.2 of them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/unlabelled}
@@ -25,6 +26,7 @@ AAF_COMMIT=28741a75
 FAIRFACE_COMMIT=9b001ff2
 NICE="nice -n 19"
 THREADS=${THREADS:-1}   # 2 on an idle 2-core machine: the filter embeds ~1.9x faster
+ALIGN_WORKERS=${ALIGN_WORKERS:-2}
 export OMP_NUM_THREADS=$THREADS FACEKD_THREADS=$THREADS
 
 step() { [[ " $STEPS " == *" $1 "* ]]; }
@@ -41,16 +43,18 @@ if step sources; then
 fi
 if step aaf; then
   $NICE python3 -m facekd align "$OUT/sources/all_age_faces/original images" "$OUT/all_age_faces" \
-    --landmarks intraface49 --landmarks-dir "$OUT/sources/all_age_faces/key points" --quality 95 --no-progress
+    --landmarks intraface49 --landmarks-dir "$OUT/sources/all_age_faces/key points" --quality 95 --no-progress \
+    --workers "$ALIGN_WORKERS"
 fi
 if step fairface; then
   for part in $FAIRFACE_PARTS; do
     $NICE python3 -m facekd align "$OUT/sources/fairface/$part" "$OUT/fairface/$part" --pad 0.25,0 --quality 95 \
-      --no-progress
+      --no-progress --workers "$ALIGN_WORKERS"
   done
 fi
 if step cfp && [[ $CFP_ALIGNED == "$OUT/leak_reference/cfp" ]]; then
-  $NICE python3 -m facekd align "$DATA/cfp/Data/Images" "$CFP_ALIGNED" --no-face center --no-progress
+  $NICE python3 -m facekd align "$DATA/cfp/Data/Images" "$CFP_ALIGNED" --no-face center --no-progress \
+    --workers "$ALIGN_WORKERS"
 fi
 if step filter; then
   train="all_age_faces=$OUT/all_age_faces"
