@@ -191,8 +191,8 @@ class ExportCommand(Command):
 def int8_remedies(options, args: argparse.Namespace) -> list:
     """The ``facekd export`` options to try after a failed INT8 check of a model quantised with
     ``options`` (an :class:`~facekd.export.int8_options.Int8Options`), best first (bench/README.md,
-    "INT8 options": 7-bit weights where this CPU saturates 8-bit ones, percentile ranges, then the first layer in float, then real calibration faces, then
-    quantisation-aware fine-tuning)."""
+    "INT8 options"): 7-bit weights where this CPU saturates 8-bit ones, percentile ranges, then the
+    first layer in float, then real calibration faces, then quantisation-aware fine-tuning."""
     remedies = []
     if options.saturates_on():
         remedies.append("--reduce-range (this CPU has no VNNI or AMX: 8-bit weights saturate its int8 kernels)")

@@ -23,6 +23,7 @@ import numpy as np
 from facekd.embedding_math import l2_normalize, row_cosine
 from facekd.errors import DataError, FaceKDError
 from facekd.export.formats import InputFormat, input_format as get_input_format
+from facekd.export.int8_options import int8_saturation_warning
 from facekd.export.metadata import ExportMetadata
 from facekd.export.protos import load_onnx_proto, model_for_precision
 from facekd.fileio import PathLike
@@ -98,12 +99,9 @@ class OnnxEmbedder:
                                      list(providers or ["CPUExecutionProvider"]))
         # the model open_embedder read (the repairs leave its metadata as the file has it)
         self.metadata = ExportMetadata.from_proto(self.session.prepared.model, self.path)
-        if self.metadata.int8_options:
-            from facekd.export.int8_options import int8_saturation_warning
-
-            warning = int8_saturation_warning(self.path, self.metadata.int8_options)
-            if warning:
-                LOG.warning(warning)
+        warning = int8_saturation_warning(self.path, self.metadata.int8_options)
+        if warning:
+            LOG.warning(warning)
         self.input = self.session.input
         self.output_name = self.session.output_name
         self.input_format = self._format_of_graph()
