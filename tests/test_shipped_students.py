@@ -23,6 +23,10 @@ STUDENTS = tuple(sorted(k for k in json.loads(EXPECTED.read_text()) if k != "not
 pytestmark = pytest.mark.skipif(not EXPECTED.is_file(), reason="no shipped students")
 
 
+#: how far (accuracy points) a re-evaluation on another CPU may land from ``expected.json``: five pairs
+TOLERANCE_PT = 0.5
+
+
 def expected():
     return json.loads(EXPECTED.read_text())
 
@@ -59,7 +63,9 @@ def test_shipped_students_reproduce_their_devtest_accuracy(shared_data, tmp_path
                  "--latency-runs", "0", "--hardest", "0", "--no-progress", "--out", str(out)]) == 0
     results = {m["label"]: next(iter(m["results"].values()))["flip"]["accuracy_mean"]
                for m in json.loads(out.read_text())["models"]}
-    # 0.1 pt is one pair of the 1,000: another CPU's rounding may flip one (AMD EPYC: plain 85.50 against
-    # the 85.60 measured on Intel), and 100 * 0.855 - 85.6 is -0.10000000000000853 in floats
+    # 0.1 pt is one pair of the 1,000. Another CPU aligns and embeds with other rounding, and each fold's
+    # threshold then moves a few pairs across it: measured 0.0-0.2 pt (CI's CPU: distilled 94.90, plain
+    # 85.50 against expected.json's 95.10 / 85.60); the students themselves lie 4-10 points apart.
     for name in STUDENTS:
-        assert abs(100 * results[name] - expected()[name]["lfw_devtest"]) <= 0.1 + 1e-6, (name, results[name])
+        assert abs(100 * results[name] - expected()[name]["lfw_devtest"]) <= TOLERANCE_PT + 1e-6, \
+            (name, results[name])
