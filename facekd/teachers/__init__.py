@@ -20,17 +20,19 @@ from facekd.teachers.dlib_torch import DlibTorchTeacher
 from facekd.teachers.embeddings_teacher import EmbeddingsTeacher, save_embeddings
 from facekd.teachers.ensemble_teacher import EnsembleTeacher
 from facekd.teachers.framing import DLIB_CHIP_150, TEMPLATES, Framing, framing_from_config
-from facekd.teachers.onnx_teacher import OnnxTeacher, SFaceTeacher, sface_model_path
+from facekd.teachers.onnx_teacher import ONNX_BACKENDS, OnnxTeacher, SFaceTeacher, sface_model_path
 from facekd.teachers.torch_teacher import FrozenTeacher, TorchTeacher, load_teacher
 
 __all__ = ["TEACHERS", "Teacher", "TorchTeacher", "OnnxTeacher", "DlibTeacher", "DlibTorchTeacher", "DLIB_BACKENDS",
            "EmbeddingsTeacher", "EnsembleTeacher", "FrozenTeacher", "Framing", "TEMPLATES", "DLIB_CHIP_150", "DLIB_FRAMING", "TeacherEmbedder", "SFaceTeacher",
-           "sface_model_path", "PACKAGED_KINDS",
+           "sface_model_path", "PACKAGED_KINDS", "ONNX_BACKENDS", "TEACHER_BACKENDS",
            "build_teacher", "load_teacher", "framing_from_config", "save_embeddings", "file_digest",
            "state_dict_digest"]
 
 #: teacher kinds that find their model in an installed package when no path is given
 PACKAGED_KINDS = ("dlib", "sface", "ensemble")
+#: teacher kinds that run on more than one engine -> their ``teacher.backend`` names
+TEACHER_BACKENDS = {"dlib": tuple(DLIB_BACKENDS), "onnx": ONNX_BACKENDS, "sface": ONNX_BACKENDS}
 
 
 def build_teacher(teacher_cfg: Any, device: torch.device = torch.device("cpu"), amp: str = "none") -> Teacher:

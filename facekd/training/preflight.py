@@ -72,8 +72,7 @@ def _check_names(cfg: ExperimentConfig, task_name: str, origins: Origins) -> Non
     names += [(f"val.sets.{i}.kind", spec.kind, PAIR_SOURCES) for i, spec in enumerate(cfg.val.sets)]
     teacher = cfg.teacher if task_name == "student" else None
     if teacher is not None:
-        from facekd.teachers import TEACHERS, TEMPLATES
-        from facekd.teachers.dlib_teacher import DLIB_BACKENDS
+        from facekd.teachers import TEACHER_BACKENDS, TEACHERS, TEMPLATES
         from facekd.training.teacher_cache import DTYPES
         from facekd.training.teaching import TEACHING
 
@@ -82,9 +81,12 @@ def _check_names(cfg: ExperimentConfig, task_name: str, origins: Origins) -> Non
         names += [(key, value, known) for key, value, known in (
             ("teacher.framing.template", teacher.framing.template, TEMPLATES),
             ("teacher.framing.channel_order", teacher.framing.channel_order, ("RGB", "BGR")),
-            ("teacher.backend", teacher.backend, DLIB_BACKENDS)) if value is not None]
+            ("teacher.backend", teacher.backend, TEACHER_BACKENDS.get(teacher.kind, ()))) if value is not None]
         if teacher.kind == "torch":
             names.append(("teacher.model.name", teacher.model.name, MODELS))
+        if teacher.backend is not None and teacher.kind not in TEACHER_BACKENDS:
+            _refuse(origins, "teacher.backend", f"teacher.backend: kind {teacher.kind} runs on one engine; "
+                                                f"backend applies to kinds {', '.join(TEACHER_BACKENDS)}")
     for key, value, known in names:
         if value not in known:
             _refuse(origins, key, f"{key} must be one of {', '.join(known)}; got {value!r}")
