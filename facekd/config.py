@@ -81,6 +81,9 @@ class DataConfig:
     # folders of aligned faces without identities: only the distillation losses see them
     # (train.unlabelled_per_batch of them beside each P x K batch); never a test set (LFW, CFP)
     unlabelled: List[str] = field(default_factory=list)
+    # decode every training face once into one uint8 tensor on the training device and make each
+    # batch's views there (facekd.training.device_views): for a GPU, whose step outruns loader workers
+    on_device: bool = False
 
 
 @dataclass
@@ -399,6 +402,12 @@ def check_consistency(cfg: ExperimentConfig, origins: Optional[Origins] = None) 
                                              "but data.unlabelled names no folder")
     if data.unlabelled and train.unlabelled_per_batch < 1:
         refuse("data.unlabelled", "data.unlabelled is set: train.unlabelled_per_batch must be >= 1")
+    if data.on_device and cfg.degrade.enabled:
+        refuse("data.on_device", "data.on_device cannot go with degrade.enabled: low-resolution views are made "
+                                 "per face on the host")
+    if data.on_device and cfg.teacher is not None and cfg.teacher.targets == "view_cache" and cfg.teacher.cache:
+        refuse("data.on_device", "data.on_device cannot go with teacher.targets: view_cache: its fixed views are "
+                                 "made per face on the host (use online, clean_cache or teacher.store)")
     if cfg.ddp.static_graph and train.grad_accum_steps > 1:    # pytorch/pytorch#143580
         refuse("ddp.static_graph", f"ddp.static_graph cannot go with train.grad_accum_steps={train.grad_accum_steps}: "
                                    "torch's DDP cannot skip the all-reduce (no_sync) of a static graph")

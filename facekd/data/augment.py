@@ -16,6 +16,12 @@ A config's list becomes one :class:`ViewAugment` through :func:`build_augment`::
 The training task applies it to the (flipped) clean face *before* any low-resolution
 degradation, and the teacher is shown exactly that view (:mod:`facekd.training.teaching`):
 consistent teaching in the sense of Beyer et al. (CVPR 2022).
+
+Each augmentation also works on a whole batch where the faces are (``data.on_device``,
+:mod:`facekd.training.device_views`): :meth:`Augmentation.draw_batch` draws every face's
+parameters from one generator, :meth:`Augmentation.apply_batch` applies them to a float
+``B x 3 x H x W`` batch of 0..255 pixels on any device, the same operation as ``__call__``
+(``shift_scale`` by ``grid_sample``: bilinear, mirrored border, like the OpenCV warp).
 """
 from __future__ import annotations
 
@@ -24,6 +30,7 @@ import json
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
+import torch
 
 from facekd.errors import ConfigError
 from facekd.registry import Registry
@@ -44,6 +51,25 @@ class Augmentation:
 
     def __call__(self, image: np.ndarray, rng: np.random.Generator, partner: Partner = None) -> np.ndarray:
         raise NotImplementedError
+
+    def draw_batch(self, rng: np.random.Generator, count: int) -> Dict[str, np.ndarray]:
+        """The random parameters of ``count`` faces (arrays of length ``count``), drawn from ``rng``."""
+        raise NotImplementedError
+
+    def apply_batch(self, images: torch.Tensor, params: Dict[str, torch.Tensor],
+                    partners: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``images`` (float ``B x 3 x H x W``, 0..255) augmented with :meth:`draw_batch`'s ``params``
+        (as tensors on the images' device); ``partners``: the faces :class:`Mixup` mixes in."""
+        raise NotImplementedError
+
+
+def _rounded(images: torch.Tensor) -> torch.Tensor:
+    """What ``np.clip(np.rint(x), 0, 255)`` of a uint8 result gives, kept as float."""
+    return images.round().clamp_(0, 255)
+
+
+def _per_face(values: torch.Tensor) -> torch.Tensor:
+    return values.reshape(-1, 1, 1, 1).to(torch.float32)
 
 
 def _check_range(name: str, low: float, high: float, what: str) -> None:
@@ -90,6 +116,29 @@ class ShiftScale(Augmentation):
         matrix[:, 2] += shift * np.array([w, h])
         return cv2.warpAffine(image, matrix, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
 
+    def draw_batch(self, rng: np.random.Generator, count: int) -> Dict[str, np.ndarray]:
+        return {"apply": rng.random(count) < self.prob,
+                "shift": rng.uniform(-self.max_shift, self.max_shift, size=(count, 2)),
+                "scale": rng.uniform(*self.scale, size=count),
+                "angle": rng.uniform(-self.max_rotation, self.max_rotation, size=count)}
+
+    def apply_batch(self, images: torch.Tensor, params: Dict[str, torch.Tensor],
+                    partners: Optional[torch.Tensor] = None) -> torch.Tensor:
+        # OpenCV's forward map about the centre, in grid coordinates (-1..1): u' = A u + 2 shift with
+        # A = s [[cos, sin], [-sin, cos]]; grid_sample needs the inverse, u = A^-1 (u' - 2 shift)
+        apply = params["apply"].to(torch.float64)                 # 0: the face stays as it is
+        radians = params["angle"].to(torch.float64) * (np.pi / 180.0) * apply
+        scale = 1.0 + (params["scale"].to(torch.float64) - 1.0) * apply
+        shift = params["shift"].to(torch.float64) * apply[:, None]
+        cos, sin = torch.cos(radians) / scale, torch.sin(radians) / scale
+        inverse = torch.stack([torch.stack([cos, -sin], 1), torch.stack([sin, cos], 1)], 1)     # A^-1
+        offset = -(inverse @ (2.0 * shift)[:, :, None])
+        theta = torch.cat([inverse, offset], 2).to(images.dtype)
+        grid = torch.nn.functional.affine_grid(theta, list(images.shape), align_corners=False)
+        warped = torch.nn.functional.grid_sample(images, grid, mode="bilinear", padding_mode="reflection",
+                                                 align_corners=False)
+        return _rounded(warped)
+
 
 @AUGMENTATIONS.register("colour_jitter")
 class ColourJitter(Augmentation):
@@ -121,6 +170,21 @@ class ColourJitter(Augmentation):
         x = (x - grey) * s + grey
         return np.clip(np.rint(x), 0, 255).astype(np.uint8)
 
+    def draw_batch(self, rng: np.random.Generator, count: int) -> Dict[str, np.ndarray]:
+        return {"apply": rng.random(count) < self.prob,
+                "factors": rng.uniform(1.0 - self.amounts, 1.0 + self.amounts, size=(count, 3))}
+
+    def apply_batch(self, images: torch.Tensor, params: Dict[str, torch.Tensor],
+                    partners: Optional[torch.Tensor] = None) -> torch.Tensor:
+        factors = torch.where(params["apply"][:, None], params["factors"], torch.ones_like(params["factors"]))
+        brightness, contrast, saturation = (_per_face(factors[:, i]) for i in range(3))
+        weights = torch.tensor([0.299, 0.587, 0.114], dtype=images.dtype, device=images.device).reshape(1, 3, 1, 1)
+        x = images * brightness
+        mean = (x * weights).sum(1, keepdim=True).mean(dim=(2, 3), keepdim=True)
+        x = (x - mean) * contrast + mean
+        grey = (x * weights).sum(1, keepdim=True)
+        return _rounded((x - grey) * saturation + grey)
+
 
 @AUGMENTATIONS.register("mixup")
 class Mixup(Augmentation):
@@ -151,6 +215,17 @@ class Mixup(Augmentation):
         lam = max(lam, 1.0 - lam)
         other = partner().astype(np.float32)
         return np.clip(np.rint(lam * image.astype(np.float32) + (1.0 - lam) * other), 0, 255).astype(np.uint8)
+
+    def draw_batch(self, rng: np.random.Generator, count: int) -> Dict[str, np.ndarray]:
+        lam = rng.beta(self.alpha, self.alpha, size=count)
+        return {"apply": rng.random(count) < self.prob, "lam": np.maximum(lam, 1.0 - lam)}
+
+    def apply_batch(self, images: torch.Tensor, params: Dict[str, torch.Tensor],
+                    partners: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if partners is None:
+            return images
+        lam = _per_face(torch.where(params["apply"], params["lam"], torch.ones_like(params["lam"])))
+        return _rounded(lam * images + (1.0 - lam) * partners)
 
 
 class ViewAugment:
@@ -185,6 +260,18 @@ class ViewAugment:
     def fingerprint(self) -> str:
         """Text that changes with the list (names and parameters)."""
         return json.dumps(self.specs, sort_keys=True)
+
+    def draw_batch(self, rng: np.random.Generator, count: int) -> List[Dict[str, np.ndarray]]:
+        """Each augmentation's :meth:`Augmentation.draw_batch` for ``count`` faces, in order."""
+        return [augmentation.draw_batch(rng, count) for augmentation in self.augmentations]
+
+    def apply_batch(self, images: torch.Tensor, params: Sequence[Dict[str, Any]],
+                    partners: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """:meth:`draw_batch`'s parameters applied in order (numpy arrays moved to the images' device)."""
+        for augmentation, drawn in zip(self.augmentations, params):
+            moved = {key: torch.as_tensor(value).to(images.device, non_blocking=True) for key, value in drawn.items()}
+            images = augmentation.apply_batch(images, moved, partners)
+        return images
 
 
 def build_augment(specs: Optional[Sequence[Mapping[str, Any]]]) -> ViewAugment:

@@ -161,8 +161,9 @@ class Trainer:
                                  rank=self.dist.rank, world_size=self.dist.world_size)
         return self.task.wrap_sampler(sampler)     # e.g. unlabelled faces beside each batch
 
-    def loader(self, epoch: int) -> torch.utils.data.DataLoader:
-        """The training loader, positioned at ``epoch`` (built once; its workers stay alive).
+    def loader(self, epoch: int) -> Any:
+        """The training loader, positioned at ``epoch`` (built once; its workers stay alive; with
+        ``data.on_device`` a :class:`~facekd.training.device_views.DeviceLoader`).
 
         The sampler keeps a restored position inside the same epoch; every index the loader
         hands to the workers carries its epoch, so the workers' copies of the dataset need
@@ -174,12 +175,18 @@ class Trainer:
         self.task.set_epoch(epoch)
         if self._loader is None:
             workers = self.cfg.data.num_workers
-            extra = {"persistent_workers": True, "prefetch_factor": max(1, self.cfg.train.prefetch_factor)} \
-                if workers > 0 else {}
-            self._loader = torch.utils.data.DataLoader(
-                self.task.train_set, batch_sampler=EpochBatches(self.sampler, self.batches_per_epoch),
-                num_workers=workers, pin_memory=self.device.type == "cuda",
-                generator=torch.Generator().manual_seed(self.cfg.seed), **extra)  # keeps the global RNG untouched
+            batches = EpochBatches(self.sampler, self.batches_per_epoch)
+            if self.cfg.data.on_device:       # the faces live on the device; views are made there
+                from facekd.training.device_views import DeviceLoader, DeviceViews
+
+                self._loader = DeviceLoader(DeviceViews(self.task.train_set, self.device, workers), batches)
+            else:
+                extra = {"persistent_workers": True, "prefetch_factor": max(1, self.cfg.train.prefetch_factor)} \
+                    if workers > 0 else {}
+                self._loader = torch.utils.data.DataLoader(
+                    self.task.train_set, batch_sampler=batches,
+                    num_workers=workers, pin_memory=self.device.type == "cuda",
+                    generator=torch.Generator().manual_seed(self.cfg.seed), **extra)  # the global RNG untouched
         self._loader.batch_sampler.limit = min(self.batches_per_epoch, len(self.sampler))
         return self._loader
 
