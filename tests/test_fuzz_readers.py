@@ -316,6 +316,7 @@ def test_fuzz_onnx_models(data):
     if not isinstance(deploy, FaceKDError):
         outcome("onnx", lambda: deploy.embed_aligned(tiny_face(2, 16)))
     outcome("onnx", lambda: OnnxTeacher(str(path), threads=1))
+    outcome("onnx", lambda: OnnxTeacher(str(path), backend="torch"))
 
 
 @fuzz_settings("checkpoint")

@@ -99,6 +99,15 @@ def test_an_operator_it_does_not_know_is_refused_naming_the_file_and_node(tmp_pa
         onnx_to_torch(path)
 
 
+def test_a_node_reading_what_nothing_produces_is_refused_when_the_file_loads(tmp_path):
+    model = embedder_graph()
+    model.graph.node[-1].input[0] = "nowhere"
+    model.graph.node[-1].name = "head"
+    with pytest.raises(DataError, match=r"dangling\.onnx: cannot run in PyTorch: node 'head' \(MatMul\): "
+                                        r"reads 'nowhere', which no earlier node produces"):
+        onnx_to_torch(save(model, tmp_path, "dangling"))
+
+
 def test_sface_torch_backend_equals_onnxruntime_and_keys_its_cache_apart():
     sface_or_skip()
     ort_teacher = build_teacher(TeacherConfig(kind="sface"))

@@ -199,9 +199,12 @@ def graph_to_module(path: str, model: Any) -> OnnxModule:
         init.name: torch.from_numpy(np.array(numpy_helper.to_array(init))) for init in graph.initializer}
     input_name = graph.input[0].name
     steps = []
+    produced = {input_name}
     for node in graph.node:
         where = f"node {node.name or node.op_type!r} ({node.op_type})"
         try:
+            if len(node.output) < 1 or not node.output[0]:
+                raise Unsupported("no output")
             if node.domain not in ("", "ai.onnx"):
                 raise Unsupported(f"operator domain {node.domain!r}")
             if node.op_type == "Constant":
@@ -217,10 +220,16 @@ def graph_to_module(path: str, model: Any) -> OnnxModule:
                     constants[node.output[0]] = OPERATORS[node.op_type](
                         attrs, *(constants[name] if name else None for name in inputs))
                 continue
+            unknown = [name for name in inputs if name and name not in produced and name not in constants]
+            if unknown:
+                raise Unsupported(f"reads {unknown[0]!r}, which no earlier node produces")
             steps.append((node.op_type, attrs, inputs, node.output[0]))
+            produced.add(node.output[0])
         except Unsupported as error:
             raise DataError(path, f"cannot run in PyTorch: {where}: {error}") from None
-    output_name = graph.output[0].name
+    output_name = graph.output[0].name if len(graph.output) else ""
+    if output_name not in produced or output_name == input_name:
+        raise DataError(path, f"cannot run in PyTorch: the graph's output {output_name!r} is not computed from its input")
     return OnnxModule(steps, constants, input_name, output_name)
 
 
