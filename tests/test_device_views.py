@@ -149,3 +149,40 @@ def eval_json(line: str) -> dict:
     import json
 
     return json.loads(line)
+
+
+def test_gpu_carry_packs_every_labelled_face_and_unlabelled_ones_in_turn_within_the_budget(tmp_path):
+    import tarfile
+
+    from facekd.data import FolderDataset, write_image
+    from tests.conftest import load_script
+
+    carry = load_script("bench/gpu_carry.py")
+    faces = SyntheticFaces(3, 2, seed=4)
+    labelled, linked = tmp_path / "labelled", tmp_path / "tree"
+    for i in range(6):
+        write_image(labelled / f"person{i // 2}" / f"{i}.png", faces.load(i))
+    linked.mkdir()
+    for person in ("person0", "person1", "person2"):
+        (linked / person).symlink_to(labelled / person)        # as the training tree links identity folders
+    sources = []
+    for name in ("a", "b"):
+        for i in range(20):
+            write_image(tmp_path / name / f"{i:02d}.png", SyntheticFaces(20, 1, seed=5 + len(sources)).load(i))
+        sources.append(str(tmp_path / name))
+    out = tmp_path / "carry" / "faces.tgz"
+    assert carry.main(["--labelled", str(linked), "--unlabelled", *sources, "--out", str(out),
+                       "--budget-mb", "0.06"]) == 0
+    assert out.stat().st_size <= 0.06 * 2 ** 20
+    with tarfile.open(out) as archive:
+        names = archive.getnames()
+        archive.extractall(tmp_path / "unpacked", filter="data")
+    assert sorted(n for n in names if n.startswith("labelled/")) == sorted(
+        f"labelled/person{i // 2}/{i}.webp" for i in range(6))
+    a = [n for n in names if n.startswith("unlabelled/a/")]
+    b = [n for n in names if n.startswith("unlabelled/b/")]
+    assert 0 < len(a) < 20 and abs(len(a) - len(b)) <= 1       # taken in turn until the budget ends
+    dataset = FolderDataset(str(tmp_path / "unpacked" / "labelled"))
+    assert len(dataset) == 6 and len(dataset.classes) == 3
+    unpacked = dataset._load(0).astype(int)                      # WebP q85 of the same face (grain smoothed)
+    assert np.abs(unpacked - faces.load(0)).mean() < 0.5 * np.abs(unpacked - faces.load(2)).mean()
