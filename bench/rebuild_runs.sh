@@ -37,9 +37,6 @@ if step train; then
   fi
   extra=()
   [[ -n ${EPOCHS:-} ]] && extra=(--set "train.epochs=$EPOCHS")
-  # glibc keeps freed blocks instead of unmapping and re-faulting them every step: ~30,000 page faults/s per
-  # rank -> 5, 37.6 -> 48 steps/min on the 2-core VM (bench/README.md, "Page faults of the training step")
-  export MALLOC_MMAP_THRESHOLD_=${MALLOC_MMAP_THRESHOLD_:-33554432} MALLOC_TRIM_THRESHOLD_=${MALLOC_TRIM_THRESHOLD_:-4294967296}
   OMP_NUM_THREADS=1 FACEKD_THREADS=1 torchrun --nproc_per_node 2 -m facekd train-student \
     --config "$CONFIG" --device cpu --resume "${extra[@]}"
 fi

@@ -130,7 +130,7 @@ OPERATORS: Dict[str, Callable[..., torch.Tensor]] = {
     "Flatten": _flatten,
     "Gemm": _gemm,
     "MatMul": lambda attrs, a, b: a @ b,
-    "Transpose": lambda attrs, x: x.permute(*attrs["perm"]) if "perm" in attrs else x.permute(*reversed(range(x.dim()))),
+    "Transpose": lambda attrs, x: x.permute(*attrs.get("perm", reversed(range(x.dim())))),
     "Concat": lambda attrs, *xs: torch.cat(xs, dim=int(attrs["axis"])),
     "GlobalAveragePool": lambda attrs, x: x.mean(dim=(2, 3), keepdim=True),
     "MaxPool": lambda attrs, x: _pool(attrs, x, "max"),
@@ -229,7 +229,8 @@ def graph_to_module(path: str, model: Any) -> OnnxModule:
             raise DataError(path, f"cannot run in PyTorch: {where}: {error}") from None
     output_name = graph.output[0].name if len(graph.output) else ""
     if output_name not in produced or output_name == input_name:
-        raise DataError(path, f"cannot run in PyTorch: the graph's output {output_name!r} is not computed from its input")
+        raise DataError(path, f"cannot run in PyTorch: the graph's output {output_name!r} is not computed "
+                              "from its input")
     return OnnxModule(steps, constants, input_name, output_name)
 
 

@@ -26,7 +26,8 @@ from facekd.errors import ConfigError
 from facekd.training.data import EpochBatches, TrainView
 
 
-def decode_all(dataset: Any, workers: int = 0, batch_size: int = 256) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def decode_all(dataset: Any, workers: int = 0,
+               batch_size: int = 256) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(faces uint8 N x H x W x 3, labels int64 N, indices int64 N)`` of every sample of ``dataset``
     (a :class:`~facekd.data.FaceDataset` with the ``keep_uint8`` transform), in host memory."""
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers, shuffle=False)

@@ -141,7 +141,9 @@ def format_summary(task_name: str, summary: Dict[str, Any]) -> str:
 def run_command(args: argparse.Namespace, task_name: str) -> int:
     """Body of the training commands: config, (teacher first), train, report; returns the exit code."""
     from facekd.training.distributed import barrier, cleanup_distributed, init_distributed, lost_ranks
+    from facekd.training.memory import keep_freed_memory
 
+    keep_freed_memory()                      # no page faults for the same activations every step
     cfg = load_run_config(args, task_name)
     dist = init_distributed(args.device)
     setup_logging(dist.is_main)
