@@ -153,7 +153,11 @@ class OnnxEmbedder:
     def run(self, batch: np.ndarray) -> np.ndarray:
         """Raw ``float32 [N, D]`` embeddings of a batch in the graph's own input format."""
         batch = self.check_input(batch)
-        return self.session.run_batch(batch, self.batch_size)
+        try:
+            return self.session.run_batch(batch, self.batch_size)
+        except Exception as error:  # onnxruntime's own types: a graph whose inner shapes do not hold
+            raise ModelInputError(f"{self.path}: the model cannot run on this batch "
+                                  f"({str(error).strip().splitlines()[0][:300]})") from None
 
     def __call__(self, batch: Any) -> np.ndarray:
         """Raw embeddings of a normalised float ``N x 3 x S x S`` batch (tensor or array)."""

@@ -122,7 +122,11 @@ class OnnxTeacher(Teacher):
         self.raw_pixels = self.input.type == "tensor(uint8)"
         self.output_name = self.embedder.output_name
         super().__init__(framing, 0, path, torch.device(device))
-        probe = self.embed_frames(np.zeros((1, framing.input_size, framing.input_size, 3), np.uint8))
+        try:
+            probe = self.embed_frames(np.zeros((1, framing.input_size, framing.input_size, 3), np.uint8))
+        except Exception as error:  # onnxruntime's or torch's own types: a graph that cannot run on a face
+            raise DataError(path, f"the graph cannot embed a face with the {self.backend} backend "
+                                  f"({str(error).strip().splitlines()[0][:300]})") from None
         if probe.dim() != 2 or len(probe) != 1 or probe.shape[1] == 0:
             raise DataError(path, f"not a face embedder: output {self.output_name} has shape "
                                   f"{tuple(probe.shape)} for one image; expected [1, D]")
