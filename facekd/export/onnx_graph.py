@@ -54,7 +54,8 @@ def _dim_value(dim: Any) -> Any:
     return dim.dim_value if dim.HasField("dim_value") else (dim.dim_param or None)
 
 
-def _shape_of(value_info: Any) -> list:
+def shape_of(value_info: Any) -> list:
+    """A value's dimensions: ints where fixed, the symbol (or None) where not."""
     return [_dim_value(d) for d in value_info.type.tensor_type.shape.dim]
 
 
@@ -162,7 +163,7 @@ def check_image_input(path: str, graph: Any) -> None:
         raise DataError(path, f"a face embedder has one image input; this model has {len(names)}: {names[:6]}"
                               + (" ..." if len(names) > 6 else ""))
     value = graph.input[0]
-    shape = _shape_of(value)
+    shape = shape_of(value)
     elem = value.type.tensor_type.elem_type
     if len(shape) != 4 or 3 not in (shape[1], shape[3]):
         raise DataError(path, f"not a face embedder: expected an image input [N, 3, S, S] or [N, S, S, 3], "
@@ -228,7 +229,7 @@ def open_embedder(path: str, options: Any, providers: Sequence[str]) -> "Embedde
     except Exception as error:  # a malformed graph: onnx / numpy errors while reading its constants
         raise DataError(path, f"malformed ONNX graph ({type(error).__name__}: {error})") from None
     model = prepared.model
-    input_shape = _shape_of(model.graph.input[0])
+    input_shape = shape_of(model.graph.input[0])
     dtype = np.dtype(IMAGE_INPUT_TYPES[model.graph.input[0].type.tensor_type.elem_type])
     fixed = make_batch_dynamic(model) if isinstance(input_shape[0], int) and input_shape[0] > 0 else None
     if fixed is not None:

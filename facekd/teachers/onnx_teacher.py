@@ -24,7 +24,7 @@ import torch
 from facekd.errors import DataError
 from facekd.teachers.base import TEACHERS, Teacher, existing_file, file_digest, packaged_file
 from facekd.teachers.framing import Framing, framing_from_config
-from facekd.export.onnx_graph import open_embedder
+from facekd.export.onnx_graph import IMAGE_INPUT_TYPES, open_embedder, shape_of
 
 #: ``teacher.backend`` of ``kind: onnx`` / ``sface``
 ONNX_BACKENDS = ("onnxruntime", "torch")
@@ -49,10 +49,10 @@ class GraphInput:
     """The graph's image input as onnxruntime describes one: ``name``, ``shape``, ``type``."""
 
     def __init__(self, value_info: Any) -> None:
-        dims = value_info.type.tensor_type.shape.dim
         self.name = value_info.name
-        self.shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in dims]
-        self.type = "tensor(uint8)" if value_info.type.tensor_type.elem_type == 2 else "tensor(float)"
+        self.shape = shape_of(value_info)
+        self.type = "tensor(uint8)" if IMAGE_INPUT_TYPES[value_info.type.tensor_type.elem_type] == "uint8" \
+            else "tensor(float)"
 
 
 class TorchGraphEmbedder:
