@@ -362,6 +362,18 @@ def from_dict(cls: type, data: Dict[str, Any], source: Union[str, Origins] = "<d
     return cls(**kwargs)
 
 
+def on_device_conflict(degrade: bool, fixed_views: bool) -> Optional[str]:
+    """Why ``data.on_device`` cannot serve a run that makes degraded views (``degrade``) or reads the
+    teacher's fixed views (``fixed_views``: ``teacher.targets: view_cache``), or None when it can: both are
+    made per face on the host.  The config check and :class:`~facekd.training.device_views.DeviceViews` ask it."""
+    if degrade:
+        return "data.on_device cannot go with degrade.enabled: low-resolution views are made per face on the host"
+    if fixed_views:
+        return ("data.on_device cannot go with teacher.targets: view_cache: its fixed views are made per face on "
+                "the host (use online, clean_cache or teacher.store)")
+    return None
+
+
 def check_consistency(cfg: ExperimentConfig, origins: Optional[Origins] = None) -> None:
     """Refuse values that contradict each other, before any data or teacher is loaded.
 
@@ -402,12 +414,10 @@ def check_consistency(cfg: ExperimentConfig, origins: Optional[Origins] = None) 
                                              "but data.unlabelled names no folder")
     if data.unlabelled and train.unlabelled_per_batch < 1:
         refuse("data.unlabelled", "data.unlabelled is set: train.unlabelled_per_batch must be >= 1")
-    if data.on_device and cfg.degrade.enabled:
-        refuse("data.on_device", "data.on_device cannot go with degrade.enabled: low-resolution views are made "
-                                 "per face on the host")
-    if data.on_device and cfg.teacher is not None and cfg.teacher.targets == "view_cache" and cfg.teacher.cache:
-        refuse("data.on_device", "data.on_device cannot go with teacher.targets: view_cache: its fixed views are "
-                                 "made per face on the host (use online, clean_cache or teacher.store)")
+    fixed_views = cfg.teacher is not None and cfg.teacher.targets == "view_cache" and cfg.teacher.cache
+    problem = data.on_device and on_device_conflict(cfg.degrade.enabled, fixed_views)
+    if problem:
+        refuse("data.on_device", problem)
     if cfg.ddp.static_graph and train.grad_accum_steps > 1:    # pytorch/pytorch#143580
         refuse("ddp.static_graph", f"ddp.static_graph cannot go with train.grad_accum_steps={train.grad_accum_steps}: "
                                    "torch's DDP cannot skip the all-reduce (no_sync) of a static graph")

@@ -6,6 +6,14 @@ import os
 from typing import Optional, Union
 
 
+def first_line(error: BaseException, limit: int = 300) -> str:
+    """The first line of ``error``'s message, at most ``limit`` characters, or its type's name when the
+    message is empty: how a library's multi-line exception (onnxruntime, onnx, gloo) is quoted in one
+    of facekd's one-line errors."""
+    lines = str(error).strip().splitlines()
+    return lines[0][:limit] if lines else type(error).__name__
+
+
 class FaceKDError(Exception):
     """Base class of facekd's user-facing errors."""
 

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from facekd.embedding_math import row_cosine
-from facekd.errors import FaceKDError
+from facekd.errors import FaceKDError, first_line
 from facekd.export.runtime import OnnxEmbedder, load_onnx_proto, resize_faces
 from facekd.fileio import PathLike
 from facekd.preprocess import normalize_uint8
@@ -103,7 +103,7 @@ def _graph_facts(path: str) -> Dict[str, Any]:
         onnx.checker.check_model(path, full_check=True)
         checker_ok, checker_error = True, None
     except Exception as error:  # onnx.checker.ValidationError, shape inference errors
-        checker_ok, checker_error = False, str(error).strip().splitlines()[0][:300]
+        checker_ok, checker_error = False, first_line(error)
     graph_input = proto.graph.input[0]
     dims = [d.dim_param or d.dim_value for d in graph_input.type.tensor_type.shape.dim]
     opset = max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=0)

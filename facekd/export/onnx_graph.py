@@ -27,7 +27,7 @@ from typing import Any, List, Optional, Sequence
 
 import numpy as np
 
-from facekd.errors import DataError
+from facekd.errors import DataError, first_line
 
 #: input element types an embedder may take (ONNX TensorProto codes -> names)
 IMAGE_INPUT_TYPES = {1: "float32", 2: "uint8"}
@@ -196,7 +196,7 @@ def _session(model: Any, path: str, options: Any, providers: Sequence[str]) -> A
     try:
         return ort.InferenceSession(model.SerializeToString(), sess_options=options, providers=list(providers))
     except Exception as error:  # onnxruntime's own exception types
-        raise DataError(path, f"onnxruntime cannot load the model ({str(error).strip().splitlines()[0]})") from None
+        raise DataError(path, f"onnxruntime cannot load the model ({first_line(error)})") from None
 
 
 def _probe_batch(session: Any, shape: Sequence[int], dtype: np.dtype) -> bool:

@@ -21,7 +21,7 @@ from typing import Any, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from facekd.embedding_math import l2_normalize, row_cosine
-from facekd.errors import DataError, FaceKDError
+from facekd.errors import DataError, FaceKDError, first_line
 from facekd.export.formats import InputFormat, input_format as get_input_format
 from facekd.export.int8_options import int8_saturation_warning
 from facekd.export.metadata import ExportMetadata
@@ -157,7 +157,7 @@ class OnnxEmbedder:
             return self.session.run_batch(batch, self.batch_size)
         except Exception as error:  # onnxruntime's own types: a graph whose inner shapes do not hold
             raise ModelInputError(f"{self.path}: the model cannot run on this batch "
-                                  f"({str(error).strip().splitlines()[0][:300]})") from None
+                                  f"({first_line(error)})") from None
 
     def __call__(self, batch: Any) -> np.ndarray:
         """Raw embeddings of a normalised float ``N x 3 x S x S`` batch (tensor or array)."""

@@ -21,7 +21,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from facekd.errors import DataError
+from facekd.errors import DataError, first_line
 from facekd.teachers.base import TEACHERS, Teacher, existing_file, file_digest, packaged_file
 from facekd.teachers.framing import Framing, framing_from_config
 from facekd.export.onnx_graph import IMAGE_INPUT_TYPES, open_embedder, shape_of
@@ -126,7 +126,7 @@ class OnnxTeacher(Teacher):
             probe = self.embed_frames(np.zeros((1, framing.input_size, framing.input_size, 3), np.uint8))
         except Exception as error:  # onnxruntime's or torch's own types: a graph that cannot run on a face
             raise DataError(path, f"the graph cannot embed a face with the {self.backend} backend "
-                                  f"({str(error).strip().splitlines()[0][:300]})") from None
+                                  f"({first_line(error)})") from None
         if probe.dim() != 2 or len(probe) != 1 or probe.shape[1] == 0:
             raise DataError(path, f"not a face embedder: output {self.output_name} has shape "
                                   f"{tuple(probe.shape)} for one image; expected [1, D]")

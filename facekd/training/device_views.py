@@ -22,6 +22,7 @@ from typing import Any, Dict, Iterator, Sequence, Tuple
 import numpy as np
 import torch
 
+from facekd.config import on_device_conflict
 from facekd.errors import ConfigError
 from facekd.training.data import EpochBatches, TrainView
 
@@ -57,12 +58,9 @@ class DeviceViews:
     """
 
     def __init__(self, view: TrainView, device: Any, workers: int = 0) -> None:
-        if view.degrade is not None:
-            raise ConfigError("data.on_device cannot make degrade: views (a per-face host operation); "
-                              "set degrade.enabled: false or data.on_device: false")
-        if view.views:
-            raise ConfigError("data.on_device cannot use teacher.targets: view_cache (its fixed views are made on "
-                              "the host); use online, clean_cache or the store")
+        problem = on_device_conflict(view.degrade is not None, bool(view.views))
+        if problem:
+            raise ConfigError(problem)
         self.device = torch.device(device)
         self.seed, self.flip, self.augment = view.seed, view.flip, view.augment
         self.teacher_images = view.teacher_images

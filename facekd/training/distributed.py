@@ -26,7 +26,7 @@ from typing import Any, List, Optional
 import torch
 import torch.distributed as dist
 
-from facekd.errors import ConfigError, FaceKDError, TrainingError
+from facekd.errors import ConfigError, FaceKDError, TrainingError, first_line
 
 LOG = logging.getLogger(__name__)
 
@@ -160,7 +160,7 @@ def lost_ranks(error: BaseException, info: DistInfo) -> Optional[TrainingError]:
     if not isinstance(error, getattr(dist, "DistError", ())) and not (
             isinstance(error, RuntimeError) and _LOST_PEER.search(str(error))):
         return None
-    detail = re.sub(r"^\[[^\]]*\]\s*", "", str(error).strip().splitlines()[0])   # gloo's "[file.cc:561] "
+    detail = re.sub(r"^\[[^\]]*\]\s*", "", first_line(error))   # gloo's "[file.cc:561] "
     detail = detail.split(". ")[0].rstrip(".")
     return TrainingError(f"rank {info.rank} of {info.world_size}: lost the other ranks in a collective "
                          f"({detail}): another rank died, or did not answer within the {collective_timeout_s():g} s "
