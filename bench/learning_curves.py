@@ -66,11 +66,13 @@ def faces_per_step(run_dir: Path, world_size: int = 1) -> int:
     return world_size * (train.identities_per_batch * train.images_per_identity + train.unlabelled_per_batch)
 
 
-def image_step_series(runs: List[Path], world_size: int = 1, chain: bool = False) -> Dict[str, tuple]:
+def image_step_series(runs: List[Path], world_size: int = 1, chain: bool = False,
+                      start: float = 0.0) -> Dict[str, tuple]:
     """Per run: ``(train, val)``, the training-target cosine as ``[(M image-steps, 1 - feature_distill)]``
     and ``{val set: [(M image-steps, accuracy %)]}``; with ``chain``, each run's image-steps are counted
-    on from the end (its last record) of the previous run in ``runs``."""
-    series, start = {}, 0.0
+    on from the end (its last record) of the previous run in ``runs``, the first run's from ``start``
+    (M image-steps its initial weights had already seen)."""
+    series = {}
     for run in runs:
         faces = faces_per_step(run, world_size)
         records = read_metrics(run / "metrics.jsonl")
@@ -88,7 +90,8 @@ def image_step_series(runs: List[Path], world_size: int = 1, chain: bool = False
     return series
 
 
-def plot_curves(runs: List[Path], png: Path, world_size: int = 1, smooth: int = 10, chain: bool = False) -> None:
+def plot_curves(runs: List[Path], png: Path, world_size: int = 1, smooth: int = 10, chain: bool = False,
+                start: float = 0.0) -> None:
     """Write ``png``: per run, the training-target cosine and each val set's accuracy against image-steps
     (:func:`image_step_series`)."""
     import matplotlib
@@ -96,7 +99,7 @@ def plot_curves(runs: List[Path], png: Path, world_size: int = 1, smooth: int = 
     import matplotlib.pyplot as plt
     import numpy as np
 
-    series = image_step_series(runs, world_size, chain)
+    series = image_step_series(runs, world_size, chain, start)
     sets = sorted({name for _, val in series.values() for name in val})
     figure, axes = plt.subplots(1, 1 + len(sets), figsize=(5 * (1 + len(sets)), 4), squeeze=False)
     for name, (train, val) in series.items():
@@ -128,6 +131,8 @@ def main(argv=None) -> int:
     parser.add_argument("--smooth", type=positive_int, default=10, help="train records averaged in the cosine curve")
     parser.add_argument("--chain", action="store_true",
                         help="the runs are consecutive cycles (init_from): count image-steps on across them")
+    parser.add_argument("--start", type=float, default=0.0,
+                        help="with --chain: M image-steps the first run's initial weights had seen (default 0)")
     args = parser.parse_args(argv)
     try:
         header, rows = curves_table(args.runs, args.val_set, max(1, args.every))
@@ -136,7 +141,7 @@ def main(argv=None) -> int:
         return 2
     print(markdown_table(header, rows))
     if args.png:
-        plot_curves(args.runs, args.png, args.world_size, args.smooth, args.chain)
+        plot_curves(args.runs, args.png, args.world_size, args.smooth, args.chain, args.start)
         print(f"curves: {args.png}")
     return 0
 

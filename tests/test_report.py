@@ -271,4 +271,6 @@ def test_learning_curves_counts_image_steps_from_the_config_and_plots(tmp_path):
     assert chained["cycle2"] == ([(pytest.approx((29 * 192 + 10 * 64) / 1e6), 0.75)],
                                  {"cfp_fp": [(pytest.approx((29 * 192 + 10 * 64) / 1e6), 75.0)]})
     assert script.image_step_series([run, cycle], world_size=2)["cycle2"][0] == [(pytest.approx(640 / 1e6), 0.75)]
+    later = script.image_step_series([run, cycle], world_size=2, chain=True, start=2.5)   # earlier logs gone
+    assert later["cycle2"][0] == [(pytest.approx(2.5 + (29 * 192 + 10 * 64) / 1e6), 0.75)]
     assert script.main([str(run), str(cycle), "--png", str(png), "--world-size", "2", "--chain"]) == 0
