@@ -7,15 +7,16 @@
 #
 # Steps: the evaluation and labelled trees (bench/cpu_scale_experiment.sh, STAGES=align), the aligned,
 # leak-filtered unlabelled faces (bench/unlabelled_faces.sh), the chain's starting weights (INIT_COMMIT's
-# results/students/distilled.pt, the student CYCLE warm-starts from), then CYCLE's training, two one-thread
-# processes, resumed from its last checkpoint when there is one.  STEPS (default "align unlabelled train")
-# picks steps; CYCLE (default c6) the config configs/experiments/long_sface/student_regress_<CYCLE>.yaml;
+# results/students/distilled.pt, the student CYCLE warm-starts from, when its init_from file is missing), then
+# CYCLE's training, two one-thread processes, resumed from its last checkpoint when there is one.  STEPS (default
+# "align unlabelled train") picks steps; CYCLE (default c8) the config
+# configs/experiments/long_sface/student_regress_<CYCLE>.yaml;
 # EPOCHS overrides its train.epochs (a shorter or longer cosine cycle to fit the machine's time).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STEPS=${STEPS:-align unlabelled train}
-CYCLE=${CYCLE:-c6}
-INIT_COMMIT=${INIT_COMMIT:-fe9d853}   # the commit that shipped cycle 5 as results/students/distilled.pt
+CYCLE=${CYCLE:-c8}
+INIT_COMMIT=${INIT_COMMIT:-56ab705}   # the commit that shipped cycle 7 (c8's init_from) as results/students/distilled.pt
 CONFIG=configs/experiments/long_sface/student_regress_$CYCLE.yaml
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 
