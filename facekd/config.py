@@ -151,6 +151,9 @@ class TrainConfig:
     async_checkpoint: bool = True
     # P x K batches per optimiser step, their gradients added (facekd.training.ddp_options)
     grad_accum_steps: int = bounded(1, ge=1, le=1024)
+    # uniform noise of this many uint8 rounding steps on each activation an INT8 export rounds,
+    # in training only (facekd.training.quant_noise); 0: none
+    quant_noise: float = bounded(0.0, ge=0, le=16)
 
 
 #: ``ddp.grad_compression``: the gradients' dtype on the wire

@@ -57,6 +57,7 @@ from facekd.training.hooks import HOOK_POINTS, Hook, check_hook_names
 from facekd.training.loss_watch import LossWatch
 from facekd.training.metrics import MetricsLogger
 from facekd.training.optim import build_optimizer, build_scheduler
+from facekd.training.quant_noise import attach_quant_noise
 from facekd.training.sharding import ShardedParameters
 from facekd.training.task import Task
 
@@ -117,6 +118,7 @@ class Trainer:
         if self.device.type == "cuda" and cfg.train.cudnn_benchmark:
             torch.backends.cudnn.benchmark = True    # fixed P x K batch shapes: autotune once
         self.task.build(self)
+        attach_quant_noise(self.task.backbone, cfg.train.quant_noise)     # before compile: traced with it
         module = self.task.module.to(self.device)
         if cfg.train.channels_last:
             module.to(memory_format=torch.channels_last)
