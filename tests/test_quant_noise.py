@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
+from facekd.config import ModelConfig
 from facekd.errors import ConfigError
 from facekd.models import build_model
-from facekd.config import ModelConfig
 from facekd.models.mobilefacenet import Bottleneck
 from facekd.training import TeacherTask, Trainer
 from facekd.training.quant_noise import LEVELS, add_quant_noise, attach_quant_noise
