@@ -70,7 +70,8 @@ def test_trainer_attaches_the_configured_noise_to_the_backbone(tmp_path):
     hooked = [m for m in trainer.task.backbone.modules() if m._forward_hooks]
     assert hooked and all(isinstance(m, (nn.BatchNorm2d, nn.PReLU)) for m in hooked)
     assert {hook.strength for m in hooked for hook in m._forward_hooks.values()} == {1.5}
-    plain = Trainer(tiny_config(tmp_path, "plain"), TeacherTask(tiny_config(tmp_path, "plain")))
+    plain_cfg = tiny_config(tmp_path, "plain")
+    plain = Trainer(plain_cfg, TeacherTask(plain_cfg))
     plain.build()
     assert not any(m._forward_hooks for m in plain.task.backbone.modules())
 

@@ -22,9 +22,11 @@ from torch.utils.hooks import RemovableHandle
 
 from facekd.models.mobilefacenet import Bottleneck
 
-#: the modules whose outputs an INT8 export rounds (a BatchNorm's is its folded convolution's)
+#: the modules whose outputs an INT8 export rounds (a BatchNorm's is its folded convolution's): the
+#: rounding points facekd.export.int8_finetune.simulate_int8 rounds exactly, as training-time noise
 ROUNDED_OUTPUTS = (nn.BatchNorm2d, nn.PReLU, Bottleneck)
-#: rounding steps across an activation's range (uint8)
+#: rounding steps across an activation's range (uint8: int8_finetune.ACTIVATION_LEVELS; not imported,
+#: so that training does not load the export package)
 LEVELS = 255
 
 
