@@ -154,6 +154,9 @@ class TrainConfig:
     # uniform noise of this many uint8 rounding steps on each activation an INT8 export rounds,
     # in training only (facekd.training.quant_noise); 0: none
     quant_noise: float = bounded(0.0, ge=0, le=16)
+    # the gradient also flows through that noise's step size (each tensor's batch range): the network
+    # learns to keep its activations' ranges compact (facekd.training.quant_noise)
+    quant_noise_range_grad: bool = False
 
 
 #: ``ddp.grad_compression``: the gradients' dtype on the wire
@@ -417,6 +420,9 @@ def check_consistency(cfg: ExperimentConfig, origins: Optional[Origins] = None) 
                                              "but data.unlabelled names no folder")
     if data.unlabelled and train.unlabelled_per_batch < 1:
         refuse("data.unlabelled", "data.unlabelled is set: train.unlabelled_per_batch must be >= 1")
+    if train.quant_noise_range_grad and not train.quant_noise:
+        refuse("train.quant_noise_range_grad", "train.quant_noise_range_grad is set but train.quant_noise is 0: "
+                                               "there is no noise whose range it would train")
     fixed_views = cfg.teacher is not None and cfg.teacher.targets == "view_cache" and cfg.teacher.cache
     problem = data.on_device and on_device_conflict(cfg.degrade.enabled, fixed_views)
     if problem:

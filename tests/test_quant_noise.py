@@ -1,4 +1,5 @@
-"""Pseudo-quantisation noise (``train.quant_noise``): its size, where it is added, and that eval mode is exact."""
+"""Pseudo-quantisation noise (``train.quant_noise``): its size, where it is added, that eval mode is exact,
+and the gradient through its step size (``train.quant_noise_range_grad``)."""
 from __future__ import annotations
 
 import math
@@ -30,6 +31,31 @@ def test_noise_is_uniform_over_strength_rounding_steps_one_pattern_per_batch_and
     assert abs(float(noise.mean())) < 0.01 * step
     noisy.sum().backward()
     assert torch.equal(x.grad, torch.ones_like(x))
+
+
+def test_range_grad_sends_the_step_size_gradient_to_the_extreme_elements_only():
+    torch.manual_seed(1)
+    strength = 2.0
+    x = torch.randn(3, 500)
+    weights = torch.randn(3, 500)
+    for range_grad in (False, True):
+        leaf = x.clone().requires_grad_()
+        torch.manual_seed(2)
+        noisy = add_quant_noise(leaf, strength, range_grad=range_grad)
+        (noisy * weights).sum().backward()
+        if not range_grad:
+            assert torch.equal(leaf.grad, weights)
+            continue
+        unit = (noisy - leaf).detach() / (float(x.max() - x.min()) * strength / LEVELS)   # U(-1/2, 1/2)
+        through_step = float((weights * unit).sum()) * strength / LEVELS
+        expected = weights.clone()
+        expected.view(-1)[int(x.argmax())] += through_step
+        expected.view(-1)[int(x.argmin())] -= through_step
+        assert torch.allclose(leaf.grad, expected, atol=1e-5)
+    # the expected effect: a loss that grows with the noise pulls the range in from both ends
+    leaf = x.clone().requires_grad_()
+    (add_quant_noise(leaf, strength, range_grad=True) - x).pow(2).sum().backward()
+    assert float(leaf.grad.view(-1)[int(x.argmax())]) > 0 > float(leaf.grad.view(-1)[int(x.argmin())])
 
 
 def test_mobilefacenet_gets_noise_at_each_rounded_output_in_training_only():
@@ -64,12 +90,12 @@ def test_zero_strength_attaches_nothing():
 
 
 def test_trainer_attaches_the_configured_noise_to_the_backbone(tmp_path):
-    cfg = tiny_config(tmp_path, "noisy", train={"quant_noise": 1.5})
+    cfg = tiny_config(tmp_path, "noisy", train={"quant_noise": 1.5, "quant_noise_range_grad": True})
     trainer = Trainer(cfg, TeacherTask(cfg))
     trainer.build()
     hooked = [m for m in trainer.task.backbone.modules() if m._forward_hooks]
     assert hooked and all(isinstance(m, (nn.BatchNorm2d, nn.PReLU)) for m in hooked)
-    assert {hook.strength for m in hooked for hook in m._forward_hooks.values()} == {1.5}
+    assert {(hook.strength, hook.range_grad) for m in hooked for hook in m._forward_hooks.values()} == {(1.5, True)}
     plain_cfg = tiny_config(tmp_path, "plain")
     plain = Trainer(plain_cfg, TeacherTask(plain_cfg))
     plain.build()
@@ -80,3 +106,8 @@ def test_trainer_attaches_the_configured_noise_to_the_backbone(tmp_path):
 def test_out_of_range_strength_is_refused_by_name(tmp_path, value):
     with pytest.raises(ConfigError, match="train.quant_noise"):
         tiny_config(tmp_path, "bad", train={"quant_noise": value})
+
+
+def test_range_grad_without_noise_is_refused_by_name(tmp_path):
+    with pytest.raises(ConfigError, match="train.quant_noise_range_grad"):
+        tiny_config(tmp_path, "bad", train={"quant_noise_range_grad": True})

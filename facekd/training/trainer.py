@@ -118,7 +118,8 @@ class Trainer:
         if self.device.type == "cuda" and cfg.train.cudnn_benchmark:
             torch.backends.cudnn.benchmark = True    # fixed P x K batch shapes: autotune once
         self.task.build(self)
-        attach_quant_noise(self.task.backbone, cfg.train.quant_noise)     # before compile: traced with it
+        attach_quant_noise(self.task.backbone, cfg.train.quant_noise,      # before compile: traced with it
+                           cfg.train.quant_noise_range_grad)
         module = self.task.module.to(self.device)
         if cfg.train.channels_last:
             module.to(memory_format=torch.channels_last)
