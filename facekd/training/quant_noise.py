@@ -12,9 +12,9 @@ the additive model of rounding that DiffQ (Défossez et al. 2021) and Quant-Nois
 2020) train under, so that the network learns to be insensitive to it.  Gradients pass through
 ``x`` unchanged; eval mode (validation, export) computes the plain function.
 
-The range is a constant of the step by default.  With ``train.quant_noise_range_grad`` the gradient
+By default the range is treated as a constant (detached).  With ``train.quant_noise_range_grad`` the gradient
 also flows through it (to each tensor's extreme elements): the expected loss grows with the step size
-(by ``step * tr(H) / 12`` for a loss of curvature ``H``), so the network learns to keep each
+(by ``(s * step)**2 * tr(H) / 24`` for a loss of curvature ``H``), so the network learns to keep each
 activation's range compact against its spread, as the INT8 export's per-tensor step rewards; a
 rescaling of a whole tensor changes signal and noise alike and gains nothing.
 """
