@@ -9,13 +9,13 @@
 # leak-filtered unlabelled faces (bench/unlabelled_faces.sh), the chain's starting weights (INIT_COMMIT's
 # results/students/distilled.pt, the student CYCLE warm-starts from, when its init_from file is missing), then
 # CYCLE's training, two one-thread processes, resumed from its last checkpoint when there is one.  STEPS (default
-# "align unlabelled train") picks steps; CYCLE (default c13) the config
+# "align unlabelled train") picks steps; CYCLE (default c14) the config
 # configs/experiments/long_sface/student_regress_<CYCLE>.yaml;
 # EPOCHS overrides its train.epochs (a shorter or longer cosine cycle to fit the machine's time).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STEPS=${STEPS:-align unlabelled train}
-CYCLE=${CYCLE:-c13}
+CYCLE=${CYCLE:-c14}
 INIT_COMMIT=${INIT_COMMIT:-56ab705}   # the commit that shipped cycle 7 as results/students/distilled.pt: the chain's selected
                                       # student, seeded for any cycle whose init_from (a run folder) is missing
 CONFIG=configs/experiments/long_sface/student_regress_$CYCLE.yaml
